@@ -1,0 +1,89 @@
+//! The cluster: where a node's socket metadata, lifecycle records and cross-node commands go.
+//!
+//! [`Backend`] is the one seam between a node's data path and the rest of the cluster. A
+//! standalone node uses [`memory::MemoryBackend`] (one node, nothing shared); a cluster member uses
+//! the Redis implementation. The data path only ever calls the non-async recording methods, which
+//! must not block (implementations queue, bounded, and batch), and the counter's `next`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{
+    command::{Broadcast, Command, Receipt},
+    socket::{CloseReason, SocketState},
+};
+
+pub mod memory;
+
+/// Errors of a backend, tagged as backend-side. Whether a retry can help is the caller's call:
+/// every backend call is safe to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The shared state could not be reached.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The request was refused (e.g. an invalid upstream URI).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// An upstream as the shared registry holds it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UpstreamEntry {
+    /// Its id, unique in the cluster; upstreams are ordered by id on every node.
+    pub id: String,
+    /// Its gRPC URI (`http://host:port`).
+    pub uri: String,
+}
+
+/// A shared counter for round-robin: every node draws from it, so the split over upstreams is
+/// fair cluster-wide.
+pub trait Counter: Send + Sync + 'static {
+    /// The next value. Never blocks and never fails: a backend that cannot reach the shared
+    /// counter answers from a local one.
+    fn next(&self) -> u64;
+}
+
+/// The cluster seen from one node.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Records that this node accepted a socket. Must not block.
+    fn socket_opened(&self, socket: &SocketState);
+
+    /// Records that one of this node's sockets closed. Must not block.
+    fn socket_closed(&self, socket: &SocketState, reason: CloseReason);
+
+    /// Records that a socket's labels changed. Must not block.
+    fn labels_changed(&self, socket: &SocketState);
+
+    /// Carries a one-socket command to the node that holds the socket (which is not this node).
+    async fn forward_command(&self, command: &Command) -> Receipt;
+
+    /// Hands a broadcast to every other node (this node has already applied it).
+    async fn broadcast(&self, broadcast: &Broadcast) -> Receipt;
+
+    /// The round-robin counter.
+    fn counter(&self) -> Arc<dyn Counter>;
+
+    /// The upstream registry, ordered by id.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the shared state cannot be read.
+    async fn upstreams(&self) -> Result<Vec<UpstreamEntry>, BackendError>;
+
+    /// Adds (or re-points) an upstream in the registry.
+    ///
+    /// # Errors
+    /// [`BackendError`] when it could not be stored.
+    async fn add_upstream(&self, entry: UpstreamEntry) -> Result<(), BackendError>;
+
+    /// Removes an upstream from the registry; `false` when there was none with that id.
+    ///
+    /// # Errors
+    /// [`BackendError`] when it could not be stored.
+    async fn remove_upstream(&self, id: &str) -> Result<bool, BackendError>;
+
+    /// A receiver that changes whenever the registry does, so the node reconciles its streams.
+    fn registry_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}

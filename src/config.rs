@@ -1,0 +1,494 @@
+//! The node's one typed configuration.
+//!
+//! Every setting is a flag, an environment variable `PPP_<NAME>` and a key of an optional TOML file
+//! (`--config`). Precedence: flags, then environment, then file, then defaults. File keys are the
+//! flag names (`max-frame = "1MiB"`; `max_frame` is accepted too); an unknown key is refused with its
+//! name. The file is applied by handing its values to the same clap parser the flags use, so a value
+//! is parsed and validated exactly one way wherever it comes from.
+
+use std::{
+    ffi::OsString,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, parser::ValueSource};
+
+/// What can be wrong with the configuration. Always fatal at start-up, with a message naming the
+/// setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag or environment variable could not be parsed (clap's own message, with usage).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    /// The TOML file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML file is not valid TOML.
+    #[error("config file {path}: {source}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// The TOML file has a key that is not a setting.
+    #[error("config file {path}: unknown key `{key}` (keys are the flag names, e.g. `max-frame`)")]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// A key of the TOML file holds a value of the wrong shape or that does not parse.
+    #[error("config file {path}: key `{key}`: {message}")]
+    BadValue {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// Settings that parse but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The command line: the node's settings, and an optional subcommand.
+#[derive(Debug, Parser)]
+#[command(name = "ppp", version, about = "PersistentParadoxPlex: an edge tier for raw TCP")]
+pub struct Cli {
+    /// What to run; without a subcommand, a node.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The node's settings (valid before or after the subcommand).
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands of `ppp`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run a standalone node together with the example echo upstream, in one process.
+    Demo,
+}
+
+/// How inbound events are spread over upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each message to the next ready upstream, by a (cluster-wide) counter.
+    RoundRobin,
+    /// A socket is bound to one upstream when it opens, rebound only when that upstream is gone.
+    Sticky,
+}
+
+/// How a socket's bytes are cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Framing {
+    /// `\n`-terminated lines; a trailing `\r` is stripped; outbound gets `\n` when missing.
+    Lines,
+    /// A 4-byte big-endian length, then that many bytes.
+    LengthPrefixed,
+    /// Each read is one message; outbound bytes are written as they are.
+    Raw,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting of a node. Defaults are those of DESIGN §2–§6.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// Address the downstream TCP listener binds.
+    #[arg(long, env = "PPP_LISTEN", default_value = "0.0.0.0:7999", global = true)]
+    pub listen: SocketAddr,
+
+    /// Address the admin HTTP API binds.
+    #[arg(long, env = "PPP_ADMIN_LISTEN", default_value = "127.0.0.1:8000", global = true)]
+    pub admin_listen: SocketAddr,
+
+    /// Bearer token required by the admin API (all routes but /healthz and /readyz).
+    #[arg(long, env = "PPP_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+
+    /// Allow a non-loopback admin listener without a token (logged as a warning).
+    #[arg(long, env = "PPP_ADMIN_INSECURE", global = true)]
+    pub admin_insecure: bool,
+
+    /// Redis URL (`redis://` or `rediss://`); without it the node runs standalone.
+    #[arg(long, env = "PPP_REDIS", hide_env_values = true, global = true)]
+    pub redis: Option<String>,
+
+    /// First part of every Redis key.
+    #[arg(long, env = "PPP_REDIS_PREFIX", default_value = "ppp", global = true)]
+    pub redis_prefix: String,
+
+    /// Cluster name: second part of every Redis key, sent in `NodeHello.cluster`.
+    #[arg(long, env = "PPP_CLUSTER", default_value = "default", global = true)]
+    pub cluster: String,
+
+    /// This node's id (default: host name and a short random suffix).
+    #[arg(long, env = "PPP_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
+    /// Upstream gRPC URI (repeatable; comma-separated in the environment).
+    #[arg(long, env = "PPP_UPSTREAM", value_delimiter = ',', global = true)]
+    pub upstream: Vec<String>,
+
+    /// How inbound messages are spread over upstreams.
+    #[arg(long, env = "PPP_BALANCE", value_enum, default_value = "round-robin", global = true)]
+    pub balance: Balance,
+
+    /// How socket bytes are cut into messages.
+    #[arg(long, env = "PPP_FRAMING", value_enum, default_value = "lines", global = true)]
+    pub framing: Framing,
+
+    /// Largest inbound message (e.g. `1MiB`, `65536`); a longer frame closes its socket.
+    #[arg(long, env = "PPP_MAX_FRAME", default_value = "1MiB", value_parser = parse_size, global = true)]
+    pub max_frame: usize,
+
+    /// Most sockets held at once; beyond it new sockets are accepted and closed at once.
+    #[arg(long, env = "PPP_MAX_CONNECTIONS", default_value_t = 100_000, global = true)]
+    pub max_connections: usize,
+
+    /// Capacity of each socket's outbound queue, in messages; a full queue closes the socket.
+    #[arg(long, env = "PPP_WRITE_QUEUE", default_value_t = 1024, global = true)]
+    pub write_queue: usize,
+
+    /// A socket silent for this long is inactive.
+    #[arg(long, env = "PPP_IDLE_AFTER", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub idle_after: Duration,
+
+    /// Close sockets inactive this long (`off` to never).
+    #[arg(long, env = "PPP_IDLE_TIMEOUT", default_value = "off", value_parser = parse_optional_duration, global = true)]
+    pub idle_timeout: Option<Duration>,
+
+    /// How often each upstream's gRPC health is checked.
+    #[arg(long, env = "PPP_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub health_interval: Duration,
+
+    /// A node whose heartbeat is older than this is dead (cluster mode).
+    #[arg(long, env = "PPP_NODE_TTL", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub node_ttl: Duration,
+
+    /// How often the node repairs its socket set in Redis (cluster mode).
+    #[arg(long, env = "PPP_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub resync_interval: Duration,
+
+    /// How long a graceful drain may take before remaining sockets are closed at once.
+    #[arg(long, env = "PPP_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub drain_timeout: Duration,
+
+    /// Approximate length `K:events` is trimmed to (cluster mode).
+    #[arg(long, env = "PPP_EVENTS_MAX", default_value_t = 100_000, global = true)]
+    pub events_max: u64,
+
+    /// Optional TOML file with any of these settings (keys are the flag names).
+    #[arg(long, env = "PPP_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log output format; the filter comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "PPP_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Secrets (the admin token, a password in the Redis URL) never reach logs.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("admin_insecure", &self.admin_insecure)
+            .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("cluster", &self.cluster)
+            .field("node_id", &self.node_id)
+            .field("upstream", &self.upstream)
+            .field("balance", &self.balance)
+            .field("framing", &self.framing)
+            .field("max_frame", &self.max_frame)
+            .field("max_connections", &self.max_connections)
+            .field("write_queue", &self.write_queue)
+            .field("idle_after", &self.idle_after)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("health_interval", &self.health_interval)
+            .field("node_ttl", &self.node_ttl)
+            .field("resync_interval", &self.resync_interval)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("events_max", &self.events_max)
+            .field("config", &self.config)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    /// The defaults, exactly as an empty command line gives them, ignoring the environment.
+    fn default() -> Self {
+        parse_from_no_env().expect("the defaults parse")
+    }
+}
+
+impl Config {
+    /// The node id: the configured one, or the host name and a short random suffix.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(default_node_id)
+    }
+
+    /// Checks settings that parse but cannot work. Called once at start-up.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.max_frame == 0 || self.max_frame > MAX_FRAME_LIMIT {
+            return invalid("--max-frame must be between 1 byte and 256MiB");
+        }
+        if self.max_connections == 0 {
+            return invalid("--max-connections must be at least 1");
+        }
+        if self.write_queue == 0 || self.write_queue > 1 << 20 {
+            return invalid("--write-queue must be between 1 and 1048576");
+        }
+        for (name, d) in [
+            ("--idle-after", self.idle_after),
+            ("--health-interval", self.health_interval),
+            ("--node-ttl", self.node_ttl),
+            ("--resync-interval", self.resync_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+            }
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return invalid("--idle-timeout must be greater than 0 (or `off`)");
+        }
+        if self.node_id.as_deref().is_some_and(|id| !valid_name(id)) {
+            return invalid("--node-id may hold only letters, digits, '-', '_' and '.'");
+        }
+        if !valid_name(&self.cluster) || !valid_name(&self.redis_prefix) {
+            return invalid("--cluster and --redis-prefix may hold only letters, digits, '-', '_' and '.'");
+        }
+        for uri in &self.upstream {
+            crate::upstream::validate_uri(uri).map_err(ConfigError::Invalid)?;
+        }
+        if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() && !self.admin_insecure {
+            return invalid(
+                "the admin listener is not loopback and no --admin-token is set \
+                 (set one, or pass --admin-insecure to accept the risk)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The upper bound of `--max-frame`: one frame must fit comfortably in memory and in a gRPC message.
+pub const MAX_FRAME_LIMIT: usize = 256 << 20;
+
+/// Parses the process's arguments, environment and optional config file.
+///
+/// # Errors
+/// A [`ConfigError`] naming the bad flag, variable or key.
+pub fn load() -> Result<Cli, ConfigError> {
+    load_from(std::env::args_os().collect())
+}
+
+/// Like [`load`], for the given argument vector (the first element is the program name).
+///
+/// # Errors
+/// A [`ConfigError`] naming the bad flag, variable or key.
+pub fn load_from(args: Vec<OsString>) -> Result<Cli, ConfigError> {
+    let command = Cli::command();
+    let matches = command.clone().try_get_matches_from(&args)?;
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let file_args = file_arguments(&command, &matches, &path)?;
+    let mut merged = Vec::with_capacity(args.len() + file_args.len());
+    merged.extend(args.first().cloned());
+    merged.extend(file_args.into_iter().map(OsString::from));
+    merged.extend(args.into_iter().skip(1));
+    let matches = command.try_get_matches_from(merged).map_err(|e| ConfigError::BadValue {
+        path: path.clone(),
+        key: error_key(&e),
+        message: e.kind().to_string(),
+    })?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// Names the flag a clap error is about, for an error blamed on the config file.
+fn error_key(error: &clap::Error) -> String {
+    match error.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(arg)) => arg.clone(),
+        _ => error.to_string().lines().next().unwrap_or_default().to_owned(),
+    }
+}
+
+/// Turns the file's keys that neither a flag nor the environment set into `--key=value` arguments.
+fn file_arguments(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    path: &Path,
+) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|source| ConfigError::Toml { path: path.to_owned(), source: Box::new(source) })?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let known = command.get_arguments().any(|a| a.get_id() == id.as_str() && a.get_long().is_some());
+        if !known || id == "config" {
+            return Err(ConfigError::UnknownKey { path: path.to_owned(), key });
+        }
+        if matches!(matches.value_source(&id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            continue;
+        }
+        let flag = format!("--{}", id.replace('_', "-"));
+        let bad = |message: &str| ConfigError::BadValue {
+            path: path.to_owned(),
+            key: key.clone(),
+            message: message.to_owned(),
+        };
+        match value {
+            toml::Value::Boolean(true) => out.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    out.push(format!("{flag}={}", scalar(&item).ok_or_else(|| bad("arrays hold strings or numbers"))?));
+                }
+            }
+            other => out.push(format!("{flag}={}", scalar(&other).ok_or_else(|| bad("expected a string or number"))?)),
+        }
+    }
+    Ok(out)
+}
+
+/// A TOML scalar as the text a flag would carry.
+fn scalar(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
+/// The defaults with no environment: clap reads `PPP_*` even for an empty command line, so the
+/// env-backed args are stripped of their `env` first.
+fn parse_from_no_env() -> Result<Config, clap::Error> {
+    let mut command = Cli::command();
+    let ids: Vec<_> = command.get_arguments().map(|a| a.get_id().clone()).collect();
+    for id in ids {
+        command = command.mut_arg(id, |a| a.env(None::<&str>));
+    }
+    let matches = command.try_get_matches_from(["ppp"])?;
+    Ok(Cli::from_arg_matches(&matches)?.config)
+}
+
+/// Parses a human duration: `500ms`, `10s`, `2m`, `1h 30m`.
+///
+/// # Errors
+/// A message for clap when the text is not a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}` is not a duration like 500ms, 10s, 2m: {e}"))
+}
+
+/// Parses a duration that may be switched off with `off` (or `0`).
+///
+/// # Errors
+/// A message for clap when the text is neither `off` nor a duration.
+pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    match text.trim() {
+        "off" | "none" | "0" => Ok(None),
+        other => parse_duration(other).map(Some),
+    }
+}
+
+/// Parses a byte size: a plain number, or one with a unit (`B`, `KiB`, `MiB`, `GiB`, `kB`, `MB`,
+/// `GB`; `K`/`M`/`G` mean the binary units).
+///
+/// # Errors
+/// A message for clap when the text is not a size.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 65536, 64KiB, 1MiB"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("`{other}` is not a size unit (B, KiB, MiB, GiB, kB, MB, GB)")),
+    };
+    n.checked_mul(multiplier)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Node ids, cluster names and prefixes become parts of Redis keys: keep them to a safe alphabet.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// The host name (from `HOSTNAME` or `/etc/hostname`) and a short random suffix.
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// A URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_the_human_way() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_optional_duration("off"), Ok(None));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(redact_url("redis://:hunter2@redis:6379/0"), "redis://<redacted>@redis:6379/0");
+        let config = Config { admin_token: Some("hunter2".into()), ..Config::default() };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,292 @@
+//! One socket's life: `opened`, its messages, `closed`.
+//!
+//! Each socket has two tasks. The **reader** waits until the socket is readable, reads into a
+//! buffer that exists only while bytes are waiting (an idle socket holds no read buffer), cuts
+//! frames and hands each to the router, waiting when no upstream has room (inbound
+//! backpressure). The **writer** drains the socket's bounded outbound queue, coalescing whatever
+//! is queued into one write. Either side ending closes the socket with a reason; the reader's
+//! task then waits for the writer, removes the socket and reports `closed`.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::{OwnedSemaphorePermit, mpsc},
+    time::Instant,
+};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{
+    framing::{self, FrameDecoder, FrameError},
+    table::SocketTable,
+};
+use crate::{
+    cluster::Backend,
+    config::Framing,
+    metrics as m,
+    proto::{NodeEvent, SocketClosed, SocketData, SocketInfo, SocketOpened, node_event::Event},
+    routing::Router,
+    settings::Settings,
+    socket::{CloseReason, SocketState, unix_ms},
+};
+
+/// Bytes reserved per read. Reads go straight into a buffer that frames are split off without
+/// copying; the buffer is released as soon as no partial frame is left in it.
+pub const READ_CHUNK: usize = 16 << 10;
+/// The writer coalesces queued messages into one write up to about this many bytes.
+pub const WRITE_BATCH: usize = 64 << 10;
+/// How long queued messages may take to flush when a socket closes gracefully.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the `closed` event of a socket may wait for an upstream with room.
+pub const CLOSED_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every socket's tasks need from the node. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct Downstream {
+    /// This node's id, for `SocketInfo.node_id`.
+    pub node_id: Arc<str>,
+    /// Where inbound events go.
+    pub router: Router,
+    /// The node's sockets.
+    pub table: SocketTable,
+    /// Where lifecycle records go.
+    pub backend: Arc<dyn Backend>,
+    /// Idle settings.
+    pub settings: Arc<Settings>,
+    /// `--framing`.
+    pub framing: Framing,
+    /// `--max-frame`.
+    pub max_frame: usize,
+    /// `--write-queue`.
+    pub write_queue: usize,
+    /// Where the writer task is spawned.
+    pub tracker: TaskTracker,
+}
+
+/// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.
+pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePermit) {
+    let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return; // The client is already gone; it was never a socket of ours.
+    };
+    let _ = stream.set_nodelay(true);
+    let (socket, outbound) = SocketState::new(remote, local, ctx.write_queue);
+    let span = info_span!("socket", socket.id = %socket.id, client.addr = %remote);
+    async move {
+        debug!("socket opened");
+        ctx.table.insert(socket.clone());
+        ctx.backend.socket_opened(&socket);
+        metrics::counter!(m::SOCKETS_OPENED).increment(1);
+        metrics::gauge!(m::SOCKETS_OPEN).increment(1.0);
+        let (read, write) = stream.into_split();
+        let writer = ctx.tracker.spawn(write_loop(ctx.framing, socket.clone(), write, outbound).in_current_span());
+        let reason = match deliver(&ctx.router, &socket, opened_event(&ctx.node_id, &socket)).await {
+            Ok(()) => read_loop(&ctx, &socket, read).await,
+            Err(reason) => reason,
+        };
+        socket.close(reason);
+        let _ = writer.await;
+        let reason = socket.close_reason().unwrap_or(reason);
+        ctx.table.remove(socket.id);
+        debug!(%reason, "socket closed");
+        metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
+        metrics::gauge!(m::SOCKETS_OPEN).decrement(1.0);
+        ctx.backend.socket_closed(&socket, reason);
+        let closed = NodeEvent {
+            event: Some(Event::Closed(SocketClosed { socket_id: socket.id_str.to_string(), reason: reason.to_string() })),
+        };
+        let forward = ctx.router.forward(closed, Some(&socket), None);
+        if tokio::time::timeout(CLOSED_EVENT_TIMEOUT, forward).await.is_err() {
+            warn!("no upstream took the closed event");
+            metrics::counter!(m::MESSAGES_REFUSED, "reason" => "no_upstream").increment(1);
+        }
+        drop(permit);
+    }
+    .instrument(span)
+    .await;
+}
+
+/// The `opened` event for a socket.
+fn opened_event(node_id: &str, socket: &SocketState) -> NodeEvent {
+    let info = SocketInfo {
+        id: socket.id_str.to_string(),
+        node_id: node_id.to_owned(),
+        remote_addr: socket.remote_addr.to_string(),
+        local_addr: socket.local_addr.to_string(),
+        connected_at_unix_ms: socket.connected_at_ms,
+        labels: (*socket.labels()).clone(),
+    };
+    NodeEvent { event: Some(Event::Opened(SocketOpened { socket: Some(info) })) }
+}
+
+/// Hands an event to an upstream, waiting as needed, unless the socket closes first.
+async fn deliver(router: &Router, socket: &SocketState, event: NodeEvent) -> Result<(), CloseReason> {
+    tokio::select! {
+        biased;
+        () = socket.closing.cancelled() => Err(socket.close_reason().unwrap_or(CloseReason::Shutdown)),
+        () = router.forward(event, Some(socket), None) => Ok(()),
+    }
+}
+
+/// Reads, frames and forwards until the socket closes; returns why it closed.
+async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) -> CloseReason {
+    let mut decoder = FrameDecoder::new(ctx.framing, ctx.max_frame);
+    let mut buf = BytesMut::new();
+    // A raw read is one message, so it may not exceed --max-frame.
+    let read_size = if ctx.framing == Framing::Raw { READ_CHUNK.min(ctx.max_frame) } else { READ_CHUNK };
+    loop {
+        let deadline = ctx.settings.idle_timeout().map(|t| idle_deadline(socket, t));
+        tokio::select! {
+            biased;
+            () = socket.closing.cancelled() => return socket.close_reason().unwrap_or(CloseReason::Shutdown),
+            () = sleep_until(deadline) => {
+                if ctx.settings.idle_timeout().is_some_and(|t| idle_deadline(socket, t) <= Instant::now()) {
+                    return CloseReason::Idle;
+                }
+                continue;
+            }
+            ready = read.readable() => if ready.is_err() { return CloseReason::ClientError },
+        }
+        if buf.capacity() - buf.len() < read_size {
+            buf.reserve(read_size);
+        }
+        match read.try_read_buf(&mut (&mut buf).limit(read_size)) {
+            Ok(0) => return eof(ctx, socket, &mut decoder, &mut buf).await,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return CloseReason::ClientError,
+        }
+        let now = unix_ms();
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if let Err(reason) = deliver(&ctx.router, socket, data_event(socket, frame, now)).await {
+                        return reason;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return frame_error(e),
+            }
+        }
+        if buf.is_empty() {
+            buf = BytesMut::new(); // Hold no memory while the socket is quiet.
+        }
+    }
+}
+
+/// The client closed: a last unterminated line is still a message.
+async fn eof(ctx: &Downstream, socket: &SocketState, decoder: &mut FrameDecoder, buf: &mut BytesMut) -> CloseReason {
+    match decoder.decode_eof(buf) {
+        Ok(Some(frame)) => {
+            if let Err(reason) = deliver(&ctx.router, socket, data_event(socket, frame, unix_ms())).await {
+                return reason;
+            }
+        }
+        Ok(None) if !buf.is_empty() => {
+            debug!(bytes = buf.len(), "client closed in the middle of a frame");
+            metrics::counter!(m::MESSAGES_REFUSED, "reason" => "truncated_frame").increment(1);
+        }
+        Ok(None) => {}
+        Err(e) => return frame_error(e),
+    }
+    CloseReason::ClientClosed
+}
+
+fn frame_error(e: FrameError) -> CloseReason {
+    debug!(error = %e, "bad frame");
+    match e {
+        FrameError::TooLarge { .. } => CloseReason::FrameTooLarge,
+        FrameError::Io(_) => CloseReason::ClientError,
+    }
+}
+
+/// The `data` event for one inbound frame, noting it in the socket's counters.
+fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> NodeEvent {
+    let seq = socket.note_inbound(payload.len(), now_ms);
+    metrics::counter!(m::MESSAGES_IN).increment(1);
+    metrics::counter!(m::BYTES_IN).increment(payload.len() as u64);
+    let data = SocketData { socket_id: socket.id_str.to_string(), seq, payload, labels: (*socket.labels()).clone() };
+    NodeEvent { event: Some(Event::Data(data)) }
+}
+
+/// When the socket becomes idle for `timeout`, as a tokio instant.
+fn idle_deadline(socket: &SocketState, timeout: Duration) -> Instant {
+    let silent_ms = (unix_ms() - socket.last_seen_ms()).max(0) as u64;
+    (Instant::now() + timeout).checked_sub(Duration::from_millis(silent_ms)).unwrap_or_else(Instant::now)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes queued messages until the socket closes; on a graceful close, flushes what is queued.
+async fn write_loop(framing: Framing, socket: Arc<SocketState>, mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    let mut out = BytesMut::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            m = rx.recv() => m,
+            () = socket.closing.cancelled() => break,
+        };
+        let Some(first) = first else { break };
+        batch(framing, &socket, first, &mut rx, &mut out);
+        let written = tokio::select! {
+            biased;
+            r = write.write_all(&out) => r,
+            () = abort(&socket) => return,
+        };
+        if written.is_err() {
+            socket.close(CloseReason::ClientError);
+            return;
+        }
+        out = BytesMut::new(); // Hold no memory while the socket is quiet.
+    }
+    if socket.close_reason().is_some_and(CloseReason::flushes) {
+        rx.close();
+        let flush = async {
+            while let Some(first) = rx.recv().await {
+                batch(framing, &socket, first, &mut rx, &mut out);
+                write.write_all(&out).await?;
+                out.clear();
+            }
+            write.shutdown().await
+        };
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
+    }
+}
+
+/// Frames `first` and whatever else is queued, up to [`WRITE_BATCH`] bytes, into `out`.
+fn batch(framing: Framing, socket: &SocketState, first: Bytes, rx: &mut mpsc::Receiver<Bytes>, out: &mut BytesMut) {
+    let mut messages = 0u64;
+    let mut bytes = 0u64;
+    let mut next = Some(first);
+    while let Some(payload) = next.take() {
+        framing::encode(framing, &payload, out);
+        messages += 1;
+        bytes += payload.len() as u64;
+        if out.len() < WRITE_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    socket.messages_out.fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
+    socket.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!(m::MESSAGES_OUT).increment(messages);
+    metrics::counter!(m::BYTES_OUT).increment(bytes);
+}
+
+/// Resolves when the socket closes for a reason that does not flush (a write in progress is
+/// abandoned then); never resolves for a graceful close.
+async fn abort(socket: &SocketState) {
+    socket.closing.cancelled().await;
+    if socket.close_reason().is_some_and(CloseReason::flushes) {
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,172 @@
+//! An example upstream: it echoes every message back to its socket, and understands a few
+//! commands typed by the client, to show what an upstream can do:
+//!
+//! | typed                 | what the upstream does                                          |
+//! |-----------------------|-----------------------------------------------------------------|
+//! | `/help`               | replies with this list                                          |
+//! | `/whoami`             | replies with the socket id, its node and its labels             |
+//! | `/label k=v ...`      | `set_labels` (merge) on the socket; an empty value removes it   |
+//! | `/broadcast text`     | `broadcast` to every socket of the cluster                      |
+//! | `/to <socket> text`   | `send` to another socket, and reports the receipt               |
+//! | `/close`              | `close` the socket                                              |
+//! | anything else         | `send` it back                                                  |
+//!
+//! It is stateless about sockets: who is talking comes with every `data` event (`labels`).
+//! The only state is per stream: which `command_id` belongs to which socket, to report receipts.
+//! `examples/echo_upstream.rs` serves it; `ppp demo` runs it in-process.
+
+use std::{collections::HashMap, future::Future, pin::Pin};
+
+use bytes::Bytes;
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming, transport::Server};
+
+use crate::{
+    UPSTREAM_SERVICE,
+    proto::{
+        self, NodeEvent, UpstreamCommand, node_event::Event, upstream_command::Command,
+        upstream_server::{Upstream, UpstreamServer},
+    },
+};
+
+const HELP: &str = "commands: /whoami, /label k=v ..., /broadcast text, /to <socket-id> text, /close, /help; anything else is echoed";
+
+/// The echo upstream.
+#[derive(Debug, Clone, Default)]
+pub struct EchoUpstream {
+    /// Greet every socket when it opens (the demo does; benchmarks and tests do not).
+    pub greet: bool,
+}
+
+impl EchoUpstream {
+    /// An echo upstream that greets new sockets when `greet` is set.
+    pub fn new(greet: bool) -> Self {
+        Self { greet }
+    }
+}
+
+#[tonic::async_trait]
+impl Upstream for EchoUpstream {
+    type ConnectStream = Pin<Box<dyn Stream<Item = Result<UpstreamCommand, Status>> + Send>>;
+
+    async fn connect(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4096);
+        let mut session = Session { greet: self.greet, pending: HashMap::new(), next_id: 0 };
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            // The stream ends when the node ends its side; dropping `tx` then ends ours.
+            while let Ok(Some(event)) = inbound.message().await {
+                session.handle(event, &mut out);
+                for command in out.drain(..) {
+                    if tx.send(Ok(command)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One node's stream.
+struct Session {
+    greet: bool,
+    /// `command_id` → the socket to tell about its receipt.
+    pending: HashMap<String, String>,
+    next_id: u64,
+}
+
+impl Session {
+    fn handle(&mut self, event: NodeEvent, out: &mut Vec<UpstreamCommand>) {
+        match event.event {
+            Some(Event::Opened(o)) if self.greet => {
+                let id = o.socket.map(|s| s.id).unwrap_or_default();
+                out.push(send(&id, format!("welcome, you are {id}. {HELP}")));
+            }
+            Some(Event::Data(d)) => self.data(d, out),
+            Some(Event::Result(r)) => {
+                if let Some(socket) = self.pending.remove(&r.command_id) {
+                    let status = proto::Status::try_from(r.status).map_or("unknown", |s| s.as_str_name());
+                    out.push(send(&socket, format!("receipt {}: {status} {}", r.command_id, r.detail)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn data(&mut self, d: proto::SocketData, out: &mut Vec<UpstreamCommand>) {
+        let text = String::from_utf8_lossy(&d.payload);
+        let (verb, rest) = text.split_once(' ').unwrap_or((&text, ""));
+        let me = d.socket_id.as_str();
+        match verb {
+            "/help" => out.push(send(me, HELP.to_owned())),
+            "/whoami" => {
+                let mut labels: Vec<_> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                out.push(send(me, format!("you are {me}, seq {}, labels [{}]", d.seq, labels.join(","))));
+            }
+            "/label" => {
+                let labels = rest.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned()));
+                let command = Command::SetLabels(proto::SetLabels { socket_id: me.to_owned(), labels: labels.collect(), replace: false });
+                out.push(self.tracked(me, command));
+            }
+            "/broadcast" => {
+                let payload = Bytes::from(format!("broadcast from {me}: {rest}"));
+                let command = Command::Broadcast(proto::Broadcast { scope: proto::Scope::All as i32, payload, selector: HashMap::new() });
+                out.push(UpstreamCommand { command_id: String::new(), command: Some(command) });
+            }
+            "/to" => {
+                let (target, message) = rest.split_once(' ').unwrap_or((rest, ""));
+                let payload = Bytes::from(format!("from {me}: {message}"));
+                out.push(self.tracked(me, Command::Send(proto::Send { socket_id: target.to_owned(), payload })));
+            }
+            "/close" => out.push(UpstreamCommand {
+                command_id: String::new(),
+                command: Some(Command::Close(proto::Close { socket_id: me.to_owned(), reason: "asked for it".to_owned() })),
+            }),
+            _ => out.push(UpstreamCommand {
+                command_id: String::new(),
+                command: Some(Command::Send(proto::Send { socket_id: d.socket_id, payload: d.payload })),
+            }),
+        }
+    }
+
+    /// A command with a `command_id`, whose receipt is reported to `socket`.
+    fn tracked(&mut self, socket: &str, command: Command) -> UpstreamCommand {
+        self.next_id += 1;
+        let command_id = format!("echo-{}", self.next_id);
+        self.pending.insert(command_id.clone(), socket.to_owned());
+        UpstreamCommand { command_id, command: Some(command) }
+    }
+}
+
+fn send(socket: &str, text: String) -> UpstreamCommand {
+    UpstreamCommand {
+        command_id: String::new(),
+        command: Some(Command::Send(proto::Send { socket_id: socket.to_owned(), payload: Bytes::from(text) })),
+    }
+}
+
+/// Serves the echo upstream and the gRPC health service (SERVING for `ppp.v1.Upstream`) on
+/// `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// The transport error that stopped the server.
+pub async fn serve(
+    listener: TcpListener,
+    upstream: EchoUpstream,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving).await;
+    Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .add_service(health)
+        .add_service(UpstreamServer::new(upstream))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,54 @@
+//! PersistentParadoxPlex: an edge tier for raw TCP.
+//!
+//! A **node** accepts raw TCP sockets, names each with a UUID v7, frames its bytes into messages and
+//! forwards every message over gRPC to stateless **upstream** services, round-robin (or sticky).
+//! Upstreams answer by socket id, broadcast, label sockets or close them. The contract (wire
+//! protocol, flags, Redis keys) is `DESIGN.md`; `docs/architecture.md` walks the data path.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one typed configuration: flags, `PPP_*` environment, TOML file, validation.
+//! - [`proto`]: the generated `ppp.v1` protocol types (`proto/ppp/v1/upstream.proto`).
+//! - [`socket`]: socket ids, labels, close reasons and the per-socket shared state.
+//! - [`downstream`]: the TCP side: the accept loop ([`downstream::listener`]), framing codecs
+//!   ([`downstream::framing`]), the per-socket reader and writer tasks
+//!   ([`downstream::connection`]) and the table of this node's sockets ([`downstream::table`]).
+//! - [`routing`]: picks the upstream for each inbound event (round-robin or sticky) and applies
+//!   inbound backpressure.
+//! - [`upstream`]: the gRPC side: the pool of upstreams ([`upstream::pool`]), one `Connect` stream
+//!   per upstream with reconnect and backoff ([`upstream::stream`]), readiness polling
+//!   ([`upstream::health`]).
+//! - [`command`]: validates upstream commands and carries them out (send, broadcast, close,
+//!   labels), producing receipts.
+//! - [`cluster`]: the [`cluster::Backend`] trait (where socket metadata, lifecycle records and
+//!   cross-node commands go) and its in-memory implementation for standalone nodes.
+//! - [`node`]: wires everything together: [`node::Node::start`] and [`run`].
+//! - [`echo`]: an example upstream (echo plus a few commands), used by `ppp demo`, the tests and the
+//!   benchmark.
+//! - [`metrics`]: the names of every metric the node records.
+
+pub mod cluster;
+pub mod command;
+pub mod config;
+pub mod downstream;
+pub mod echo;
+pub mod metrics;
+pub mod node;
+pub mod routing;
+pub mod settings;
+pub mod socket;
+pub mod upstream;
+
+/// The generated `ppp.v1` protocol (messages, client and server).
+pub mod proto {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("ppp.v1");
+}
+
+pub use node::{Node, run};
+
+/// The node's software version, as sent in `NodeHello.version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The gRPC service name whose health decides an upstream's readiness.
+pub const UPSTREAM_SERVICE: &str = "ppp.v1.Upstream";

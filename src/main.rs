@@ -1,0 +1,98 @@
+//! `ppp`: reads the configuration, sets up logging, binds the listener and runs a node (or, with
+//! `ppp demo`, a node and the example echo upstream in one process). Everything else is library
+//! code.
+
+use std::process::ExitCode;
+
+use ppp::{
+    config::{self, Command, ConfigError, LogFormat},
+    echo::{self, EchoUpstream},
+};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match config::load() {
+        Ok(cli) => cli,
+        Err(ConfigError::Cli(e)) => e.exit(),
+        Err(e) => return fail(&e),
+    };
+    init_tracing(cli.config.log_format);
+    if let Err(e) = cli.config.validate() {
+        return fail(&e);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            None => node(cli.config).await,
+            Some(Command::Demo) => demo(cli.config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&*e),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("ppp: {e}");
+    ExitCode::from(2)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn node(config: config::Config) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    ppp::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// A node and the echo upstream in one process: the quickest way to see it work.
+async fn demo(mut config: config::Config) -> Result<(), BoxError> {
+    let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let upstream_uri = format!("http://{}", upstream_listener.local_addr()?);
+    tokio::spawn(echo::serve(upstream_listener, EchoUpstream::new(true), std::future::pending()));
+    config.upstream.push(upstream_uri.clone());
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let port = listener.local_addr()?.port();
+    println!("PersistentParadoxPlex demo: a standalone node with the echo upstream at {upstream_uri}.");
+    println!("Connect with:  nc 127.0.0.1 {port}   (type a line; try /help, /whoami, /label user=ada, /broadcast hi)");
+    println!("Stop with Ctrl-C.");
+    ppp::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,310 @@
+//! A node: the listener, the socket table, the upstream pool and the backend, wired together.
+//!
+//! [`Node::start`] takes a bound listener (so tests bind port 0) and returns a cheap `Clone`
+//! handle; [`Node::shutdown`] drains it. [`run`] is what `main` calls: start, wait for the
+//! shutdown signal, drain.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use rand::Rng;
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, Semaphore},
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    cluster::{Backend, BackendError, UpstreamEntry, memory::MemoryBackend},
+    command::{Command, Dispatcher, Receipt},
+    config::Config,
+    downstream::{
+        connection::Downstream,
+        listener,
+        table::SocketTable,
+    },
+    proto::NodeHello,
+    routing::Router,
+    settings::Settings,
+    socket::CloseReason,
+    upstream::{
+        self,
+        pool::UpstreamPool,
+        stream::{self, StreamContext},
+    },
+};
+
+/// Why a node could not start or an operation on it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// An upstream URI is not valid.
+    #[error("{0}")]
+    InvalidUpstream(String),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Cluster mode is asked for but not available in this build.
+    #[error("cluster mode (--redis) is not available in this version yet; run without --redis for a standalone node")]
+    ClusterUnavailable,
+}
+
+/// A running node. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node's id.
+    node_id: String,
+    /// The configuration it started with.
+    config: Config,
+    /// Where the downstream listener is bound.
+    local_addr: SocketAddr,
+    /// Live settings.
+    settings: Arc<Settings>,
+    /// The node's sockets.
+    table: SocketTable,
+    /// The upstreams.
+    pool: UpstreamPool,
+    /// Carries out commands.
+    dispatcher: Dispatcher,
+    /// The cluster (or the memory stand-in).
+    backend: Arc<dyn Backend>,
+    /// Every task the node spawns.
+    tracker: TaskTracker,
+    /// Cancelled to stop accepting sockets.
+    stop_accepting: CancellationToken,
+    /// What every upstream stream task needs; its `finish` ends the streams on drain.
+    stream_ctx: StreamContext,
+    /// Serializes registry reconciliations, so an upstream is never started twice.
+    reconcile: Mutex<()>,
+    /// Cancelled once a drain has started.
+    draining: CancellationToken,
+}
+
+impl Node {
+    /// Starts a node on a bound listener: accepts sockets and streams to the configured
+    /// upstreams.
+    ///
+    /// # Errors
+    /// [`NodeError`] when the configuration is invalid or the backend cannot start.
+    pub async fn start(config: Config, listener: TcpListener) -> Result<Self, NodeError> {
+        config.validate()?;
+        if config.redis.is_some() {
+            return Err(NodeError::ClusterUnavailable);
+        }
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let node_id = config.node_id();
+        let local_addr = listener.local_addr()?;
+        let settings = Arc::new(Settings::new(&config));
+        let table = SocketTable::default();
+        let pool = UpstreamPool::new();
+        let router = Router::new(pool.clone(), backend.counter(), settings.clone());
+        let dispatcher = Dispatcher::new(table.clone(), backend.clone(), settings.clone());
+        let tracker = TaskTracker::new();
+        let stream_ctx = StreamContext {
+            hello: NodeHello { node_id: node_id.clone(), cluster: config.cluster.clone(), version: crate::VERSION.to_owned() },
+            dispatcher: dispatcher.clone(),
+            router: router.clone(),
+            health_interval: config.health_interval,
+            finish: CancellationToken::new(),
+            tracker: tracker.clone(),
+        };
+        let downstream = Downstream {
+            node_id: node_id.as_str().into(),
+            router,
+            table: table.clone(),
+            backend: backend.clone(),
+            settings: settings.clone(),
+            framing: config.framing,
+            max_frame: config.max_frame,
+            write_queue: config.write_queue,
+            tracker: tracker.clone(),
+        };
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let node = Self {
+            inner: Arc::new(Inner {
+                node_id,
+                config,
+                local_addr,
+                settings,
+                table,
+                pool,
+                dispatcher,
+                backend,
+                tracker,
+                stop_accepting: CancellationToken::new(),
+                stream_ctx,
+                reconcile: Mutex::new(()),
+                draining: CancellationToken::new(),
+            }),
+        };
+        info!(node.id = %node.inner.node_id, mode = "standalone", "node starting");
+        for uri in node.inner.config.upstream.clone() {
+            node.add_upstream(None, uri).await?;
+        }
+        node.spawn_registry_watch();
+        let stop = node.inner.stop_accepting.clone();
+        node.inner.tracker.spawn(listener::run(listener, downstream, limit, stop));
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// Where the downstream listener is bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The node's sockets.
+    pub fn sockets(&self) -> &SocketTable {
+        &self.inner.table
+    }
+
+    /// The upstreams as this node sees them.
+    pub fn upstreams(&self) -> &UpstreamPool {
+        &self.inner.pool
+    }
+
+    /// Live settings.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.inner.settings
+    }
+
+    /// Carries out a command (as an upstream's would be) and says what happened.
+    pub async fn execute(&self, command: &Command) -> Receipt {
+        self.inner.dispatcher.execute(command).await
+    }
+
+    /// Adds an upstream to the registry (id: its `host:port` unless given) and starts streaming
+    /// to it.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidUpstream`] for a bad URI; [`NodeError::Backend`] when the registry
+    /// cannot be written.
+    pub async fn add_upstream(&self, id: Option<String>, uri: String) -> Result<UpstreamEntry, NodeError> {
+        upstream::validate_uri(&uri).map_err(NodeError::InvalidUpstream)?;
+        let id = id.unwrap_or_else(|| upstream::default_id(&uri));
+        let entry = UpstreamEntry { id, uri };
+        self.inner.backend.add_upstream(entry.clone()).await?;
+        self.reconcile().await?;
+        Ok(entry)
+    }
+
+    /// Removes an upstream from the registry and stops streaming to it; `false` when unknown.
+    ///
+    /// # Errors
+    /// [`NodeError::Backend`] when the registry cannot be written.
+    pub async fn remove_upstream(&self, id: &str) -> Result<bool, NodeError> {
+        let removed = self.inner.backend.remove_upstream(id).await?;
+        self.reconcile().await?;
+        Ok(removed)
+    }
+
+    /// Makes the pool match the registry: starts new upstreams, stops removed ones.
+    async fn reconcile(&self) -> Result<(), BackendError> {
+        let _serial = self.inner.reconcile.lock().await;
+        if self.inner.draining.is_cancelled() {
+            return Ok(());
+        }
+        let wanted = self.inner.backend.upstreams().await?;
+        for current in self.inner.pool.snapshot().iter() {
+            if !wanted.iter().any(|w| w.id == current.id && w.uri == current.uri) {
+                info!(upstream = %current.id, "upstream removed");
+                self.inner.pool.remove(&current.id);
+            }
+        }
+        for entry in wanted {
+            if self.inner.pool.get(&entry.id).is_none() {
+                info!(upstream = %entry.id, uri = %entry.uri, "upstream added");
+                let (up, rx) = self.inner.pool.insert(entry.id.clone(), entry.uri);
+                let span = info_span!("upstream", upstream = %entry.id);
+                self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reconciles whenever the registry changes (in cluster mode, when another node changes it).
+    fn spawn_registry_watch(&self) {
+        let node = self.clone();
+        let mut changes = self.inner.backend.registry_changes();
+        let finish = self.inner.stream_ctx.finish.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = finish.cancelled() => break,
+                    r = changes.changed() => if r.is_err() { break },
+                }
+                if let Err(e) = node.reconcile().await {
+                    warn!(error = %e, "could not reconcile the upstream registry");
+                }
+            }
+        });
+    }
+
+    /// Drains the node: stops accepting, closes its sockets in jittered batches with reason
+    /// `shutdown` (queued messages are flushed, upstreams get `closed`), ends the upstream
+    /// streams once their queues are sent, all within `--drain-timeout`.
+    pub async fn shutdown(&self) {
+        if self.inner.draining.is_cancelled() {
+            return self.inner.tracker.wait().await;
+        }
+        self.inner.draining.cancel();
+        let timeout = self.inner.config.drain_timeout;
+        let deadline = Instant::now() + timeout;
+        self.inner.stop_accepting.cancel();
+        let sockets = self.inner.table.snapshot();
+        info!(sockets = sockets.len(), ?timeout, "draining");
+        // Spread the closes over the first half of the timeout, so that clients reconnecting
+        // elsewhere do not all arrive at once.
+        let batches = sockets.len().div_ceil(DRAIN_BATCH).max(1);
+        let pause = (timeout / 2 / batches as u32).min(Duration::from_secs(1));
+        for (i, batch) in sockets.chunks(DRAIN_BATCH).enumerate() {
+            if i > 0 {
+                let jitter = rand::rng().random_range(0.5..=1.0);
+                tokio::time::sleep_until((Instant::now() + pause.mul_f64(jitter)).min(deadline)).await;
+            }
+            for socket in batch {
+                socket.close(CloseReason::Shutdown);
+            }
+        }
+        if tokio::time::timeout_at(deadline, self.inner.table.wait_empty()).await.is_err() {
+            warn!(left = self.inner.table.len(), "drain timeout: sockets still open");
+        }
+        self.inner.stream_ctx.finish.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout_at(deadline, self.inner.tracker.wait()).await.is_err() {
+            warn!("drain timeout: stopping what is left");
+            for up in self.inner.pool.snapshot().iter() {
+                up.stop.cancel();
+            }
+        }
+        info!("drained");
+    }
+}
+
+/// Sockets closed at once per drain batch.
+const DRAIN_BATCH: usize = 500;
+
+/// Runs a node on `listener` until `shutdown` resolves, then drains it.
+///
+/// # Errors
+/// [`NodeError`] when the node cannot start.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let node = Node::start(config, listener).await?;
+    shutdown.await;
+    node.shutdown().await;
+    Ok(())
+}

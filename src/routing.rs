@@ -1,0 +1,139 @@
+//! Routing: which upstream gets each inbound event, and inbound backpressure.
+//!
+//! `round-robin` hands each event to the next usable upstream by the shared counter (upstreams
+//! are ordered by id on every node, so the split is fair cluster-wide); when that one's queue is
+//! full the next one is tried. `sticky` binds a socket to the upstream that took its first event
+//! and rebinds it only when that upstream is no longer usable. When no usable upstream can take
+//! the event, [`Router::forward`] waits, so the socket's reader stops reading and TCP flow control
+//! holds the client: nothing is buffered without bound and nothing is dropped.
+
+use std::sync::Arc;
+
+use futures_util::future::select_all;
+
+use crate::{
+    cluster::Counter,
+    config::Balance,
+    proto::NodeEvent,
+    settings::Settings,
+    socket::SocketState,
+    upstream::pool::{Upstream, UpstreamPool},
+};
+
+/// Picks upstreams for inbound events. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct Router {
+    /// The upstreams.
+    pool: UpstreamPool,
+    /// The (cluster-wide) round-robin counter.
+    counter: Arc<dyn Counter>,
+    /// For the balance mode.
+    settings: Arc<Settings>,
+}
+
+impl Router {
+    /// A router over `pool`.
+    pub fn new(pool: UpstreamPool, counter: Arc<dyn Counter>, settings: Arc<Settings>) -> Self {
+        Self { pool, counter, settings }
+    }
+
+    /// The pool this router spreads over.
+    pub fn pool(&self) -> &UpstreamPool {
+        &self.pool
+    }
+
+    /// Hands `event` (of `socket`, if it belongs to one) to an upstream, waiting as long as no
+    /// usable upstream has room. `exclude` names an upstream that must not get it (the one it is
+    /// being rerouted away from).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: when cancelled, the event was not handed to anyone.
+    pub async fn forward(&self, mut event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) {
+        let mut changes = None;
+        loop {
+            event = match self.try_forward(event, socket, exclude) {
+                Ok(()) => return,
+                Err(event) => event,
+            };
+            // Subscribe before looking again, so no change between the look and the wait is missed.
+            let Some(rx) = &mut changes else {
+                changes = Some(self.pool.subscribe());
+                continue;
+            };
+            let candidates = self.candidates(socket, exclude);
+            if candidates.is_empty() {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                continue;
+            }
+            let waits = candidates.into_iter().map(|u| Box::pin(u.reserve()));
+            tokio::select! {
+                _ = rx.changed() => {}
+                (Some((up, permit)), ..) = select_all(waits) => {
+                    up.hand_reserved(permit, event);
+                    self.bind(socket, &up);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands `event` to a usable upstream with room, without waiting.
+    ///
+    /// # Errors
+    /// The event, when none could take it now.
+    pub fn try_forward(&self, event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) -> Result<(), NodeEvent> {
+        let list = self.pool.snapshot();
+        let usable = |u: &&Arc<Upstream>| u.is_usable() && Some(u.id.as_str()) != exclude;
+        if let Some(bound) = self.bound(socket).filter(|b| usable(&b)) {
+            return bound.try_hand(event);
+        }
+        let count = list.iter().filter(usable).count();
+        if count == 0 {
+            return Err(event);
+        }
+        let start = (self.counter.next() % count as u64) as usize;
+        let mut event = event;
+        for up in list.iter().filter(usable).cycle().skip(start).take(count) {
+            event = match up.try_hand(event) {
+                Ok(()) => {
+                    self.bind(socket, up);
+                    return Ok(());
+                }
+                Err(event) => event,
+            };
+        }
+        Err(event)
+    }
+
+    /// The upstreams worth waiting on: the socket's bound one if usable, else every usable one.
+    fn candidates(&self, socket: Option<&SocketState>, exclude: Option<&str>) -> Vec<Arc<Upstream>> {
+        let usable = |u: &Arc<Upstream>| u.is_usable() && Some(u.id.as_str()) != exclude;
+        if let Some(bound) = self.bound(socket).filter(|b| usable(b)) {
+            return vec![bound];
+        }
+        self.pool.snapshot().iter().filter(|u| usable(u)).cloned().collect()
+    }
+
+    /// The upstream a socket is bound to, in sticky mode.
+    fn bound(&self, socket: Option<&SocketState>) -> Option<Arc<Upstream>> {
+        if self.settings.balance() != Balance::Sticky {
+            return None;
+        }
+        socket?.sticky.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Binds a socket to the upstream that took its event, in sticky mode.
+    fn bind(&self, socket: Option<&SocketState>, up: &Arc<Upstream>) {
+        if self.settings.balance() != Balance::Sticky {
+            return;
+        }
+        if let Some(socket) = socket {
+            let mut bound = socket.sticky.lock().unwrap_or_else(|e| e.into_inner());
+            if bound.as_ref().is_none_or(|b| !Arc::ptr_eq(b, up)) {
+                *bound = Some(up.clone());
+            }
+        }
+    }
+}

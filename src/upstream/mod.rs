@@ -1,0 +1,50 @@
+//! The gRPC side: every upstream the node knows, one `Connect` stream to each, and their
+//! readiness.
+//!
+//! - [`pool`]: the upstreams, their queues and their state (ready, open).
+//! - [`stream`]: the task that keeps one `Connect` stream open, feeds it and carries out the
+//!   commands that come back.
+//! - [`health`]: the task that polls `grpc.health.v1.Health/Check` for readiness.
+
+pub mod health;
+pub mod pool;
+pub mod stream;
+
+/// Checks that an upstream URI is one the node can dial: `http://host:port` or `https://host:port`.
+///
+/// # Errors
+/// A message naming the URI and what is wrong with it.
+pub fn validate_uri(uri: &str) -> Result<(), String> {
+    let parsed: http::Uri = uri.parse().map_err(|e| format!("upstream `{uri}` is not a URI: {e}"))?;
+    match parsed.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("upstream `{uri}` must start with http:// or https://")),
+    }
+    if parsed.host().is_none_or(str::is_empty) || parsed.port_u16().is_none() {
+        return Err(format!("upstream `{uri}` must name a host and a port (http://host:port)"));
+    }
+    Ok(())
+}
+
+/// The id an upstream gets when none is given: its `host:port`, the same on every node.
+pub fn default_id(uri: &str) -> String {
+    let parsed: Result<http::Uri, _> = uri.parse();
+    match parsed.ok().and_then(|u| u.authority().map(|a| a.as_str().to_owned())) {
+        Some(authority) => authority,
+        None => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_need_scheme_host_and_port() {
+        assert!(validate_uri("http://127.0.0.1:50051").is_ok());
+        assert!(validate_uri("127.0.0.1:50051").is_err());
+        assert!(validate_uri("http://host").is_err());
+        assert!(validate_uri("ftp://host:1").is_err());
+        assert_eq!(default_id("http://echo:50051"), "echo:50051");
+    }
+}

@@ -1,0 +1,212 @@
+//! The pool of upstreams this node streams to.
+//!
+//! Each [`Upstream`] has a bounded queue of events that its stream task feeds into the `Connect`
+//! stream. The router hands events only to *usable* upstreams: ready (health SERVING) and with an
+//! open stream. Every change of the pool or of an upstream's state bumps a watch, so a socket that
+//! waits for capacity (inbound backpressure) wakes up when something changes.
+
+use std::sync::{
+    Arc, Mutex, RwLock,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::NodeEvent;
+
+/// Capacity of each upstream's event queue. When every usable upstream's queue is full the node
+/// stops reading sockets (TCP flow control holds the clients).
+pub const UPSTREAM_QUEUE: usize = 8192;
+
+/// One upstream as this node sees it.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its id in the registry (`host:port` unless given).
+    pub id: String,
+    /// Its gRPC URI.
+    pub uri: String,
+    /// The queue the stream task drains into the `Connect` stream.
+    tx: mpsc::Sender<NodeEvent>,
+    /// Health says SERVING.
+    ready: AtomicBool,
+    /// The `Connect` stream is open.
+    open: AtomicBool,
+    /// Cancelled when the upstream is removed: its tasks stop.
+    pub stop: CancellationToken,
+    /// Events handed to it.
+    pub messages_sent: AtomicU64,
+    /// The last error seen on its stream or health check, for operators.
+    last_error: Mutex<Option<String>>,
+    /// The pool's change signal.
+    changed: watch::Sender<u64>,
+}
+
+impl Upstream {
+    /// Whether the router may hand it events: ready and streaming.
+    pub fn is_usable(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.open.load(Ordering::Acquire)
+    }
+
+    /// Whether health says SERVING.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether its stream is open.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The last error seen, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Notes an error for operators.
+    pub fn set_last_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    /// Sets readiness; a change wakes waiting sockets. Returns whether it changed.
+    pub fn set_ready(&self, ready: bool) -> bool {
+        let changed = self.ready.swap(ready, Ordering::AcqRel) != ready;
+        if changed {
+            self.changed.send_modify(|v| *v += 1);
+            metrics::gauge!(crate::metrics::UPSTREAM_READY, "upstream" => self.id.clone()).set(f64::from(u8::from(ready)));
+        }
+        changed
+    }
+
+    /// Sets whether the stream is open; a change wakes waiting sockets.
+    pub fn set_open(&self, open: bool) {
+        if self.open.swap(open, Ordering::AcqRel) != open {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Hands an event over without waiting; gives it back when the queue is full.
+    ///
+    /// # Errors
+    /// The event, when it was not taken.
+    pub fn try_hand(&self, event: NodeEvent) -> Result<(), NodeEvent> {
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                self.messages_sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) => Err(e),
+        }
+    }
+
+    /// Waits for room in the queue and reserves it; `None` if the queue is closed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a reservation not yet returned is released.
+    pub async fn reserve(self: Arc<Self>) -> Option<(Arc<Self>, mpsc::OwnedPermit<NodeEvent>)> {
+        let permit = self.tx.clone().reserve_owned().await.ok()?;
+        Some((self, permit))
+    }
+
+    /// Hands an event over through a reservation from [`Upstream::reserve`].
+    pub fn hand_reserved(&self, permit: mpsc::OwnedPermit<NodeEvent>, event: NodeEvent) {
+        permit.send(event);
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Room left in its queue.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+}
+
+/// The pool: upstreams ordered by id (the same order on every node). A cheap `Clone` handle.
+#[derive(Debug, Clone)]
+pub struct UpstreamPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    /// The upstreams, ordered by id; replaced whole on change so readers take a snapshot.
+    list: RwLock<Arc<[Arc<Upstream>]>>,
+    /// Bumped when the pool or an upstream's state changes.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for UpstreamPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UpstreamPool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        let inner = PoolInner { list: RwLock::new(Arc::from(Vec::new())), changed: watch::Sender::new(0) };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The upstreams now, ordered by id.
+    pub fn snapshot(&self) -> Arc<[Arc<Upstream>]> {
+        self.inner.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The upstream with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<Upstream>> {
+        self.snapshot().iter().find(|u| u.id == id).cloned()
+    }
+
+    /// A receiver that sees every change of the pool or of an upstream's state.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// Adds an upstream, not yet ready nor open; returns it and its queue's receiving end for
+    /// the stream task. An upstream with the same id is replaced (and stopped).
+    pub fn insert(&self, id: String, uri: String) -> (Arc<Upstream>, mpsc::Receiver<NodeEvent>) {
+        let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
+        let upstream = Arc::new(Upstream {
+            id,
+            uri,
+            tx,
+            ready: AtomicBool::new(false),
+            open: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            messages_sent: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            changed: self.inner.changed.clone(),
+        });
+        self.update(|list| {
+            if let Some(old) = list.iter().position(|u| u.id == upstream.id) {
+                list.remove(old).stop.cancel();
+            }
+            list.push(upstream.clone());
+            list.sort_by(|a, b| a.id.cmp(&b.id));
+        });
+        (upstream, rx)
+    }
+
+    /// Removes an upstream and stops its tasks; returns it if it was there.
+    pub fn remove(&self, id: &str) -> Option<Arc<Upstream>> {
+        let mut removed = None;
+        self.update(|list| {
+            if let Some(i) = list.iter().position(|u| u.id == id) {
+                removed = Some(list.remove(i));
+            }
+        });
+        if let Some(u) = &removed {
+            u.stop.cancel();
+        }
+        removed
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Vec<Arc<Upstream>>)) {
+        let mut guard = self.inner.list.write().unwrap_or_else(|e| e.into_inner());
+        let mut list = guard.to_vec();
+        f(&mut list);
+        *guard = Arc::from(list);
+        drop(guard);
+        self.inner.changed.send_modify(|v| *v += 1);
+    }
+}

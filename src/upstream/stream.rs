@@ -1,0 +1,284 @@
+//! One `Connect` stream per upstream: open it (`hello` first), feed it from the upstream's queue,
+//! carry out the commands that come back, and reopen it with capped exponential backoff and
+//! jitter when it breaks. Events that could not be handed to a broken stream go to the next
+//! usable upstream.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use futures_util::{Stream, StreamExt, stream};
+use rand::Rng;
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{health, pool::Upstream};
+use crate::{
+    command::{Command, Dispatcher, Receipt},
+    metrics as m,
+    proto::{self, CommandResult, NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient},
+    routing::Router,
+};
+
+/// Longest wait for an upstream to answer `Connect`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First reconnect delay; doubles per failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive ping interval: how liveness of a quiet upstream is checked.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a keepalive ping may go unanswered before the connection is dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest command an upstream may send (a payload plus a little), in bytes.
+pub const MAX_COMMAND_BYTES: usize = 16 << 20;
+/// How long a new stream waits for the previous one to give the queue back.
+const QUEUE_HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a stream task needs from its node.
+#[derive(Clone)]
+pub struct StreamContext {
+    /// The first message of every stream.
+    pub hello: NodeHello,
+    /// Carries out the commands the upstream sends.
+    pub dispatcher: Dispatcher,
+    /// Reroutes events a broken stream could not take.
+    pub router: Router,
+    /// `--health-interval`.
+    pub health_interval: Duration,
+    /// Cancelled when the node drains: streams send what is queued, then end.
+    pub finish: CancellationToken,
+    /// Where the health task is spawned.
+    pub tracker: TaskTracker,
+}
+
+/// The events waiting for an upstream: its queue, and those taken from the queue while the
+/// stream was down and not yet rerouted. `pending` holds at most what the queue held: while the
+/// stream is down the upstream is not usable, so nothing new is queued for it but receipts for
+/// its own commands, and those stop with its stream.
+struct Backlog {
+    rx: mpsc::Receiver<NodeEvent>,
+    pending: VecDeque<NodeEvent>,
+}
+
+/// How a stream ended.
+enum Outcome {
+    /// The upstream was removed.
+    Stopped,
+    /// The node is draining and the stream ended cleanly.
+    Finished,
+    /// It broke; reconnect. `opened` says whether it had been open (resets the backoff).
+    Broken { error: String, opened: bool },
+}
+
+/// The gRPC endpoint for an upstream URI, with keepalive and timeouts set.
+///
+/// # Errors
+/// A message when the URI is not valid.
+pub fn endpoint(uri: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(uri.to_owned())
+        .map_err(|e| format!("upstream `{uri}`: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20)))
+}
+
+/// Runs the upstream's stream (and its health polling) until it is removed or the node drains.
+pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: StreamContext) {
+    let channel = match endpoint(&upstream.uri) {
+        Ok(e) => e.connect_lazy(),
+        Err(e) => {
+            warn!(error = %e, "upstream not started");
+            upstream.set_last_error(e);
+            return;
+        }
+    };
+    let span = info_span!("health", upstream = %upstream.id);
+    ctx.tracker.spawn(health::run(upstream.clone(), channel.clone(), ctx.health_interval).instrument(span));
+    let backlog = Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new() }));
+    let mut backoff = Backoff::default();
+    loop {
+        let outcome = session(&upstream, &channel, &backlog, &ctx).await;
+        upstream.set_open(false);
+        match outcome {
+            Outcome::Stopped | Outcome::Finished => break,
+            Outcome::Broken { error, opened } => {
+                warn!(error = %error, "upstream stream broken");
+                metrics::counter!(m::UPSTREAM_RECONNECTS, "upstream" => upstream.id.clone()).increment(1);
+                upstream.set_last_error(error);
+                if opened {
+                    backoff.reset();
+                }
+            }
+        }
+        reroute(&upstream, &backlog, &ctx.router).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = upstream.stop.cancelled() => break,
+            () = ctx.finish.cancelled() => break,
+        }
+    }
+    upstream.set_open(false);
+    reroute(&upstream, &backlog, &ctx.router).await;
+    let left = backlog.lock().await.pending.len();
+    if left > 0 {
+        warn!(events = left, "upstream gone with events no other upstream could take");
+        metrics::counter!(m::MESSAGES_REFUSED, "reason" => "upstream_gone").increment(left as u64);
+    }
+}
+
+/// One stream, from `Connect` until it ends.
+async fn session(
+    upstream: &Arc<Upstream>,
+    channel: &Channel,
+    backlog: &Arc<Mutex<Backlog>>,
+    ctx: &StreamContext,
+) -> Outcome {
+    let broken = |error: String| Outcome::Broken { error, opened: false };
+    let Ok(guard) = tokio::time::timeout(QUEUE_HANDOVER_TIMEOUT, backlog.clone().lock_owned()).await else {
+        return broken("the previous stream did not release the queue".to_owned());
+    };
+    let outbound = outbound(ctx.hello.clone(), guard, ctx.finish.clone());
+    let mut client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, client.connect(outbound));
+    let response = tokio::select! {
+        r = connect => r,
+        () = upstream.stop.cancelled() => return Outcome::Stopped,
+    };
+    let mut inbound = match response {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return broken(format!("connect failed: {}", status.message())),
+        Err(_) => return broken(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
+    };
+    upstream.set_open(true);
+    info!("upstream stream open");
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = upstream.stop.cancelled() => return Outcome::Stopped,
+            m = inbound.message() => m,
+        };
+        match message {
+            Ok(Some(command)) => handle_command(upstream, command, &ctx.dispatcher).await,
+            Ok(None) if ctx.finish.is_cancelled() => return Outcome::Finished,
+            Ok(None) => return Outcome::Broken { error: "the upstream ended the stream".to_owned(), opened: true },
+            Err(status) => return Outcome::Broken { error: format!("stream error: {}", status.message()), opened: true },
+        }
+    }
+}
+
+/// The node's side of a stream: `hello`, then the backlog, then the queue as events arrive. When
+/// the node drains it ends after the last queued event. Holding the backlog's guard for the
+/// stream's life makes sure only one stream drains it; the guard returns when the stream is
+/// dropped.
+fn outbound(
+    hello: NodeHello,
+    guard: OwnedMutexGuard<Backlog>,
+    finish: CancellationToken,
+) -> impl Stream<Item = NodeEvent> + Send + 'static {
+    let hello = NodeEvent { event: Some(node_event::Event::Hello(hello)) };
+    let rest = stream::unfold((guard, finish), |(mut backlog, finish)| async move {
+        if let Some(event) = backlog.pending.pop_front() {
+            return Some((event, (backlog, finish)));
+        }
+        let event = tokio::select! {
+            biased;
+            event = backlog.rx.recv() => event,
+            () = finish.cancelled() => backlog.rx.try_recv().ok(),
+        };
+        event.map(|e| (e, (backlog, finish)))
+    });
+    stream::once(async { hello }).chain(rest)
+}
+
+/// Carries out one command and, when it carries a `command_id`, queues its receipt.
+async fn handle_command(upstream: &Upstream, command: proto::UpstreamCommand, dispatcher: &Dispatcher) {
+    let (command_id, parsed) = Command::from_proto(command);
+    let receipt = match parsed {
+        Ok(command) => dispatcher.execute(&command).await,
+        Err(e) => {
+            warn!(error = %e, command_id = command_id.as_deref().unwrap_or(""), "invalid command");
+            metrics::counter!(m::COMMANDS, "command" => "invalid", "status" => "failed").increment(1);
+            Receipt::failed(e.to_string())
+        }
+    };
+    let Some(command_id) = command_id else { return };
+    let result = CommandResult { command_id, status: receipt.status as i32, detail: receipt.detail };
+    let event = NodeEvent { event: Some(node_event::Event::Result(result)) };
+    if upstream.try_hand(event).is_err() {
+        warn!("receipt refused: the upstream's queue is full");
+        metrics::counter!(m::MESSAGES_REFUSED, "reason" => "receipt_queue_full").increment(1);
+    }
+}
+
+/// Hands what waits for a broken or removed upstream to other usable upstreams, without waiting;
+/// what none can take stays for this upstream's next stream. Receipts stay: they are for this
+/// upstream only.
+async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, router: &Router) {
+    let Ok(mut backlog) = tokio::time::timeout(QUEUE_HANDOVER_TIMEOUT, backlog.lock()).await else {
+        warn!("could not reroute: the stream still holds the queue");
+        return;
+    };
+    while let Ok(event) = backlog.rx.try_recv() {
+        backlog.pending.push_back(event);
+    }
+    let mut kept = VecDeque::new();
+    let mut moved = 0u64;
+    for event in std::mem::take(&mut backlog.pending) {
+        if matches!(event.event, Some(node_event::Event::Result(_))) {
+            kept.push_back(event);
+            continue;
+        }
+        match router.try_forward(event, None, Some(&upstream.id)) {
+            Ok(()) => moved += 1,
+            Err(event) => kept.push_back(event),
+        }
+    }
+    backlog.pending = kept;
+    if moved > 0 {
+        debug!(events = moved, "rerouted to other upstreams");
+        metrics::counter!(m::EVENTS_REROUTED).increment(moved);
+    }
+}
+
+/// Capped exponential backoff with jitter: each delay is drawn from the upper half of the
+/// current step, so nodes that lost an upstream together do not reconnect in lockstep.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let step = BACKOFF_BASE.saturating_mul(1 << self.failures.min(16)).min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        let half = step / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE);
+        for _ in 0..20 {
+            assert!(b.next_delay() <= BACKOFF_MAX);
+        }
+        assert!(b.next_delay() >= BACKOFF_MAX / 2);
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_BASE);
+    }
+}
