@@ -102,6 +102,11 @@ pub enum Framing {
     Raw,
 }
 
+/// `--idle-timeout`: a duration, or off. (A newtype because clap reads a plain `Option` field as
+/// "flag may be absent", not as "value may be off".)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdleTimeout(pub Option<Duration>);
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -176,7 +181,7 @@ pub struct Config {
 
     /// Close sockets inactive this long (`off` to never).
     #[arg(long, env = "PPP_IDLE_TIMEOUT", default_value = "off", value_parser = parse_optional_duration, global = true)]
-    pub idle_timeout: Option<Duration>,
+    pub idle_timeout: IdleTimeout,
 
     /// How often each upstream's gRPC health is checked.
     #[arg(long, env = "PPP_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration, global = true)]
@@ -276,7 +281,7 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
             }
         }
-        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+        if self.idle_timeout.0.is_some_and(|t| t.is_zero()) {
             return invalid("--idle-timeout must be greater than 0 (or `off`)");
         }
         if self.node_id.as_deref().is_some_and(|id| !valid_name(id)) {
@@ -414,10 +419,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 ///
 /// # Errors
 /// A message for clap when the text is neither `off` nor a duration.
-pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+pub fn parse_optional_duration(text: &str) -> Result<IdleTimeout, String> {
     match text.trim() {
-        "off" | "none" | "0" => Ok(None),
-        other => parse_duration(other).map(Some),
+        "off" | "none" | "0" => Ok(IdleTimeout(None)),
+        other => parse_duration(other).map(|d| IdleTimeout(Some(d))),
     }
 }
 
@@ -482,7 +487,7 @@ mod tests {
         assert!(parse_size("12 parsecs").is_err());
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_optional_duration("off"), Ok(None));
+        assert_eq!(parse_optional_duration("off"), Ok(IdleTimeout(None)));
     }
 
     #[test]

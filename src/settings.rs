@@ -29,7 +29,7 @@ impl Settings {
             balance: AtomicU8::new(0),
         };
         s.set_idle_after(config.idle_after);
-        s.set_idle_timeout(config.idle_timeout);
+        s.set_idle_timeout(config.idle_timeout.0);
         s.set_balance(config.balance);
         s
     }
