@@ -301,14 +301,14 @@ impl SocketState {
 mod tests {
     use super::*;
 
-    fn socket() -> Arc<SocketState> {
+    fn socket() -> (Arc<SocketState>, mpsc::Receiver<Bytes>) {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        SocketState::new(addr, addr, 2).0
+        SocketState::new(addr, addr, 2)
     }
 
     #[test]
     fn labels_merge_remove_and_replace() {
-        let s = socket();
+        let (s, _rx) = socket();
         let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         s.set_labels(l(&[("user", "42"), ("room", "a")]), false).unwrap();
         s.set_labels(l(&[("room", "")]), false).unwrap();
@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_closes_the_socket_as_slow_consumer() {
-        let s = socket();
+        let (s, _rx) = socket();
         s.enqueue(Bytes::from_static(b"1")).unwrap();
         s.enqueue(Bytes::from_static(b"2")).unwrap();
         assert_eq!(s.enqueue(Bytes::from_static(b"3")), Err(QueueError::SlowConsumer));

@@ -1,0 +1,39 @@
+//! The example echo upstream as a standalone gRPC server.
+//!
+//! ```text
+//! cargo run --example echo_upstream -- --listen 127.0.0.1:50051
+//! cargo run -- --upstream http://127.0.0.1:50051      # a node that uses it
+//! ```
+//!
+//! The upstream itself (echo, `/whoami`, `/label`, `/broadcast`, `/to`, `/close`, receipts, and
+//! the gRPC health service) is `ppp::echo`, in `src/echo.rs`, so that `ppp demo`, the tests and
+//! the benchmark run exactly this code. Read it as the reference for writing an upstream in Rust;
+//! `docs/protocol.md` describes the protocol for any language.
+
+use clap::Parser;
+use ppp::echo::{self, EchoUpstream};
+use tokio::net::TcpListener;
+
+/// Serves the echo upstream.
+#[derive(Parser)]
+struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ECHO_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: std::net::SocketAddr,
+    /// Greet every socket when it opens.
+    #[arg(long)]
+    greet: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen).await?;
+    eprintln!("echo upstream serving gRPC on {}", listener.local_addr()?);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    echo::serve(listener, EchoUpstream::new(args.greet), shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Configuration: flags beat environment beat file beat defaults; bad input is named.
+
+use std::{ffi::OsString, io::Write, time::Duration};
+
+use ppp::config::{Balance, ConfigError, Framing, load_from};
+
+fn args(list: &[&str]) -> Vec<OsString> {
+    std::iter::once("ppp").chain(list.iter().copied()).map(OsString::from).collect()
+}
+
+fn file(text: &str) -> tempfile_like::TempFile {
+    tempfile_like::TempFile::new(text)
+}
+
+/// A tiny temporary file, removed on drop (no extra crate needed for one file).
+mod tempfile_like {
+    pub struct TempFile(pub std::path::PathBuf);
+    impl TempFile {
+        pub fn new(text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("ppp-test-{}.toml", uuid::Uuid::now_v7()));
+            let mut f = std::fs::File::create(&path).unwrap();
+            super::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            Self(path)
+        }
+        pub fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn precedence_is_flags_then_env_then_file_then_defaults() {
+    let f = file(
+        r#"
+        max-frame = "64KiB"
+        write_queue = 7
+        balance = "sticky"
+        framing = "length-prefixed"
+        idle-after = "5s"
+        upstream = ["http://a:1", "http://b:2"]
+        admin-insecure = false
+        "#,
+    );
+    // SAFETY: this is the only test in this binary that touches the environment.
+    unsafe {
+        std::env::set_var("PPP_WRITE_QUEUE", "9");
+        std::env::set_var("PPP_FRAMING", "raw");
+    }
+    let cli = load_from(args(&["--config", f.path(), "--framing", "lines"])).unwrap();
+    unsafe {
+        std::env::remove_var("PPP_WRITE_QUEUE");
+        std::env::remove_var("PPP_FRAMING");
+    }
+    let c = cli.config;
+    assert_eq!(c.framing, Framing::Lines, "flag beats env and file");
+    assert_eq!(c.write_queue, 9, "env beats file");
+    assert_eq!(c.max_frame, 64 << 10, "file beats default");
+    assert_eq!(c.balance, Balance::Sticky);
+    assert_eq!(c.idle_after, Duration::from_secs(5));
+    assert_eq!(c.upstream, ["http://a:1", "http://b:2"]);
+    assert_eq!(c.max_connections, 100_000, "default");
+    assert_eq!(c.idle_timeout.0, None, "idle timeout is off by default");
+}
+
+#[test]
+fn an_unknown_key_or_a_bad_value_in_the_file_is_named() {
+    let f = file("listen = \"127.0.0.1:1\"\nmax_franes = 10\n");
+    match load_from(args(&["--config", f.path()])) {
+        Err(e @ ConfigError::UnknownKey { .. }) => assert!(e.to_string().contains("max_franes"), "{e}"),
+        other => panic!("expected an unknown key error, got {other:?}"),
+    }
+    let f = file("idle-after = \"soon\"\n");
+    let e = load_from(args(&["--config", f.path()])).unwrap_err().to_string();
+    assert!(e.contains("idle-after") && e.contains(f.path()), "{e}");
+    let f = file("this is not toml");
+    assert!(matches!(load_from(args(&["--config", f.path()])), Err(ConfigError::Toml { .. })));
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused() {
+    let bad = |list: &[&str]| load_from(args(list)).unwrap().config.validate().unwrap_err().to_string();
+    assert!(bad(&["--admin-listen", "0.0.0.0:8000"]).contains("--admin-token"));
+    assert!(bad(&["--write-queue", "0"]).contains("--write-queue"));
+    assert!(bad(&["--upstream", "localhost:50051"]).contains("http://"));
+    assert!(bad(&["--node-id", "a b"]).contains("--node-id"));
+    let ok = load_from(args(&["--admin-listen", "0.0.0.0:8000", "--admin-insecure"])).unwrap();
+    assert!(ok.config.validate().is_ok());
+}
+
+#[test]
+fn the_binary_exits_with_a_clear_message_on_bad_config() {
+    let f = file("bogus = 1\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppp")).args(["--config", f.path()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown key `bogus`"), "{stderr}");
+}
