@@ -25,12 +25,15 @@ use tonic::{Request, Response, Status, Streaming, transport::Server};
 use crate::{
     UPSTREAM_SERVICE,
     proto::{
-        self, NodeEvent, UpstreamCommand, node_event::Event, upstream_command::Command,
+        self, NodeEvent, UpstreamCommand,
+        node_event::Event,
+        upstream_command::Command,
         upstream_server::{Upstream, UpstreamServer},
     },
 };
 
-const HELP: &str = "commands: /whoami, /label k=v ..., /broadcast text, /to <socket-id> text, /close, /help; anything else is echoed";
+const HELP: &str =
+    "commands: /whoami, /label k=v ..., /broadcast text, /to <socket-id> text, /close, /help; anything else is echoed";
 
 /// The echo upstream.
 #[derive(Debug, Clone, Default)]
@@ -53,7 +56,11 @@ impl Upstream for EchoUpstream {
     async fn connect(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4096);
-        let mut session = Session { greet: self.greet, pending: HashMap::new(), next_id: 0 };
+        let mut session = Session {
+            greet: self.greet,
+            pending: HashMap::new(),
+            next_id: 0,
+        };
         tokio::spawn(async move {
             let mut out = Vec::new();
             // The stream ends when the node ends its side; dropping `tx` then ends ours.
@@ -89,7 +96,10 @@ impl Session {
             Some(Event::Result(r)) => {
                 if let Some(socket) = self.pending.remove(&r.command_id) {
                     let status = proto::Status::try_from(r.status).map_or("unknown", |s| s.as_str_name());
-                    out.push(send(&socket, format!("receipt {}: {status} {}", r.command_id, r.detail)));
+                    out.push(send(
+                        &socket,
+                        format!("receipt {}: {status} {}", r.command_id, r.detail),
+                    ));
                 }
             }
             _ => {}
@@ -105,30 +115,59 @@ impl Session {
             "/whoami" => {
                 let mut labels: Vec<_> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 labels.sort();
-                out.push(send(me, format!("you are {me}, seq {}, labels [{}]", d.seq, labels.join(","))));
+                out.push(send(
+                    me,
+                    format!("you are {me}, seq {}, labels [{}]", d.seq, labels.join(",")),
+                ));
             }
             "/label" => {
-                let labels = rest.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned()));
-                let command = Command::SetLabels(proto::SetLabels { socket_id: me.to_owned(), labels: labels.collect(), replace: false });
+                let labels = rest
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+                let command = Command::SetLabels(proto::SetLabels {
+                    socket_id: me.to_owned(),
+                    labels: labels.collect(),
+                    replace: false,
+                });
                 out.push(self.tracked(me, command));
             }
             "/broadcast" => {
                 let payload = Bytes::from(format!("broadcast from {me}: {rest}"));
-                let command = Command::Broadcast(proto::Broadcast { scope: proto::Scope::All as i32, payload, selector: HashMap::new() });
-                out.push(UpstreamCommand { command_id: String::new(), command: Some(command) });
+                let command = Command::Broadcast(proto::Broadcast {
+                    scope: proto::Scope::All as i32,
+                    payload,
+                    selector: HashMap::new(),
+                });
+                out.push(UpstreamCommand {
+                    command_id: String::new(),
+                    command: Some(command),
+                });
             }
             "/to" => {
                 let (target, message) = rest.split_once(' ').unwrap_or((rest, ""));
                 let payload = Bytes::from(format!("from {me}: {message}"));
-                out.push(self.tracked(me, Command::Send(proto::Send { socket_id: target.to_owned(), payload })));
+                out.push(self.tracked(
+                    me,
+                    Command::Send(proto::Send {
+                        socket_id: target.to_owned(),
+                        payload,
+                    }),
+                ));
             }
             "/close" => out.push(UpstreamCommand {
                 command_id: String::new(),
-                command: Some(Command::Close(proto::Close { socket_id: me.to_owned(), reason: "asked for it".to_owned() })),
+                command: Some(Command::Close(proto::Close {
+                    socket_id: me.to_owned(),
+                    reason: "asked for it".to_owned(),
+                })),
             }),
             _ => out.push(UpstreamCommand {
                 command_id: String::new(),
-                command: Some(Command::Send(proto::Send { socket_id: d.socket_id, payload: d.payload })),
+                command: Some(Command::Send(proto::Send {
+                    socket_id: d.socket_id,
+                    payload: d.payload,
+                })),
             }),
         }
     }
@@ -138,14 +177,20 @@ impl Session {
         self.next_id += 1;
         let command_id = format!("echo-{}", self.next_id);
         self.pending.insert(command_id.clone(), socket.to_owned());
-        UpstreamCommand { command_id, command: Some(command) }
+        UpstreamCommand {
+            command_id,
+            command: Some(command),
+        }
     }
 }
 
 fn send(socket: &str, text: String) -> UpstreamCommand {
     UpstreamCommand {
         command_id: String::new(),
-        command: Some(Command::Send(proto::Send { socket_id: socket.to_owned(), payload: Bytes::from(text) })),
+        command: Some(Command::Send(proto::Send {
+            socket_id: socket.to_owned(),
+            payload: Bytes::from(text),
+        })),
     }
 }
 
@@ -160,7 +205,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving).await;
+    reporter
+        .set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
     Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 << 20))

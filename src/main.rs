@@ -45,7 +45,9 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn node(config: config::Config) -> Result<(), BoxError> {
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     ppp::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
@@ -54,9 +56,15 @@ async fn node(config: config::Config) -> Result<(), BoxError> {
 async fn demo(mut config: config::Config) -> Result<(), BoxError> {
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_uri = format!("http://{}", upstream_listener.local_addr()?);
-    tokio::spawn(echo::serve(upstream_listener, EchoUpstream::new(true), std::future::pending()));
+    tokio::spawn(echo::serve(
+        upstream_listener,
+        EchoUpstream::new(true),
+        std::future::pending(),
+    ));
     config.upstream.push(upstream_uri.clone());
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let port = listener.local_addr()?.port();
     println!("PersistentParadoxPlex demo: a standalone node with the echo upstream at {upstream_uri}.");
     println!("Connect with:  nc 127.0.0.1 {port}   (type a line; try /help, /whoami, /label user=ada, /broadcast hi)");
@@ -67,7 +75,9 @@ async fn demo(mut config: config::Config) -> Result<(), BoxError> {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -19,11 +19,7 @@ use crate::{
     cluster::{Backend, BackendError, UpstreamEntry, memory::MemoryBackend},
     command::{Command, Dispatcher, Receipt},
     config::Config,
-    downstream::{
-        connection::Downstream,
-        listener,
-        table::SocketTable,
-    },
+    downstream::{connection::Downstream, listener, table::SocketTable},
     proto::NodeHello,
     routing::Router,
     settings::Settings,
@@ -111,7 +107,11 @@ impl Node {
         let dispatcher = Dispatcher::new(table.clone(), backend.clone(), settings.clone());
         let tracker = TaskTracker::new();
         let stream_ctx = StreamContext {
-            hello: NodeHello { node_id: node_id.clone(), cluster: config.cluster.clone(), version: crate::VERSION.to_owned() },
+            hello: NodeHello {
+                node_id: node_id.clone(),
+                cluster: config.cluster.clone(),
+                version: crate::VERSION.to_owned(),
+            },
             dispatcher: dispatcher.clone(),
             router: router.clone(),
             health_interval: config.health_interval,
@@ -153,7 +153,9 @@ impl Node {
         }
         node.spawn_registry_watch();
         let stop = node.inner.stop_accepting.clone();
-        node.inner.tracker.spawn(listener::run(listener, downstream, limit, stop));
+        node.inner
+            .tracker
+            .spawn(listener::run(listener, downstream, limit, stop));
         Ok(node)
     }
 
@@ -230,7 +232,9 @@ impl Node {
                 info!(upstream = %entry.id, uri = %entry.uri, "upstream added");
                 let (up, rx) = self.inner.pool.insert(entry.id.clone(), entry.uri);
                 let span = info_span!("upstream", upstream = %entry.id);
-                self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
+                self.inner
+                    .tracker
+                    .spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
             }
         }
         Ok(())
@@ -280,12 +284,18 @@ impl Node {
                 socket.close(CloseReason::Shutdown);
             }
         }
-        if tokio::time::timeout_at(deadline, self.inner.table.wait_empty()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.inner.table.wait_empty())
+            .await
+            .is_err()
+        {
             warn!(left = self.inner.table.len(), "drain timeout: sockets still open");
         }
         self.inner.stream_ctx.finish.cancel();
         self.inner.tracker.close();
-        if tokio::time::timeout_at(deadline, self.inner.tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("drain timeout: stopping what is left");
             for up in self.inner.pool.snapshot().iter() {
                 up.stop.cancel();

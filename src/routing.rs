@@ -34,7 +34,11 @@ pub struct Router {
 impl Router {
     /// A router over `pool`.
     pub fn new(pool: UpstreamPool, counter: Arc<dyn Counter>, settings: Arc<Settings>) -> Self {
-        Self { pool, counter, settings }
+        Self {
+            pool,
+            counter,
+            settings,
+        }
     }
 
     /// The pool this router spreads over.
@@ -83,7 +87,14 @@ impl Router {
     ///
     /// # Errors
     /// The event, when none could take it now.
-    pub fn try_forward(&self, event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) -> Result<(), NodeEvent> {
+    // The event is handed back, not boxed: boxing would cost an allocation per message.
+    #[allow(clippy::result_large_err)]
+    pub fn try_forward(
+        &self,
+        event: NodeEvent,
+        socket: Option<&SocketState>,
+        exclude: Option<&str>,
+    ) -> Result<(), NodeEvent> {
         let list = self.pool.snapshot();
         let usable = |u: &&Arc<Upstream>| u.is_usable() && Some(u.id.as_str()) != exclude;
         if let Some(bound) = self.bound(socket).filter(|b| usable(&b)) {

@@ -5,7 +5,10 @@ use std::{ffi::OsString, io::Write, time::Duration};
 use ppp::config::{Balance, ConfigError, Framing, load_from};
 
 fn args(list: &[&str]) -> Vec<OsString> {
-    std::iter::once("ppp").chain(list.iter().copied()).map(OsString::from).collect()
+    std::iter::once("ppp")
+        .chain(list.iter().copied())
+        .map(OsString::from)
+        .collect()
 }
 
 fn file(text: &str) -> tempfile_like::TempFile {
@@ -78,12 +81,22 @@ fn an_unknown_key_or_a_bad_value_in_the_file_is_named() {
     let e = load_from(args(&["--config", f.path()])).unwrap_err().to_string();
     assert!(e.contains("idle-after") && e.contains(f.path()), "{e}");
     let f = file("this is not toml");
-    assert!(matches!(load_from(args(&["--config", f.path()])), Err(ConfigError::Toml { .. })));
+    assert!(matches!(
+        load_from(args(&["--config", f.path()])),
+        Err(ConfigError::Toml { .. })
+    ));
 }
 
 #[test]
 fn settings_that_cannot_work_are_refused() {
-    let bad = |list: &[&str]| load_from(args(list)).unwrap().config.validate().unwrap_err().to_string();
+    let bad = |list: &[&str]| {
+        load_from(args(list))
+            .unwrap()
+            .config
+            .validate()
+            .unwrap_err()
+            .to_string()
+    };
     assert!(bad(&["--admin-listen", "0.0.0.0:8000"]).contains("--admin-token"));
     assert!(bad(&["--write-queue", "0"]).contains("--write-queue"));
     assert!(bad(&["--upstream", "localhost:50051"]).contains("http://"));
@@ -95,7 +108,10 @@ fn settings_that_cannot_work_are_refused() {
 #[test]
 fn the_binary_exits_with_a_clear_message_on_bad_config() {
     let f = file("bogus = 1\n");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppp")).args(["--config", f.path()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
+        .args(["--config", f.path()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown key `bogus`"), "{stderr}");

@@ -84,7 +84,9 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePer
         metrics::counter!(m::SOCKETS_OPENED).increment(1);
         metrics::gauge!(m::SOCKETS_OPEN).increment(1.0);
         let (read, write) = stream.into_split();
-        let writer = ctx.tracker.spawn(write_loop(ctx.framing, socket.clone(), write, outbound).in_current_span());
+        let writer = ctx
+            .tracker
+            .spawn(write_loop(ctx.framing, socket.clone(), write, outbound).in_current_span());
         let reason = match deliver(&ctx.router, &socket, opened_event(&ctx.node_id, &socket)).await {
             Ok(()) => read_loop(&ctx, &socket, read).await,
             Err(reason) => reason,
@@ -98,7 +100,10 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePer
         metrics::gauge!(m::SOCKETS_OPEN).decrement(1.0);
         ctx.backend.socket_closed(&socket, reason);
         let closed = NodeEvent {
-            event: Some(Event::Closed(SocketClosed { socket_id: socket.id_str.to_string(), reason: reason.to_string() })),
+            event: Some(Event::Closed(SocketClosed {
+                socket_id: socket.id_str.to_string(),
+                reason: reason.to_string(),
+            })),
         };
         let forward = ctx.router.forward(closed, Some(&socket), None);
         if tokio::time::timeout(CLOSED_EVENT_TIMEOUT, forward).await.is_err() {
@@ -121,7 +126,9 @@ fn opened_event(node_id: &str, socket: &SocketState) -> NodeEvent {
         connected_at_unix_ms: socket.connected_at_ms,
         labels: (*socket.labels()).clone(),
     };
-    NodeEvent { event: Some(Event::Opened(SocketOpened { socket: Some(info) })) }
+    NodeEvent {
+        event: Some(Event::Opened(SocketOpened { socket: Some(info) })),
+    }
 }
 
 /// Hands an event to an upstream, waiting as needed, unless the socket closes first.
@@ -138,7 +145,11 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
     let mut decoder = FrameDecoder::new(ctx.framing, ctx.max_frame);
     let mut buf = BytesMut::new();
     // A raw read is one message, so it may not exceed --max-frame.
-    let read_size = if ctx.framing == Framing::Raw { READ_CHUNK.min(ctx.max_frame) } else { READ_CHUNK };
+    let read_size = if ctx.framing == Framing::Raw {
+        READ_CHUNK.min(ctx.max_frame)
+    } else {
+        READ_CHUNK
+    };
     loop {
         let deadline = ctx.settings.idle_timeout().map(|t| idle_deadline(socket, t));
         tokio::select! {
@@ -210,14 +221,23 @@ fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> NodeEvent {
     let seq = socket.note_inbound(payload.len(), now_ms);
     metrics::counter!(m::MESSAGES_IN).increment(1);
     metrics::counter!(m::BYTES_IN).increment(payload.len() as u64);
-    let data = SocketData { socket_id: socket.id_str.to_string(), seq, payload, labels: (*socket.labels()).clone() };
-    NodeEvent { event: Some(Event::Data(data)) }
+    let data = SocketData {
+        socket_id: socket.id_str.to_string(),
+        seq,
+        payload,
+        labels: (*socket.labels()).clone(),
+    };
+    NodeEvent {
+        event: Some(Event::Data(data)),
+    }
 }
 
 /// When the socket becomes idle for `timeout`, as a tokio instant.
 fn idle_deadline(socket: &SocketState, timeout: Duration) -> Instant {
     let silent_ms = (unix_ms() - socket.last_seen_ms()).max(0) as u64;
-    (Instant::now() + timeout).checked_sub(Duration::from_millis(silent_ms)).unwrap_or_else(Instant::now)
+    (Instant::now() + timeout)
+        .checked_sub(Duration::from_millis(silent_ms))
+        .unwrap_or_else(Instant::now)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -228,7 +248,12 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Writes queued messages until the socket closes; on a graceful close, flushes what is queued.
-async fn write_loop(framing: Framing, socket: Arc<SocketState>, mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop(
+    framing: Framing,
+    socket: Arc<SocketState>,
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
     let mut out = BytesMut::new();
     loop {
         let first = tokio::select! {
@@ -276,7 +301,9 @@ fn batch(framing: Framing, socket: &SocketState, first: Bytes, rx: &mut mpsc::Re
             next = rx.try_recv().ok();
         }
     }
-    socket.messages_out.fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
+    socket
+        .messages_out
+        .fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
     socket.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     metrics::counter!(m::MESSAGES_OUT).increment(messages);
     metrics::counter!(m::BYTES_OUT).increment(bytes);

@@ -73,7 +73,8 @@ impl Upstream {
         let changed = self.ready.swap(ready, Ordering::AcqRel) != ready;
         if changed {
             self.changed.send_modify(|v| *v += 1);
-            metrics::gauge!(crate::metrics::UPSTREAM_READY, "upstream" => self.id.clone()).set(f64::from(u8::from(ready)));
+            metrics::gauge!(crate::metrics::UPSTREAM_READY, "upstream" => self.id.clone())
+                .set(f64::from(u8::from(ready)));
         }
         changed
     }
@@ -89,6 +90,8 @@ impl Upstream {
     ///
     /// # Errors
     /// The event, when it was not taken.
+    // The event is handed back, not boxed: boxing would cost an allocation per message.
+    #[allow(clippy::result_large_err)]
     pub fn try_hand(&self, event: NodeEvent) -> Result<(), NodeEvent> {
         match self.tx.try_send(event) {
             Ok(()) => {
@@ -143,7 +146,10 @@ impl Default for UpstreamPool {
 impl UpstreamPool {
     /// An empty pool.
     pub fn new() -> Self {
-        let inner = PoolInner { list: RwLock::new(Arc::from(Vec::new())), changed: watch::Sender::new(0) };
+        let inner = PoolInner {
+            list: RwLock::new(Arc::from(Vec::new())),
+            changed: watch::Sender::new(0),
+        };
         Self { inner: Arc::new(inner) }
     }
 
