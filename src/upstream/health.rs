@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tracing::{info, warn};
@@ -12,16 +13,17 @@ use crate::UPSTREAM_SERVICE;
 /// The shortest time a health check may take before it counts as failed.
 const MIN_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Polls the upstream's health until it is removed or the node stops, keeping its readiness
-/// current. An upstream is ready only while it answers SERVING for service `ppp.v1.Upstream`.
-pub async fn run(upstream: Arc<Upstream>, channel: Channel, interval: Duration) {
+/// Polls the upstream's health until `stop` is cancelled (its stream task ended), keeping its
+/// readiness current. An upstream is ready only while it answers SERVING for service
+/// `ppp.v1.Upstream`.
+pub async fn run(upstream: Arc<Upstream>, channel: Channel, interval: Duration, stop: CancellationToken) {
     let mut client = HealthClient::new(channel);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout = interval.max(MIN_CHECK_TIMEOUT);
     loop {
         tokio::select! {
-            () = upstream.stop.cancelled() => break,
+            () = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
         let request = HealthCheckRequest {

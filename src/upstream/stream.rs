@@ -97,9 +97,12 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
             return;
         }
     };
+    // Health polling lives exactly as long as this task: the guard stops it on every way out.
+    let health_stop = upstream.stop.child_token();
+    let _health_guard = health_stop.clone().drop_guard();
     let span = info_span!("health", upstream = %upstream.id);
-    ctx.tracker
-        .spawn(health::run(upstream.clone(), channel.clone(), ctx.health_interval).instrument(span));
+    let health = health::run(upstream.clone(), channel.clone(), ctx.health_interval, health_stop);
+    ctx.tracker.spawn(health.instrument(span));
     let backlog = Arc::new(Mutex::new(Backlog {
         rx,
         pending: VecDeque::new(),

@@ -116,3 +116,44 @@ fn the_binary_exits_with_a_clear_message_on_bad_config() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown key `bogus`"), "{stderr}");
 }
+
+/// The README's first command: `ppp demo` serves a node with the echo upstream, and stops
+/// cleanly on SIGTERM.
+#[test]
+fn the_demo_echoes_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let port = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the demo printed no port");
+        if let Some(rest) = line.split("nc 127.0.0.1 ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut welcome = String::new();
+    reader.read_line(&mut welcome).unwrap();
+    assert!(welcome.starts_with("welcome"), "{welcome}");
+    (&stream).write_all(b"hello demo\n").unwrap();
+    let mut echo = String::new();
+    reader.read_line(&mut echo).unwrap();
+    assert_eq!(echo, "hello demo\n");
+    // SIGTERM: the node drains (closing our socket) and exits 0.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    assert_eq!(std::io::Read::read_to_string(&mut reader, &mut rest).unwrap_or(0), 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project: formatting, clippy, unit, integration and property
+# tests. Installs what the tests need when it is missing. Used by `.ci/run` and by developers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+  if need apt-get; then
+    echo "installing $*"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@") >/dev/null
+  else
+    echo "missing: $* (install it and run again)" >&2
+    exit 1
+  fi
+}
+need cargo || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+need cc || apt_install gcc
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --all-targets --locked
