@@ -127,7 +127,6 @@ impl Node {
             framing: config.framing,
             max_frame: config.max_frame,
             write_queue: config.write_queue,
-            tracker: tracker.clone(),
         };
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let node = Self {
@@ -153,9 +152,8 @@ impl Node {
         }
         node.spawn_registry_watch();
         let stop = node.inner.stop_accepting.clone();
-        node.inner
-            .tracker
-            .spawn(listener::run(listener, downstream, limit, stop));
+        let tracker = node.inner.tracker.clone();
+        tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
         Ok(node)
     }
 

@@ -52,7 +52,16 @@ impl Router {
     ///
     /// # Cancel safety
     /// Cancel safe: when cancelled, the event was not handed to anyone.
-    pub async fn forward(&self, mut event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) {
+    pub async fn forward(&self, event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) {
+        if let Err(event) = self.try_forward(event, socket, exclude) {
+            // Boxed: the waiting path is rare, and keeping it out of line keeps every socket's
+            // task small.
+            Box::pin(self.wait_and_forward(event, socket, exclude)).await;
+        }
+    }
+
+    /// [`Router::forward`] once the first try failed: wait for room or a change, try again.
+    async fn wait_and_forward(&self, mut event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) {
         let mut changes = None;
         loop {
             event = match self.try_forward(event, socket, exclude) {

@@ -2,7 +2,7 @@
 //! node.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
     net::SocketAddr,
     str::FromStr,
@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -144,6 +144,15 @@ pub enum QueueError {
     Closing,
 }
 
+/// A socket's outbound queue.
+#[derive(Debug, Default)]
+struct Outbound {
+    /// Payloads waiting for the writer.
+    queue: VecDeque<Bytes>,
+    /// Set by the writer when it stops: nothing more is taken.
+    sealed: bool,
+}
+
 /// The state of one socket that its reader and writer tasks share with the node (commands, the
 /// table, the backend). Cheap to share behind an `Arc`.
 pub struct SocketState {
@@ -169,8 +178,14 @@ pub struct SocketState {
     pub bytes_out: AtomicU64,
     /// Labels, copy-on-write: readers (every inbound message) clone an `Arc`, writers swap it.
     labels: RwLock<Arc<Labels>>,
-    /// The outbound queue, bounded by `--write-queue`; the writer task owns the receiver.
-    outbound: mpsc::Sender<Bytes>,
+    /// The outbound queue, bounded by `--write-queue`. A plain deque rather than a channel: it
+    /// holds no memory while empty (a channel keeps a block of slots per socket), and the writer
+    /// takes everything queued in one go.
+    outbound: Mutex<Outbound>,
+    /// `--write-queue`.
+    outbound_capacity: usize,
+    /// Wakes the writer when something is queued.
+    outbound_ready: Notify,
     /// The first close reason wins; set before `closing` is cancelled.
     close_reason: OnceLock<CloseReason>,
     /// Cancelled when the socket must close; both tasks watch it.
@@ -189,14 +204,9 @@ impl fmt::Debug for SocketState {
 }
 
 impl SocketState {
-    /// A new socket and the receiving end of its outbound queue.
-    pub fn new(
-        remote_addr: SocketAddr,
-        local_addr: SocketAddr,
-        write_queue: usize,
-    ) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
+    /// A new socket with an outbound queue of `write_queue` messages.
+    pub fn new(remote_addr: SocketAddr, local_addr: SocketAddr, write_queue: usize) -> Arc<Self> {
         let id = SocketId::new();
-        let (outbound, rx) = mpsc::channel(write_queue);
         let now = unix_ms();
         let state = Self {
             id,
@@ -210,12 +220,14 @@ impl SocketState {
             messages_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             labels: RwLock::new(Arc::default()),
-            outbound,
+            outbound: Mutex::default(),
+            outbound_capacity: write_queue,
+            outbound_ready: Notify::new(),
             close_reason: OnceLock::new(),
             closing: CancellationToken::new(),
             sticky: Mutex::new(None),
         };
-        (Arc::new(state), rx)
+        Arc::new(state)
     }
 
     /// The current labels.
@@ -282,17 +294,39 @@ impl SocketState {
     /// # Errors
     /// [`QueueError`] when the payload was not queued.
     pub fn enqueue(&self, payload: Bytes) -> Result<(), QueueError> {
-        if self.closing.is_cancelled() {
+        let mut outbound = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        if outbound.sealed || self.closing.is_cancelled() {
             return Err(QueueError::Closing);
         }
-        match self.outbound.try_send(payload) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseReason::SlowConsumer);
-                Err(QueueError::SlowConsumer)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closing),
+        if outbound.queue.len() >= self.outbound_capacity {
+            drop(outbound);
+            self.close(CloseReason::SlowConsumer);
+            return Err(QueueError::SlowConsumer);
         }
+        outbound.queue.push_back(payload);
+        drop(outbound);
+        self.outbound_ready.notify_one();
+        Ok(())
+    }
+
+    /// Takes everything queued, for the writer (its memory goes with it).
+    pub fn take_outbound(&self) -> VecDeque<Bytes> {
+        std::mem::take(&mut self.outbound.lock().unwrap_or_else(|e| e.into_inner()).queue)
+    }
+
+    /// Takes everything queued and refuses anything more: the writer's last call.
+    pub fn seal_outbound(&self) -> VecDeque<Bytes> {
+        let mut outbound = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        outbound.sealed = true;
+        std::mem::take(&mut outbound.queue)
+    }
+
+    /// Resolves when something may have been queued since the last `take_outbound`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe; a wake-up that arrives while nobody waits is kept for the next call.
+    pub async fn outbound_ready(&self) {
+        self.outbound_ready.notified().await;
     }
 
     /// Asks the socket to close. The first reason given wins; later calls do nothing.
@@ -312,14 +346,14 @@ impl SocketState {
 mod tests {
     use super::*;
 
-    fn socket() -> (Arc<SocketState>, mpsc::Receiver<Bytes>) {
+    fn socket() -> Arc<SocketState> {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         SocketState::new(addr, addr, 2)
     }
 
     #[test]
     fn labels_merge_remove_and_replace() {
-        let (s, _rx) = socket();
+        let s = socket();
         let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         s.set_labels(l(&[("user", "42"), ("room", "a")]), false).unwrap();
         s.set_labels(l(&[("room", "")]), false).unwrap();
@@ -333,7 +367,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_closes_the_socket_as_slow_consumer() {
-        let (s, _rx) = socket();
+        let s = socket();
         s.enqueue(Bytes::from_static(b"1")).unwrap();
         s.enqueue(Bytes::from_static(b"2")).unwrap();
         assert_eq!(s.enqueue(Bytes::from_static(b"3")), Err(QueueError::SlowConsumer));

@@ -7,7 +7,7 @@
 //! is queued into one write. Either side ending closes the socket with a reason; the reader's
 //! task then waits for the writer, removes the socket and reports `closed`.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::{
@@ -16,10 +16,9 @@ use tokio::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{OwnedSemaphorePermit, mpsc},
+    sync::OwnedSemaphorePermit,
     time::Instant,
 };
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
@@ -39,8 +38,6 @@ use crate::{
 /// Bytes reserved per read. Reads go straight into a buffer that frames are split off without
 /// copying; the buffer is released as soon as no partial frame is left in it.
 pub const READ_CHUNK: usize = 16 << 10;
-/// The writer coalesces queued messages into one write up to about this many bytes.
-pub const WRITE_BATCH: usize = 64 << 10;
 /// How long queued messages may take to flush when a socket closes gracefully.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the `closed` event of a socket may wait for an upstream with room.
@@ -65,8 +62,6 @@ pub struct Downstream {
     pub max_frame: usize,
     /// `--write-queue`.
     pub write_queue: usize,
-    /// Where the writer task is spawned.
-    pub tracker: TaskTracker,
 }
 
 /// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.
@@ -75,7 +70,7 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePer
         return; // The client is already gone; it was never a socket of ours.
     };
     let _ = stream.set_nodelay(true);
-    let (socket, outbound) = SocketState::new(remote, local, ctx.write_queue);
+    let socket = SocketState::new(remote, local, ctx.write_queue);
     let span = info_span!("socket", socket.id = %socket.id, client.addr = %remote);
     async move {
         debug!("socket opened");
@@ -84,16 +79,17 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePer
         metrics::counter!(m::SOCKETS_OPENED).increment(1);
         metrics::gauge!(m::SOCKETS_OPEN).increment(1.0);
         let (read, write) = stream.into_split();
-        let writer = ctx
-            .tracker
-            .spawn(write_loop(ctx.framing, socket.clone(), write, outbound).in_current_span());
-        let reason = match deliver(&ctx.router, &socket, opened_event(&ctx.node_id, &socket)).await {
-            Ok(()) => read_loop(&ctx, &socket, read).await,
-            Err(reason) => reason,
+        // Reader and writer run concurrently in this one task (one task per socket keeps an idle
+        // socket small); each ends by closing the socket, which ends the other.
+        let read_side = async {
+            let reason = match deliver(&ctx.router, &socket, opened_event(&ctx.node_id, &socket)).await {
+                Ok(()) => read_loop(&ctx, &socket, read).await,
+                Err(reason) => reason,
+            };
+            socket.close(reason);
         };
-        socket.close(reason);
-        let _ = writer.await;
-        let reason = socket.close_reason().unwrap_or(reason);
+        tokio::join!(read_side, write_loop(ctx.framing, &socket, write));
+        let reason = socket.close_reason().unwrap_or(CloseReason::ClientClosed);
         ctx.table.remove(socket.id);
         debug!(%reason, "socket closed");
         metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
@@ -248,25 +244,22 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Writes queued messages until the socket closes; on a graceful close, flushes what is queued.
-async fn write_loop(
-    framing: Framing,
-    socket: Arc<SocketState>,
-    mut write: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Bytes>,
-) {
+async fn write_loop(framing: Framing, socket: &SocketState, mut write: OwnedWriteHalf) {
     let mut out = BytesMut::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            m = rx.recv() => m,
-            () = socket.closing.cancelled() => break,
-        };
-        let Some(first) = first else { break };
-        batch(framing, &socket, first, &mut rx, &mut out);
+        let queued = socket.take_outbound();
+        if queued.is_empty() {
+            tokio::select! {
+                biased;
+                () = socket.outbound_ready() => continue,
+                () = socket.closing.cancelled() => break,
+            }
+        }
+        encode_all(framing, socket, queued, &mut out);
         let written = tokio::select! {
             biased;
             r = write.write_all(&out) => r,
-            () = abort(&socket) => return,
+            () = abort(socket) => return,
         };
         if written.is_err() {
             socket.close(CloseReason::ClientError);
@@ -274,32 +267,24 @@ async fn write_loop(
         }
         out = BytesMut::new(); // Hold no memory while the socket is quiet.
     }
+    let rest = socket.seal_outbound();
     if socket.close_reason().is_some_and(CloseReason::flushes) {
-        rx.close();
+        encode_all(framing, socket, rest, &mut out);
         let flush = async {
-            while let Some(first) = rx.recv().await {
-                batch(framing, &socket, first, &mut rx, &mut out);
-                write.write_all(&out).await?;
-                out.clear();
-            }
+            write.write_all(&out).await?;
             write.shutdown().await
         };
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
     }
 }
 
-/// Frames `first` and whatever else is queued, up to [`WRITE_BATCH`] bytes, into `out`.
-fn batch(framing: Framing, socket: &SocketState, first: Bytes, rx: &mut mpsc::Receiver<Bytes>, out: &mut BytesMut) {
-    let mut messages = 0u64;
+/// Frames every queued payload into `out`, counting them.
+fn encode_all(framing: Framing, socket: &SocketState, queued: VecDeque<Bytes>, out: &mut BytesMut) {
+    let messages = queued.len() as u64;
     let mut bytes = 0u64;
-    let mut next = Some(first);
-    while let Some(payload) = next.take() {
+    for payload in queued {
         framing::encode(framing, &payload, out);
-        messages += 1;
         bytes += payload.len() as u64;
-        if out.len() < WRITE_BATCH {
-            next = rx.try_recv().ok();
-        }
     }
     socket
         .messages_out

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use super::connection::{self, Downstream};
@@ -14,8 +14,14 @@ use crate::metrics as m;
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Accepts sockets until `stop` is cancelled.
-pub async fn run(listener: TcpListener, ctx: Downstream, limit: Arc<Semaphore>, stop: CancellationToken) {
+/// Accepts sockets until `stop` is cancelled, spawning each socket's task on `tracker`.
+pub async fn run(
+    listener: TcpListener,
+    ctx: Downstream,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "accepting sockets");
     }
@@ -28,7 +34,7 @@ pub async fn run(listener: TcpListener, ctx: Downstream, limit: Arc<Semaphore>, 
         match accepted {
             Ok((stream, remote)) => match limit.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    ctx.tracker.spawn(connection::serve(ctx.clone(), stream, permit));
+                    tracker.spawn(connection::serve(ctx.clone(), stream, permit));
                 }
                 Err(_) => {
                     debug!(client.addr = %remote, "max connections reached; socket refused");
