@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use ppp::{
     config::{self, Command, ConfigError, LogFormat},
+    downstream::listener,
     echo::{self, EchoUpstream},
 };
 use tokio::net::TcpListener;
@@ -45,9 +46,7 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn node(config: config::Config) -> Result<(), BoxError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener = listener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     ppp::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
@@ -62,9 +61,7 @@ async fn demo(mut config: config::Config) -> Result<(), BoxError> {
         std::future::pending(),
     ));
     config.upstream.push(upstream_uri.clone());
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener = listener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let port = listener.local_addr()?.port();
     println!("PersistentParadoxPlex demo: a standalone node with the echo upstream at {upstream_uri}.");
     println!("Connect with:  nc 127.0.0.1 {port}   (type a line; try /help, /whoami, /label user=ada, /broadcast hi)");

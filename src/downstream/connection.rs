@@ -165,7 +165,13 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
         match read.try_read_buf(&mut (&mut buf).limit(read_size)) {
             Ok(0) => return eof(ctx, socket, &mut decoder, &mut buf).await,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // A spurious wake-up (every new socket gets one): give the buffer back.
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
+                continue;
+            }
             Err(_) => return CloseReason::ClientError,
         }
         let now = unix_ms();

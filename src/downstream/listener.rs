@@ -2,14 +2,36 @@
 //! accepted and gives it back when it is gone. Beyond the limit a new socket is accepted and
 //! closed at once (counted), so the listen backlog never fills and nothing else is disturbed.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::Semaphore,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use super::connection::{self, Downstream};
 use crate::metrics as m;
+
+/// The listen backlog: room for a burst of connects while the accept loop catches up (the
+/// default of 1024 overflows when thousands of clients reconnect at once).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the downstream listener with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`.
+///
+/// # Errors
+/// The bind error (address in use, permission denied).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);

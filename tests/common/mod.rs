@@ -26,8 +26,11 @@ use tokio::{
     net::{TcpListener, TcpStream, tcp::OwnedWriteHalf},
     sync::{mpsc, watch},
 };
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming, transport::Server};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    Request, Response, Status, Streaming,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::server::HealthReporter;
 
 /// How long any awaited condition may take before the test fails.
@@ -135,7 +138,7 @@ impl TestUpstream {
                 let server = Server::builder()
                     .add_service(health)
                     .add_service(service)
-                    .serve_with_incoming(TcpListenerStream::new(listener));
+                    .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
                 tokio::select! {
                     _ = server => {}
                     _ = stopped => {}
