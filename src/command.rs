@@ -242,7 +242,7 @@ impl Dispatcher {
                 None => self.backend.forward_command(command).await,
             },
         };
-        metrics::counter!(m::COMMANDS, "command" => command.kind(), "status" => receipt.status_label()).increment(1);
+        m::hot().command(command.kind(), receipt.status_label());
         receipt
     }
 

@@ -29,3 +29,53 @@ pub const UPSTREAM_READY: &str = "ppp_upstream_ready";
 pub const UPSTREAM_RECONNECTS: &str = "ppp_upstream_reconnects_total";
 /// Counter: events moved from a broken upstream's queue to another upstream.
 pub const EVENTS_REROUTED: &str = "ppp_events_rerouted_total";
+
+use std::sync::OnceLock;
+
+use metrics::Counter;
+
+/// Counters touched for every message, registered once so the data path does not look them up
+/// each time. They bind to the recorder installed when they are first used: install the exporter
+/// before starting a node.
+pub struct Hot {
+    /// [`MESSAGES_IN`].
+    pub messages_in: Counter,
+    /// [`BYTES_IN`].
+    pub bytes_in: Counter,
+    /// [`MESSAGES_OUT`].
+    pub messages_out: Counter,
+    /// [`BYTES_OUT`].
+    pub bytes_out: Counter,
+    /// [`COMMANDS`], by command kind (see [`COMMAND_KINDS`]) and status (see [`STATUSES`]).
+    pub commands: [[Counter; 3]; 5],
+}
+
+/// The `command` label values of [`COMMANDS`].
+pub const COMMAND_KINDS: [&str; 5] = ["send", "broadcast", "close", "set_labels", "invalid"];
+/// The `status` label values of [`COMMANDS`].
+pub const STATUSES: [&str; 3] = ["ok", "unknown_socket", "failed"];
+
+/// The hot counters.
+pub fn hot() -> &'static Hot {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    HOT.get_or_init(|| Hot {
+        messages_in: metrics::counter!(MESSAGES_IN),
+        bytes_in: metrics::counter!(BYTES_IN),
+        messages_out: metrics::counter!(MESSAGES_OUT),
+        bytes_out: metrics::counter!(BYTES_OUT),
+        commands: COMMAND_KINDS
+            .map(|kind| STATUSES.map(|status| metrics::counter!(COMMANDS, "command" => kind, "status" => status))),
+    })
+}
+
+impl Hot {
+    /// Counts a command by kind and status label.
+    pub fn command(&self, kind: &str, status: &str) {
+        let k = COMMAND_KINDS
+            .iter()
+            .position(|c| *c == kind)
+            .unwrap_or(COMMAND_KINDS.len() - 1);
+        let s = STATUSES.iter().position(|c| *c == status).unwrap_or(STATUSES.len() - 1);
+        self.commands[k][s].increment(1);
+    }
+}

@@ -295,7 +295,7 @@ impl SocketState {
     /// [`QueueError`] when the payload was not queued.
     pub fn enqueue(&self, payload: Bytes) -> Result<(), QueueError> {
         let mut outbound = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
-        if outbound.sealed || self.closing.is_cancelled() {
+        if outbound.sealed || self.close_reason.get().is_some() {
             return Err(QueueError::Closing);
         }
         if outbound.queue.len() >= self.outbound_capacity {

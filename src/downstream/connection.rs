@@ -129,6 +129,10 @@ fn opened_event(node_id: &str, socket: &SocketState) -> NodeEvent {
 
 /// Hands an event to an upstream, waiting as needed, unless the socket closes first.
 async fn deliver(router: &Router, socket: &SocketState, event: NodeEvent) -> Result<(), CloseReason> {
+    // The common case, an upstream with room, needs no waiting and no cancellation future.
+    let Err(event) = router.try_forward(event, Some(socket), None) else {
+        return Ok(());
+    };
     tokio::select! {
         biased;
         () = socket.closing.cancelled() => Err(socket.close_reason().unwrap_or(CloseReason::Shutdown)),
@@ -146,11 +150,14 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
     } else {
         READ_CHUNK
     };
+    // Built once: building it per read would register and unregister a waiter every time.
+    let closing = socket.closing.cancelled();
+    tokio::pin!(closing);
     loop {
         let deadline = ctx.settings.idle_timeout().map(|t| idle_deadline(socket, t));
         tokio::select! {
             biased;
-            () = socket.closing.cancelled() => return socket.close_reason().unwrap_or(CloseReason::Shutdown),
+            () = &mut closing => return socket.close_reason().unwrap_or(CloseReason::Shutdown),
             () = sleep_until(deadline) => {
                 if ctx.settings.idle_timeout().is_some_and(|t| idle_deadline(socket, t) <= Instant::now()) {
                     return CloseReason::Idle;
@@ -221,8 +228,9 @@ fn frame_error(e: FrameError) -> CloseReason {
 /// The `data` event for one inbound frame, noting it in the socket's counters.
 fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> NodeEvent {
     let seq = socket.note_inbound(payload.len(), now_ms);
-    metrics::counter!(m::MESSAGES_IN).increment(1);
-    metrics::counter!(m::BYTES_IN).increment(payload.len() as u64);
+    let hot = m::hot();
+    hot.messages_in.increment(1);
+    hot.bytes_in.increment(payload.len() as u64);
     let data = SocketData {
         socket_id: socket.id_str.to_string(),
         seq,
@@ -252,13 +260,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// Writes queued messages until the socket closes; on a graceful close, flushes what is queued.
 async fn write_loop(framing: Framing, socket: &SocketState, mut write: OwnedWriteHalf) {
     let mut out = BytesMut::new();
+    let closing = socket.closing.cancelled();
+    tokio::pin!(closing);
     loop {
         let queued = socket.take_outbound();
         if queued.is_empty() {
             tokio::select! {
                 biased;
                 () = socket.outbound_ready() => continue,
-                () = socket.closing.cancelled() => break,
+                () = &mut closing => break,
             }
         }
         encode_all(framing, socket, queued, &mut out);
@@ -296,8 +306,9 @@ fn encode_all(framing: Framing, socket: &SocketState, queued: VecDeque<Bytes>, o
         .messages_out
         .fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
     socket.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-    metrics::counter!(m::MESSAGES_OUT).increment(messages);
-    metrics::counter!(m::BYTES_OUT).increment(bytes);
+    let hot = m::hot();
+    hot.messages_out.increment(messages);
+    hot.bytes_out.increment(bytes);
 }
 
 /// Resolves when the socket closes for a reason that does not flush (a write in progress is

@@ -163,10 +163,12 @@ async fn session(
     };
     upstream.set_open(true);
     info!("upstream stream open");
+    let stopped = upstream.stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let message = tokio::select! {
             biased;
-            () = upstream.stop.cancelled() => return Outcome::Stopped,
+            () = &mut stopped => return Outcome::Stopped,
             m = inbound.message() => m,
         };
         match message {
@@ -204,6 +206,11 @@ fn outbound(
         if let Some(event) = backlog.pending.pop_front() {
             return Some((event, (backlog, finish)));
         }
+        // Under load the queue is rarely empty: take what is there without building the
+        // cancellation future (which registers and unregisters a waiter every time).
+        if let Ok(event) = backlog.rx.try_recv() {
+            return Some((event, (backlog, finish)));
+        }
         let event = tokio::select! {
             biased;
             event = backlog.rx.recv() => event,
@@ -221,7 +228,7 @@ async fn handle_command(upstream: &Upstream, command: proto::UpstreamCommand, di
         Ok(command) => dispatcher.execute(&command).await,
         Err(e) => {
             warn!(error = %e, command_id = command_id.as_deref().unwrap_or(""), "invalid command");
-            metrics::counter!(m::COMMANDS, "command" => "invalid", "status" => "failed").increment(1);
+            m::hot().command("invalid", "failed");
             Receipt::failed(e.to_string())
         }
     };
