@@ -143,12 +143,10 @@ async fn broadcast_reaches_sockets_by_scope_and_selector() {
     up.command(with_id("l2", set_labels(&quiet_id, &[("room", "1")], false)))
         .await;
     up.wait_for("labels set", |_| up.results().len() == 2).await;
-    // Let `quiet` become inactive while `ada` keeps talking.
-    let start = tokio::time::Instant::now();
-    while start.elapsed() < Duration::from_millis(700) {
-        ada.write(b"tick\n").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Let `quiet` become inactive, then make sure `ada` has just talked (and so is active).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ada.write(b"tick\n").await;
+    up.wait_for("ada's tick", |_| !up.data().is_empty()).await;
     up.command(with_id("all", broadcast(proto::Scope::All, &[], "to all")))
         .await;
     up.command(with_id("active", broadcast(proto::Scope::Active, &[], "to active")))

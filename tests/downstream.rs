@@ -155,23 +155,23 @@ async fn a_slow_consumer_is_closed_and_nobody_else_slows_down() {
 async fn an_idle_socket_is_closed_after_idle_timeout_and_an_active_one_is_not() {
     let up = TestUpstream::start(true).await;
     let config = ppp::config::Config {
-        idle_timeout: IdleTimeout(Some(Duration::from_millis(400))),
+        idle_timeout: IdleTimeout(Some(Duration::from_secs(1))),
         ..test_config(&[&up])
     };
     let node = start_node(config).await;
+    let started = tokio::time::Instant::now();
     let mut idle = Client::connect(&node).await;
     let ids = up.wait_opened(1).await;
     let mut chatty = Client::connect(&node).await;
     up.wait_opened(2).await;
-    let started = tokio::time::Instant::now();
-    // The chatty one talks every 100 ms for a second; the idle one must be gone meanwhile.
-    for i in 0..10 {
+    // The chatty one talks every 200 ms for 2.4 s; the idle one must be gone meanwhile.
+    for i in 0..12 {
         chatty.write(format!("{i}\n").as_bytes()).await;
         assert_eq!(chatty.line().await, i.to_string());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     idle.closed().await;
-    assert!(started.elapsed() >= Duration::from_millis(350));
+    assert!(started.elapsed() >= Duration::from_millis(950));
     let closed = up.closed();
     assert_eq!(closed, vec![(ids[0].clone(), "idle".to_owned())]);
 }
