@@ -157,3 +157,32 @@ fn the_demo_echoes_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// `--log-format json` writes one JSON object per line, with the node's fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
+        .args([
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "json-node",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(line.starts_with('{') && line.trim_end().ends_with('}'), "{line}");
+    assert!(line.contains("\"node.id\":\"json-node\""), "{line}");
+    assert!(status.success());
+}
