@@ -16,6 +16,7 @@ apt_install() {
 }
 need cargo || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 need cc || apt_install gcc
+need redis-server || apt_install redis-server
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -230,6 +230,11 @@ impl Dispatcher {
         }
     }
 
+    /// How many sockets this node holds.
+    pub fn socket_count(&self) -> usize {
+        self.table.len()
+    }
+
     /// Carries out a command wherever its socket lives and says what happened.
     pub async fn execute(&self, command: &Command) -> Receipt {
         let receipt = match command {

@@ -27,6 +27,10 @@ pub const COMMANDS: &str = "ppp_commands_total";
 pub const UPSTREAM_READY: &str = "ppp_upstream_ready";
 /// Counter: broken upstream streams. Label `upstream`.
 pub const UPSTREAM_RECONNECTS: &str = "ppp_upstream_reconnects_total";
+/// Counter: dead nodes this node reaped.
+pub const NODES_REAPED: &str = "ppp_nodes_reaped_total";
+/// Counter: Redis commands or connections that failed.
+pub const REDIS_ERRORS: &str = "ppp_redis_errors_total";
 /// Counter: events moved from a broken upstream's queue to another upstream.
 pub const EVENTS_REROUTED: &str = "ppp_events_rerouted_total";
 

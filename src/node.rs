@@ -16,7 +16,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    cluster::{Backend, BackendError, UpstreamEntry, memory::MemoryBackend},
+    cluster::{Backend, BackendError, UpstreamEntry, memory::MemoryBackend, redis::RedisBackend},
     command::{Command, Dispatcher, Receipt},
     config::Config,
     downstream::{connection::Downstream, listener, table::SocketTable},
@@ -46,9 +46,6 @@ pub enum NodeError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// Cluster mode is asked for but not available in this build.
-    #[error("cluster mode (--redis) is not available in this version yet; run without --redis for a standalone node")]
-    ClusterUnavailable,
 }
 
 /// A running node. A cheap `Clone` handle.
@@ -94,17 +91,24 @@ impl Node {
     /// [`NodeError`] when the configuration is invalid or the backend cannot start.
     pub async fn start(config: Config, listener: TcpListener) -> Result<Self, NodeError> {
         config.validate()?;
-        if config.redis.is_some() {
-            return Err(NodeError::ClusterUnavailable);
-        }
-        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
         let node_id = config.node_id();
         let local_addr = listener.local_addr()?;
+        let redis = match config.redis {
+            Some(_) => Some(RedisBackend::connect(&config, &node_id, local_addr)?),
+            None => None,
+        };
+        let backend: Arc<dyn Backend> = match &redis {
+            Some(r) => r.clone(),
+            None => Arc::new(MemoryBackend::default()),
+        };
         let settings = Arc::new(Settings::new(&config));
         let table = SocketTable::default();
         let pool = UpstreamPool::new();
         let router = Router::new(pool.clone(), backend.counter(), settings.clone());
         let dispatcher = Dispatcher::new(table.clone(), backend.clone(), settings.clone());
+        if let Some(redis) = &redis {
+            redis.attach(dispatcher.clone());
+        }
         let tracker = TaskTracker::new();
         let stream_ctx = StreamContext {
             hello: NodeHello {
@@ -146,7 +150,8 @@ impl Node {
                 draining: CancellationToken::new(),
             }),
         };
-        info!(node.id = %node.inner.node_id, mode = "standalone", "node starting");
+        let mode = if redis.is_some() { "cluster" } else { "standalone" };
+        info!(node.id = %node.inner.node_id, mode, "node starting");
         for uri in node.inner.config.upstream.clone() {
             node.add_upstream(None, uri).await?;
         }
@@ -267,6 +272,7 @@ impl Node {
         let timeout = self.inner.config.drain_timeout;
         let deadline = Instant::now() + timeout;
         self.inner.stop_accepting.cancel();
+        self.inner.backend.draining().await;
         let sockets = self.inner.table.snapshot();
         info!(sockets = sockets.len(), ?timeout, "draining");
         // Spread the closes over the first half of the timeout, so that clients reconnecting
@@ -299,6 +305,7 @@ impl Node {
                 up.stop.cancel();
             }
         }
+        self.inner.backend.leave().await;
         info!("drained");
     }
 }

@@ -15,6 +15,7 @@ use crate::{
 };
 
 pub mod memory;
+pub mod redis;
 
 /// Errors of a backend, tagged as backend-side. Whether a retry can help is the caller's call:
 /// every backend call is safe to retry.
@@ -86,4 +87,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A receiver that changes whenever the registry does, so the node reconciles its streams.
     fn registry_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// The node started draining: tell the cluster (`draining` in `K:node:{node}`).
+    async fn draining(&self) {}
+
+    /// The node drained: flush what is queued and leave the cluster cleanly.
+    async fn leave(&self) {}
 }

@@ -45,6 +45,19 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Polls an async `check` until it is true; fails the test with `what` after [`DEADLINE`].
+pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// State shared between a [`TestUpstream`] and its gRPC service.
 #[derive(Default)]
 struct Recorder {
@@ -393,5 +406,80 @@ impl Client {
         // A reset after the node closed is also a close.
         let _ = read;
         rest
+    }
+}
+
+/// A real `redis-server` on a free port, for one test; killed on drop.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (no persistence) and waits until it answers.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let server = Self { port, child };
+        let client = redis::Client::open(server.url()).unwrap();
+        let start = tokio::time::Instant::now();
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+            {
+                break;
+            }
+            assert!(start.elapsed() < DEADLINE, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    /// Its URL for `--redis`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A connection, as `redis-cli` would have.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test config for a cluster member.
+pub fn cluster_config(redis: &RedisServer, node_id: &str, upstreams: &[&TestUpstream]) -> Config {
+    Config {
+        redis: Some(redis.url()),
+        node_id: Some(node_id.to_owned()),
+        ..test_config(upstreams)
     }
 }

@@ -1,0 +1,99 @@
+//! Every Redis key and channel of a cluster, exactly as DESIGN §4 names them: all start with
+//! `{prefix}:{cluster}:` (`K:` below).
+
+/// Key and channel names for one cluster. Built once; each method allocates the name it returns.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// `{prefix}:{cluster}:`
+    base: String,
+}
+
+impl Keys {
+    /// The names for `prefix` (`--redis-prefix`) and `cluster` (`--cluster`).
+    pub fn new(prefix: &str, cluster: &str) -> Self {
+        Self {
+            base: format!("{prefix}:{cluster}:"),
+        }
+    }
+
+    /// `K:nodes` — sorted set: node id → last heartbeat (unix ms).
+    pub fn nodes(&self) -> String {
+        format!("{}nodes", self.base)
+    }
+
+    /// `K:node:{node}` — hash: `listen`, `admin`, `started_at`, `version`, `sockets`, `draining`.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}node:{node}", self.base)
+    }
+
+    /// `K:node:{node}:sockets` — set: the ids of the sockets the node holds.
+    pub fn node_sockets(&self, node: &str) -> String {
+        format!("{}node:{node}:sockets", self.base)
+    }
+
+    /// `K:socket:{id}` — hash: `node`, `remote`, `local`, `connected_at`, `last_seen`, `label:{name}`.
+    pub fn socket(&self, id: &str) -> String {
+        format!("{}socket:{id}", self.base)
+    }
+
+    /// `K:sockets` — sorted set: socket id → connected_at (unix ms).
+    pub fn sockets(&self) -> String {
+        format!("{}sockets", self.base)
+    }
+
+    /// `K:upstreams` — hash: upstream id → URI.
+    pub fn upstreams(&self) -> String {
+        format!("{}upstreams", self.base)
+    }
+
+    /// `K:rr` — string (integer): the shared round-robin counter.
+    pub fn rr(&self) -> String {
+        format!("{}rr", self.base)
+    }
+
+    /// `K:events` — stream: lifecycle history.
+    pub fn events(&self) -> String {
+        format!("{}events", self.base)
+    }
+
+    /// `K:ch:node:{node}` — channel: commands for one node.
+    pub fn node_channel(&self, node: &str) -> String {
+        format!("{}ch:node:{node}", self.base)
+    }
+
+    /// `K:ch:broadcast` — channel: broadcasts.
+    pub fn broadcast_channel(&self) -> String {
+        format!("{}ch:broadcast", self.base)
+    }
+
+    /// `K:ch:control` — channel: registry and runtime settings changes.
+    pub fn control_channel(&self) -> String {
+        format!("{}ch:control", self.base)
+    }
+
+    /// The prefix every key of this cluster starts with, `K:`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design() {
+        let k = Keys::new("ppp", "default");
+        assert_eq!(k.nodes(), "ppp:default:nodes");
+        assert_eq!(k.node("n1"), "ppp:default:node:n1");
+        assert_eq!(k.node_sockets("n1"), "ppp:default:node:n1:sockets");
+        assert_eq!(k.socket("abc"), "ppp:default:socket:abc");
+        assert_eq!(k.sockets(), "ppp:default:sockets");
+        assert_eq!(k.upstreams(), "ppp:default:upstreams");
+        assert_eq!(k.rr(), "ppp:default:rr");
+        assert_eq!(k.events(), "ppp:default:events");
+        assert_eq!(k.node_channel("n1"), "ppp:default:ch:node:n1");
+        assert_eq!(k.broadcast_channel(), "ppp:default:ch:broadcast");
+        assert_eq!(k.control_channel(), "ppp:default:ch:control");
+    }
+}

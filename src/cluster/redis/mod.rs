@@ -1,0 +1,484 @@
+//! The cluster backend on Redis (DESIGN §4).
+//!
+//! - [`keys`]: every key and channel name.
+//! - [`records`]: lifecycle records, queued and written in pipelined batches.
+//! - [`bus`]: pub/sub messages between nodes (MessagePack).
+//! - [`counter`]: the shared round-robin counter, leased in blocks.
+//! - this file: the backend itself: membership (heartbeat, reaping), the upstream registry,
+//!   commands for other nodes' sockets with their receipts, and the bus subscriber.
+
+pub mod bus;
+pub mod counter;
+pub mod keys;
+pub mod records;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use deadpool_redis::Pool;
+use futures_util::StreamExt;
+use redis::{AsyncCommands, Script};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use self::{
+    bus::{BusMessage, WireCommand},
+    counter::{LeasedCounter, SharedCounter},
+    keys::Keys,
+    records::{Record, RecordWriter, pool_error},
+};
+use super::{Backend, BackendError, Counter, UpstreamEntry};
+use crate::{
+    command::{Broadcast, Command, Dispatcher, Receipt},
+    config::Config,
+    metrics as m,
+    socket::{CloseReason, SocketState, unix_ms},
+};
+
+/// How often a node refreshes its heartbeat and looks for dead nodes.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a node waits for the owner's receipt of a command it forwarded.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before reconnecting the bus subscriber.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(500);
+
+/// `redis/reap.lua`.
+const REAP_LUA: &str = include_str!("../../../redis/reap.lua");
+
+/// A node's view of the cluster, through Redis. Created by [`RedisBackend::connect`].
+pub struct RedisBackend {
+    /// Key names.
+    keys: Keys,
+    /// This node's id.
+    node: String,
+    /// Pooled connections for commands (pub/sub has its own).
+    pool: Pool,
+    /// The URL, for the subscriber's dedicated connection.
+    client: redis::Client,
+    /// The record writer's queue.
+    records: mpsc::Sender<Record>,
+    /// The leased round-robin counter.
+    counter: Arc<LeasedCounter>,
+    /// Bumped when the registry may have changed.
+    registry: watch::Sender<u64>,
+    /// Commands sent to other nodes, waiting for their receipts.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Receipt>>>,
+    /// Request ids.
+    next_request: AtomicU64,
+    /// Carries out commands that arrive from other nodes; set by [`RedisBackend::attach`].
+    local: OnceLock<Dispatcher>,
+    /// Fields of `K:node:{node}`.
+    node_fields: Vec<(&'static str, String)>,
+    /// `--node-ttl`.
+    node_ttl: Duration,
+    /// `--events-max`.
+    events_max: u64,
+    /// Stops the background tasks.
+    stop: CancellationToken,
+    /// The background tasks.
+    tracker: TaskTracker,
+    /// `redis/reap.lua`.
+    reap: Script,
+}
+
+impl RedisBackend {
+    /// Connects to `--redis` and starts the record writer, the heartbeat and the bus subscriber.
+    /// Redis need not be reachable yet: every task retries.
+    ///
+    /// # Errors
+    /// [`BackendError::Invalid`] when the URL is not a Redis URL.
+    pub fn connect(config: &Config, node: &str, listen: SocketAddr) -> Result<Arc<Self>, BackendError> {
+        let url = config.redis.clone().unwrap_or_default();
+        let invalid = |e: &dyn std::fmt::Display| BackendError::Invalid(format!("--redis: {e}"));
+        let client = redis::Client::open(url.as_str()).map_err(|e| invalid(&e))?;
+        let pool = deadpool_redis::Config::from_url(url)
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| invalid(&e))?;
+        let keys = Keys::new(&config.redis_prefix, &config.cluster);
+        let (writer, records) = RecordWriter::new(pool.clone(), keys.clone(), node.to_owned(), config.events_max);
+        let backend = Arc::new(Self {
+            counter: LeasedCounter::new(pool.clone(), keys.rr()),
+            keys,
+            node: node.to_owned(),
+            pool,
+            client,
+            records,
+            registry: watch::Sender::new(0),
+            pending: Mutex::default(),
+            next_request: AtomicU64::new(1),
+            local: OnceLock::new(),
+            node_fields: vec![
+                ("listen", listen.to_string()),
+                ("admin", config.admin_listen.to_string()),
+                ("started_at", unix_ms().to_string()),
+                ("version", crate::VERSION.to_owned()),
+            ],
+            node_ttl: config.node_ttl,
+            events_max: config.events_max,
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            reap: Script::new(REAP_LUA),
+        });
+        let stop = backend.stop.child_token();
+        backend
+            .tracker
+            .spawn(writer.run(stop).instrument(info_span!("records")));
+        backend
+            .tracker
+            .spawn(backend.clone().heartbeat().instrument(info_span!("heartbeat")));
+        backend
+            .tracker
+            .spawn(backend.clone().subscribe().instrument(info_span!("bus")));
+        Ok(backend)
+    }
+
+    /// Gives the backend the dispatcher that carries out commands arriving from other nodes.
+    pub fn attach(&self, dispatcher: Dispatcher) {
+        let _ = self.local.set(dispatcher);
+    }
+
+    /// Refreshes this node's heartbeat and record every [`HEARTBEAT`], and reaps dead nodes.
+    async fn heartbeat(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            if let Err(e) = self.beat().await {
+                warn!(error = %e, "heartbeat failed");
+                metrics::counter!(m::REDIS_ERRORS).increment(1);
+                continue;
+            }
+            if let Err(e) = self.reap_dead().await {
+                warn!(error = %e, "reaping failed");
+            }
+        }
+    }
+
+    async fn beat(&self) -> Result<(), redis::RedisError> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        let sockets = self.local.get().map_or(0, Dispatcher::socket_count);
+        let mut fields = self.node_fields.clone();
+        fields.push(("sockets", sockets.to_string()));
+        redis::pipe()
+            .zadd(self.keys.nodes(), &self.node, unix_ms())
+            .ignore()
+            .hset_multiple(self.keys.node(&self.node), &fields)
+            .ignore()
+            .query_async::<()>(&mut *conn)
+            .await
+    }
+
+    /// Reaps every node whose heartbeat is older than `--node-ttl` (the Lua script makes sure
+    /// only one live node reaps each).
+    async fn reap_dead(&self) -> Result<(), redis::RedisError> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        let now = unix_ms();
+        let deadline = now - self.node_ttl.as_millis() as i64;
+        let dead: Vec<String> = conn
+            .zrangebyscore_limit(self.keys.nodes(), "-inf", format!("({deadline}"), 0, 16)
+            .await?;
+        for node in dead.into_iter().filter(|n| *n != self.node) {
+            let reaped: i64 = self
+                .reap
+                .key(self.keys.nodes())
+                .arg(self.keys.base())
+                .arg(&node)
+                .arg(deadline)
+                .arg(now)
+                .arg(&self.node)
+                .arg(self.events_max)
+                .invoke_async(&mut *conn)
+                .await?;
+            if reaped >= 0 {
+                info!(dead = %node, sockets = reaped, "reaped a dead node");
+                metrics::counter!(m::NODES_REAPED).increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Listens on this node's channel, the broadcast channel and the control channel, on a
+    /// dedicated connection, resubscribing after every reconnect.
+    async fn subscribe(self: Arc<Self>) {
+        let channels = [
+            self.keys.node_channel(&self.node),
+            self.keys.broadcast_channel(),
+            self.keys.control_channel(),
+        ];
+        while !self.stop.is_cancelled() {
+            match self.client.get_async_pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(&channels).await {
+                    Ok(()) => {
+                        debug!("bus subscribed");
+                        // Anything may have changed while we were away.
+                        self.registry.send_modify(|v| *v += 1);
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            let message = tokio::select! {
+                                () = self.stop.cancelled() => return,
+                                m = messages.next() => m,
+                            };
+                            let Some(message) = message else { break };
+                            self.on_bus(message.get_payload_bytes());
+                        }
+                        warn!("bus connection lost; resubscribing");
+                    }
+                    Err(e) => warn!(error = %e, "bus subscribe failed"),
+                },
+                Err(e) => warn!(error = %e, "bus connection failed"),
+            }
+            metrics::counter!(m::REDIS_ERRORS).increment(1);
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+            }
+        }
+    }
+
+    /// Handles one bus message.
+    fn on_bus(self: &Arc<Self>, payload: &[u8]) {
+        let message = match BusMessage::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "bad bus message");
+                metrics::counter!(m::MESSAGES_REFUSED, "reason" => "bad_bus_message").increment(1);
+                return;
+            }
+        };
+        match message {
+            BusMessage::Command {
+                request,
+                reply_to,
+                command,
+            } => {
+                let receipt = match (command.into_command(), self.local.get()) {
+                    (Ok(command), Some(local)) => local
+                        .execute_local(&command)
+                        .unwrap_or_else(|| Receipt::unknown_socket(command.socket().unwrap_or_default())),
+                    (Err(e), _) => Receipt::failed(e),
+                    (_, None) => Receipt::failed("the node is starting"),
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.publish(
+                        &this.keys.node_channel(&reply_to),
+                        BusMessage::receipt(request, receipt),
+                    )
+                    .await
+                });
+            }
+            BusMessage::Receipt {
+                request,
+                status,
+                detail,
+            } => {
+                let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
+                if let Some(tx) = waiting {
+                    let _ = tx.send(bus::receipt_from_wire(status, detail));
+                }
+            }
+            BusMessage::Broadcast {
+                origin,
+                scope,
+                selector,
+                payload,
+            } if origin != self.node => match (bus::broadcast_from_wire(scope, selector, payload), self.local.get()) {
+                (Ok(b), Some(local)) => {
+                    local.broadcast_local(&b);
+                }
+                (Err(e), _) => warn!(error = %e, "bad broadcast on the bus"),
+                (_, None) => {}
+            },
+            BusMessage::Broadcast { .. } => {}
+            BusMessage::Control { .. } => self.registry.send_modify(|v| *v += 1),
+        }
+    }
+
+    /// Publishes a bus message; returns how many nodes received it.
+    async fn publish(&self, channel: &str, message: BusMessage) -> Result<usize, redis::RedisError> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        conn.publish(channel, message.encode()).await
+    }
+
+    fn record(&self, record: Record) {
+        if self.records.try_send(record).is_err() {
+            warn!("lifecycle record queue full; the resync will repair the registry");
+            metrics::counter!(m::MESSAGES_REFUSED, "reason" => "record_queue_full").increment(1);
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn socket_opened(&self, socket: &SocketState) {
+        self.record(Record::Opened {
+            id: socket.id_str.clone(),
+            remote: socket.remote_addr.to_string(),
+            local: socket.local_addr.to_string(),
+            connected_at: socket.connected_at_ms,
+        });
+    }
+
+    fn socket_closed(&self, socket: &SocketState, reason: CloseReason) {
+        self.record(Record::Closed {
+            id: socket.id_str.clone(),
+            reason: reason.as_str(),
+            at: unix_ms(),
+        });
+    }
+
+    fn labels_changed(&self, socket: &SocketState) {
+        self.record(Record::Labels {
+            id: socket.id_str.clone(),
+            labels: socket.labels(),
+        });
+    }
+
+    async fn forward_command(&self, command: &Command) -> Receipt {
+        let (Some(socket), Some(wire)) = (command.socket(), WireCommand::from_command(command)) else {
+            return Receipt::ok();
+        };
+        let owner: Result<Option<String>, redis::RedisError> = async {
+            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            conn.hget(self.keys.socket(&socket.to_string()), "node").await
+        }
+        .await;
+        let owner = match owner {
+            Ok(Some(owner)) if owner != self.node => owner,
+            Ok(_) => return Receipt::unknown_socket(socket),
+            Err(e) => return Receipt::failed(format!("the cluster state is unreachable: {e}")),
+        };
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request, tx);
+        let message = BusMessage::Command {
+            request,
+            reply_to: self.node.clone(),
+            command: wire,
+        };
+        let failed = match self.publish(&self.keys.node_channel(&owner), message).await {
+            Ok(0) => Some(format!("node {owner}, which holds the socket, is not reachable")),
+            Ok(_) => match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+                Ok(Ok(receipt)) => return receipt,
+                _ => Some(format!(
+                    "node {owner}, which holds the socket, did not answer within {COMMAND_TIMEOUT:?}"
+                )),
+            },
+            Err(e) => Some(format!("could not reach node {owner}: {e}")),
+        };
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
+        Receipt::failed(failed.unwrap_or_default())
+    }
+
+    async fn broadcast(&self, broadcast: &Broadcast) -> Receipt {
+        match self
+            .publish(
+                &self.keys.broadcast_channel(),
+                BusMessage::broadcast(&self.node, broadcast),
+            )
+            .await
+        {
+            Ok(_) => Receipt::ok(),
+            Err(e) => Receipt::failed(format!("the broadcast reached only this node: {e}")),
+        }
+    }
+
+    fn counter(&self) -> Arc<dyn Counter> {
+        Arc::new(SharedCounter(self.counter.clone()))
+    }
+
+    async fn upstreams(&self) -> Result<Vec<UpstreamEntry>, BackendError> {
+        let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+        let all: HashMap<String, String> = conn.hgetall(self.keys.upstreams()).await.map_err(unavailable)?;
+        let mut entries: Vec<_> = all.into_iter().map(|(id, uri)| UpstreamEntry { id, uri }).collect();
+        entries.sort();
+        Ok(entries)
+    }
+
+    async fn add_upstream(&self, entry: UpstreamEntry) -> Result<(), BackendError> {
+        let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+        let _: () = conn
+            .hset(self.keys.upstreams(), &entry.id, &entry.uri)
+            .await
+            .map_err(unavailable)?;
+        self.announce(&mut conn).await;
+        Ok(())
+    }
+
+    async fn remove_upstream(&self, id: &str) -> Result<bool, BackendError> {
+        let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+        let removed: usize = conn.hdel(self.keys.upstreams(), id).await.map_err(unavailable)?;
+        self.announce(&mut conn).await;
+        Ok(removed > 0)
+    }
+
+    fn registry_changes(&self) -> watch::Receiver<u64> {
+        self.registry.subscribe()
+    }
+
+    async fn draining(&self) {
+        let marked: Result<(), redis::RedisError> = async {
+            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            conn.hset(self.keys.node(&self.node), "draining", "1").await
+        }
+        .await;
+        if let Err(e) = marked {
+            warn!(error = %e, "could not mark the node draining");
+        }
+    }
+
+    async fn leave(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        let left: Result<(), redis::RedisError> = async {
+            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            redis::pipe()
+                .zrem(self.keys.nodes(), &self.node)
+                .ignore()
+                .del(self.keys.node(&self.node))
+                .ignore()
+                .del(self.keys.node_sockets(&self.node))
+                .ignore()
+                .query_async(&mut *conn)
+                .await
+        }
+        .await;
+        match left {
+            Ok(()) => info!("left the cluster"),
+            Err(e) => warn!(error = %e, "could not leave the cluster cleanly; it will be reaped"),
+        }
+    }
+}
+
+impl RedisBackend {
+    /// Tells every node the registry changed.
+    async fn announce(&self, conn: &mut deadpool_redis::Connection) {
+        let notice = BusMessage::Control {
+            what: "upstreams".to_owned(),
+        }
+        .encode();
+        if let Err(e) = conn.publish::<_, _, ()>(self.keys.control_channel(), notice).await {
+            warn!(error = %e, "could not announce a registry change; nodes see it at their next resync");
+        }
+        self.registry.send_modify(|v| *v += 1);
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> BackendError {
+    BackendError::Unavailable(e.to_string())
+}

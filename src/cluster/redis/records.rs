@@ -1,0 +1,207 @@
+//! Lifecycle records: what a node writes to Redis when its sockets open, close or change labels.
+//!
+//! The data path hands records to a bounded queue and never waits. One task drains the queue and
+//! writes everything waiting in one pipelined round trip (MULTI-free: each record's commands are
+//! idempotent), so thousands of connects per second cost a handful of round trips. When Redis
+//! cannot be reached the records wait in the queue (bounded by [`RECORD_QUEUE`]; beyond it they
+//! are refused and counted, and the anti-entropy resync repairs the socket registry later).
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_redis::Pool;
+use redis::Script;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::keys::Keys;
+use crate::{metrics as m, socket::Labels};
+
+/// Most records waiting for Redis at once (about 200 bytes each).
+pub const RECORD_QUEUE: usize = 100_000;
+/// Most records written in one pipelined round trip.
+pub const RECORD_BATCH: usize = 2048;
+/// `redis/labels.lua`: replaces a socket's `label:*` fields in one step.
+const LABELS_LUA: &str = include_str!("../../../redis/labels.lua");
+/// Pause before retrying a batch Redis refused.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// One lifecycle record.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A socket opened on this node.
+    Opened {
+        /// Socket id.
+        id: Arc<str>,
+        /// Client address.
+        remote: String,
+        /// Node address.
+        local: String,
+        /// Accept time, unix ms.
+        connected_at: i64,
+    },
+    /// A socket of this node closed.
+    Closed {
+        /// Socket id.
+        id: Arc<str>,
+        /// Close reason.
+        reason: &'static str,
+        /// When, unix ms.
+        at: i64,
+    },
+    /// A socket's labels are now these.
+    Labels {
+        /// Socket id.
+        id: Arc<str>,
+        /// The complete labels.
+        labels: Arc<Labels>,
+    },
+}
+
+/// Writes records for one node.
+pub struct RecordWriter {
+    /// Where records wait.
+    rx: mpsc::Receiver<Record>,
+    /// Redis.
+    pool: Pool,
+    /// Key names.
+    keys: Keys,
+    /// This node's id.
+    node: String,
+    /// `--events-max`.
+    events_max: u64,
+    /// `redis/labels.lua`.
+    labels_script: Script,
+}
+
+impl RecordWriter {
+    /// A writer and the sender the data path records into.
+    pub fn new(pool: Pool, keys: Keys, node: String, events_max: u64) -> (Self, mpsc::Sender<Record>) {
+        let (tx, rx) = mpsc::channel(RECORD_QUEUE);
+        let labels_script = Script::new(LABELS_LUA);
+        (
+            Self {
+                rx,
+                pool,
+                keys,
+                node,
+                events_max,
+                labels_script,
+            },
+            tx,
+        )
+    }
+
+    /// Writes records until `stop` is cancelled and the queue is empty.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        loop {
+            let first = tokio::select! {
+                biased;
+                r = self.rx.recv() => r,
+                () = stop.cancelled() => self.rx.try_recv().ok(),
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < RECORD_BATCH {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            while let Err(e) = self.write(&batch).await {
+                warn!(error = %e, records = batch.len(), "could not write lifecycle records; retrying");
+                metrics::counter!(m::REDIS_ERRORS).increment(1);
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    /// Writes one batch in one pipelined round trip.
+    async fn write(&self, batch: &[Record]) -> Result<(), redis::RedisError> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        let mut pipe = redis::pipe();
+        let mut script_loaded = false;
+        for record in batch {
+            match record {
+                Record::Opened {
+                    id,
+                    remote,
+                    local,
+                    connected_at,
+                } => {
+                    let socket = self.keys.socket(id);
+                    pipe.hset_multiple(
+                        &socket,
+                        &[
+                            ("node", self.node.as_str()),
+                            ("remote", remote),
+                            ("local", local),
+                            ("connected_at", &connected_at.to_string()),
+                            ("last_seen", &connected_at.to_string()),
+                        ],
+                    )
+                    .ignore();
+                    pipe.sadd(self.keys.node_sockets(&self.node), &**id).ignore();
+                    pipe.zadd(self.keys.sockets(), &**id, *connected_at).ignore();
+                    self.event(&mut pipe, "opened", id, *connected_at, "");
+                }
+                Record::Closed { id, reason, at } => {
+                    pipe.del(self.keys.socket(id)).ignore();
+                    pipe.srem(self.keys.node_sockets(&self.node), &**id).ignore();
+                    pipe.zrem(self.keys.sockets(), &**id).ignore();
+                    self.event(&mut pipe, "closed", id, *at, reason);
+                }
+                Record::Labels { id, labels } => {
+                    if !script_loaded {
+                        // Loaded in the same pipeline, so a Redis that restarted empty still has it.
+                        pipe.cmd("SCRIPT").arg("LOAD").arg(LABELS_LUA).ignore();
+                        script_loaded = true;
+                    }
+                    pipe.cmd("EVALSHA")
+                        .arg(self.labels_script.get_hash())
+                        .arg(1)
+                        .arg(self.keys.socket(id));
+                    for (k, v) in labels.iter() {
+                        pipe.arg(k).arg(v);
+                    }
+                    pipe.ignore();
+                }
+            }
+        }
+        pipe.query_async::<()>(&mut *conn).await
+    }
+
+    /// Adds a `K:events` entry.
+    fn event(&self, pipe: &mut redis::Pipeline, kind: &str, socket: &str, at: i64, reason: &str) {
+        pipe.cmd("XADD")
+            .arg(self.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.events_max)
+            .arg("*")
+            .arg("type")
+            .arg(kind)
+            .arg("socket")
+            .arg(socket)
+            .arg("node")
+            .arg(&self.node)
+            .arg("at")
+            .arg(at)
+            .arg("reason")
+            .arg(reason)
+            .ignore();
+    }
+}
+
+/// A pool error as a Redis error, so callers handle one kind.
+pub fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+    match e {
+        deadpool_redis::PoolError::Backend(e) => e,
+        other => redis::RedisError::from((redis::ErrorKind::Io, "pool", other.to_string())),
+    }
+}

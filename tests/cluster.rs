@@ -1,0 +1,262 @@
+//! Cluster mode: nodes sharing state through a real `redis-server`, inspected with plain Redis
+//! commands as `redis-cli` would.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use ppp::proto::{self, Status, upstream_command::Command};
+use redis::AsyncCommands;
+
+#[tokio::test]
+async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(true).await;
+    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let mut c = Client::connect(&node).await;
+    let id = up.wait_opened(1).await[0].clone();
+    let mut r = redis.conn().await;
+    let socket_key = format!("ppp:default:socket:{id}");
+    eventually_async("socket hash", || async {
+        redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap()
+    })
+    .await;
+    let hash: HashMap<String, String> = r.hgetall(&socket_key).await.unwrap();
+    assert_eq!(hash["node"], "n1");
+    assert_eq!(hash["local"], node.local_addr().to_string());
+    assert!(hash["connected_at"].parse::<i64>().unwrap() > 0);
+    assert!(hash.contains_key("remote") && hash.contains_key("last_seen"));
+    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    assert_eq!(members, vec![id.clone()]);
+    let indexed: Vec<String> = r.zrange("ppp:default:sockets", 0, -1).await.unwrap();
+    assert_eq!(indexed, vec![id.clone()]);
+    let upstreams: HashMap<String, String> = r.hgetall("ppp:default:upstreams").await.unwrap();
+    assert_eq!(upstreams[&up.id()], up.uri());
+    eventually_async("heartbeat", || async {
+        redis
+            .conn()
+            .await
+            .zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let info: HashMap<String, String> = r.hgetall("ppp:default:node:n1").await.unwrap();
+    assert_eq!(info["listen"], node.local_addr().to_string());
+    assert_eq!(info["version"], ppp::VERSION);
+
+    // Labels appear as label:{name} fields.
+    let labels = Command::SetLabels(proto::SetLabels {
+        socket_id: id.clone(),
+        labels: [("user".to_owned(), "ada".to_owned())].into(),
+        replace: false,
+    });
+    up.command(with_id("l", labels)).await;
+    eventually_async("label field", || async {
+        redis
+            .conn()
+            .await
+            .hget::<_, _, Option<String>>(&socket_key, "label:user")
+            .await
+            .unwrap()
+            .as_deref()
+            == Some("ada")
+    })
+    .await;
+
+    c.write(b"bye\n").await;
+    assert_eq!(c.line().await, "bye");
+    drop(c);
+    eventually_async("socket removed", || async {
+        !redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap()
+    })
+    .await;
+    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    assert!(members.is_empty());
+    let events: Vec<redis::streams::StreamId> = r
+        .xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events")
+        .await
+        .unwrap()
+        .ids;
+    let kinds: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.get::<String>("type").unwrap(),
+                e.get::<String>("reason").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("opened".into(), "".into()), ("closed".into(), "client_closed".into())]
+    );
+}
+
+#[tokio::test]
+async fn commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(false).await;
+    let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
+    let mut on_n1 = Client::connect(&n1).await;
+    let first = up.wait_opened(1).await[0].clone();
+    let mut on_n2 = Client::connect(&n2).await;
+    let second = up.wait_opened(2).await[1].clone();
+    let key = |id: &str| format!("ppp:default:socket:{id}");
+    for id in [&first, &second] {
+        let k = key(id);
+        eventually_async("registered", || async {
+            redis.conn().await.exists::<_, bool>(&k).await.unwrap()
+        })
+        .await;
+    }
+    // Commands go out on whichever stream; both nodes have one to this upstream.
+    let send = |socket: &str, text: &str| {
+        Command::Send(proto::Send {
+            socket_id: socket.to_owned(),
+            payload: text.to_owned().into(),
+        })
+    };
+    up.command(with_id("to-first", send(&first, "hello first"))).await;
+    up.command(with_id("to-second", send(&second, "hello second"))).await;
+    assert_eq!(on_n1.line().await, "hello first");
+    assert_eq!(on_n2.line().await, "hello second");
+    up.command(with_id("nobody", send(&uuid::Uuid::now_v7().to_string(), "x")))
+        .await;
+    let broadcast = Command::Broadcast(proto::Broadcast {
+        scope: 0,
+        payload: "everyone".into(),
+        ..Default::default()
+    });
+    up.command(with_id("all", broadcast)).await;
+    assert_eq!(on_n1.line().await, "everyone");
+    assert_eq!(on_n2.line().await, "everyone");
+    up.wait_for("receipts", |_| up.results().len() == 4).await;
+    let results: HashMap<_, _> = up
+        .results()
+        .into_iter()
+        .map(|r| (r.command_id.clone(), r.status))
+        .collect();
+    assert_eq!(results["to-first"], Status::Ok as i32);
+    assert_eq!(results["to-second"], Status::Ok as i32);
+    assert_eq!(results["nobody"], Status::UnknownSocket as i32);
+    assert_eq!(results["all"], Status::Ok as i32);
+}
+
+#[tokio::test]
+async fn the_upstream_registry_is_shared_by_every_node() {
+    let redis = RedisServer::start().await;
+    let a = TestUpstream::start(true).await;
+    let n1 = start_node(cluster_config(&redis, "n1", &[&a])).await;
+    let n2 = start_node(cluster_config(&redis, "n2", &[])).await;
+    let pool = n2.upstreams().clone();
+    let a_id = a.id();
+    eventually("n2 learned a from the registry", || {
+        pool.get(&a_id).is_some_and(|u| u.is_usable())
+    })
+    .await;
+    let b = TestUpstream::start(true).await;
+    n2.add_upstream(Some("b".into()), b.uri()).await.unwrap();
+    let pool1 = n1.upstreams().clone();
+    eventually("n1 learned b", || pool1.get("b").is_some()).await;
+    n1.remove_upstream(&a.id()).await.unwrap();
+    eventually("n2 forgot a", || pool.get(&a_id).is_none()).await;
+}
+
+#[tokio::test]
+async fn a_dead_node_is_reaped_exactly_once_with_a_closed_event_per_socket() {
+    let redis = RedisServer::start().await;
+    let mut r = redis.conn().await;
+    // A node that stopped beating a minute ago, holding two sockets.
+    let old = ppp::socket::unix_ms() - 60_000;
+    let _: () = r.zadd("ppp:default:nodes", "ghost", old).await.unwrap();
+    let _: () = r
+        .hset("ppp:default:node:ghost", "listen", "10.0.0.9:7999")
+        .await
+        .unwrap();
+    for s in ["s1", "s2"] {
+        let _: () = r.sadd("ppp:default:node:ghost:sockets", s).await.unwrap();
+        let _: () = r
+            .hset(format!("ppp:default:socket:{s}"), "node", "ghost")
+            .await
+            .unwrap();
+        let _: () = r.zadd("ppp:default:sockets", s, old).await.unwrap();
+    }
+    let up = TestUpstream::start(true).await;
+    let _n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let _n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
+    eventually_async("ghost reaped", || async {
+        redis
+            .conn()
+            .await
+            .zscore::<_, _, Option<i64>>("ppp:default:nodes", "ghost")
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    // Give the other node a heartbeat or two to (not) reap it again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let events = r
+        .xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events")
+        .await
+        .unwrap()
+        .ids;
+    let lost: Vec<String> = events
+        .iter()
+        .filter(|e| e.get::<String>("reason").as_deref() == Some("node_lost"))
+        .map(|e| e.get::<String>("socket").unwrap())
+        .collect();
+    assert_eq!(lost.len(), 2, "one closed event per socket, exactly once");
+    let down = events
+        .iter()
+        .filter(|e| e.get::<String>("type").as_deref() == Some("node_down"))
+        .count();
+    assert_eq!(down, 1);
+    assert!(!r.exists::<_, bool>("ppp:default:socket:s1").await.unwrap());
+    assert!(!r.exists::<_, bool>("ppp:default:node:ghost").await.unwrap());
+    assert_eq!(r.zcard::<_, usize>("ppp:default:sockets").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_drained_node_leaves_the_cluster_cleanly() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(true).await;
+    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let mut c = Client::connect(&node).await;
+    up.wait_opened(1).await;
+    eventually_async("registered", || async {
+        redis
+            .conn()
+            .await
+            .scard::<_, usize>("ppp:default:node:n1:sockets")
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    node.shutdown().await;
+    c.closed().await;
+    let mut r = redis.conn().await;
+    assert!(
+        r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!r.exists::<_, bool>("ppp:default:node:n1").await.unwrap());
+    assert_eq!(r.zcard::<_, usize>("ppp:default:sockets").await.unwrap(), 0);
+    let events = r
+        .xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events")
+        .await
+        .unwrap()
+        .ids;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.get::<String>("reason").as_deref() == Some("shutdown"))
+    );
+}
