@@ -76,11 +76,7 @@ async fn echo(mut socket: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         // Only the new bytes can hold a `\n` not yet seen.
-        let Some(last) = buf[filled..filled + n]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|p| filled + p)
-        else {
+        let Some(last) = buf[filled..filled + n].iter().rposition(|&b| b == b'\n').map(|p| filled + p) else {
             filled += n;
             continue;
         };

@@ -157,9 +157,7 @@ fn main() -> Result<()> {
 async fn connect_all(target: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
     stream::iter(0..n)
         .map(|i| async move {
-            let socket = TcpStream::connect(target)
-                .await
-                .with_context(|| format!("connect #{i} to {target}"))?;
+            let socket = TcpStream::connect(target).await.with_context(|| format!("connect #{i} to {target}"))?;
             socket.set_nodelay(true)?;
             anyhow::Ok(socket)
         })
@@ -193,10 +191,7 @@ fn cpu_percent(before: Option<Duration>, after: Option<Duration>, wall: Duration
 }
 
 async fn throughput(args: ThroughputArgs) -> Result<()> {
-    ensure!(
-        args.sockets > 0 && args.burst > 0 && !args.duration.is_zero(),
-        "sockets, burst and duration must be > 0"
-    );
+    ensure!(args.sockets > 0 && args.burst > 0 && !args.duration.is_zero(), "sockets, burst and duration must be > 0");
     let sockets = connect_all(args.target, args.sockets).await?;
     let mut burst = Vec::with_capacity(args.burst * (args.size + 1));
     for _ in 0..args.burst {
@@ -267,9 +262,7 @@ async fn join_all<T: 'static>(mut tasks: JoinSet<Result<T>>) -> Result<Vec<T>> {
         }
         anyhow::Ok(())
     });
-    joined
-        .await
-        .with_context(|| format!("socket tasks still running after {JOIN_TIMEOUT:?}"))??;
+    joined.await.with_context(|| format!("socket tasks still running after {JOIN_TIMEOUT:?}"))??;
     Ok(results)
 }
 
@@ -310,14 +303,8 @@ struct SendStats {
 }
 
 async fn latency(args: LatencyArgs) -> Result<()> {
-    ensure!(
-        args.size >= LATENCY_HEADER,
-        "--size must be at least {LATENCY_HEADER} (the header)"
-    );
-    ensure!(
-        args.sockets > 0 && args.rate > 0 && !args.duration.is_zero(),
-        "sockets, rate and duration must be > 0"
-    );
+    ensure!(args.size >= LATENCY_HEADER, "--size must be at least {LATENCY_HEADER} (the header)");
+    ensure!(args.sockets > 0 && args.rate > 0 && !args.duration.is_zero(), "sockets, rate and duration must be > 0");
     let sockets = connect_all(args.target, args.sockets).await?;
     let schedule = Schedule {
         sockets: args.sockets as u64,
@@ -332,13 +319,7 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     let mut writers = Vec::with_capacity(sockets.len());
     for (i, socket) in sockets.into_iter().enumerate() {
         let (read, write) = socket.into_split();
-        readers.spawn(read_replies(
-            read,
-            schedule.count(i as u64),
-            schedule.warmup,
-            start,
-            give_up,
-        ));
+        readers.spawn(read_replies(read, schedule.count(i as u64), schedule.warmup, start, give_up));
         writers.push(write);
     }
     let sent = pace(&mut writers, schedule, start, args.size).await?;
@@ -474,11 +455,7 @@ fn micros(d: Duration) -> u32 {
 async fn idle(args: IdleArgs) -> Result<()> {
     let start = Instant::now();
     let sockets = connect_all(args.target, args.sockets).await?;
-    println!(
-        "idle connected={} connect_ms={}",
-        sockets.len(),
-        start.elapsed().as_millis()
-    );
+    println!("idle connected={} connect_ms={}", sockets.len(), start.elapsed().as_millis());
     tokio::time::sleep(args.duration).await;
     drop(sockets);
     Ok(())
@@ -490,12 +467,7 @@ mod tests {
 
     #[test]
     fn schedule_spreads_messages_evenly_and_stops_at_the_end() {
-        let s = Schedule {
-            sockets: 4,
-            rate: 1000,
-            warmup: Duration::from_millis(2),
-            end: Duration::from_millis(10),
-        };
+        let s = Schedule { sockets: 4, rate: 1000, warmup: Duration::from_millis(2), end: Duration::from_millis(10) };
         assert_eq!(s.due(0), Some(Duration::ZERO));
         assert_eq!(s.due(5), Some(Duration::from_millis(5)));
         assert_eq!(s.due(10), None);

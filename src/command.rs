@@ -84,26 +84,17 @@ pub struct Receipt {
 impl Receipt {
     /// Done.
     pub fn ok() -> Self {
-        Self {
-            status: proto::Status::Ok,
-            detail: String::new(),
-        }
+        Self { status: proto::Status::Ok, detail: String::new() }
     }
 
     /// No such socket anywhere.
     pub fn unknown_socket(id: SocketId) -> Self {
-        Self {
-            status: proto::Status::UnknownSocket,
-            detail: format!("no socket {id}"),
-        }
+        Self { status: proto::Status::UnknownSocket, detail: format!("no socket {id}") }
     }
 
     /// Not carried out, and why.
     pub fn failed(detail: impl Into<String>) -> Self {
-        Self {
-            status: proto::Status::Failed,
-            detail: detail.into(),
-        }
+        Self { status: proto::Status::Failed, detail: detail.into() }
     }
 
     /// The status's metric label.
@@ -139,27 +130,19 @@ impl Command {
         let id = Some(cmd.command_id).filter(|id| !id.is_empty());
         let parsed = match cmd.command {
             None => Err(InvalidCommand::Empty),
-            Some(upstream_command::Command::Send(s)) => parse_id(&s.socket_id).map(|socket| Self::Send {
-                socket,
-                payload: s.payload,
-            }),
-            Some(upstream_command::Command::Broadcast(b)) => parse_scope(b.scope).map(|scope| {
-                Self::Broadcast(Broadcast {
-                    scope,
-                    selector: b.selector,
-                    payload: b.payload,
-                })
-            }),
+            Some(upstream_command::Command::Send(s)) => {
+                parse_id(&s.socket_id).map(|socket| Self::Send { socket, payload: s.payload })
+            }
+            Some(upstream_command::Command::Broadcast(b)) => parse_scope(b.scope)
+                .map(|scope| Self::Broadcast(Broadcast { scope, selector: b.selector, payload: b.payload })),
             Some(upstream_command::Command::Close(c)) => parse_id(&c.socket_id).map(|socket| Self::Close {
                 socket,
                 reason: CloseReason::Upstream,
                 detail: truncate(c.reason, MAX_CLOSE_DETAIL),
             }),
-            Some(upstream_command::Command::SetLabels(l)) => parse_id(&l.socket_id).map(|socket| Self::SetLabels {
-                socket,
-                labels: l.labels,
-                replace: l.replace,
-            }),
+            Some(upstream_command::Command::SetLabels(l)) => {
+                parse_id(&l.socket_id).map(|socket| Self::SetLabels { socket, labels: l.labels, replace: l.replace })
+            }
         };
         (id, parsed)
     }
@@ -184,8 +167,7 @@ impl Command {
 }
 
 fn parse_id(s: &str) -> Result<SocketId, InvalidCommand> {
-    s.parse()
-        .map_err(|_| InvalidCommand::BadSocketId(truncate(s.to_owned(), 64)))
+    s.parse().map_err(|_| InvalidCommand::BadSocketId(truncate(s.to_owned(), 64)))
 }
 
 fn parse_scope(v: i32) -> Result<Scope, InvalidCommand> {
@@ -223,16 +205,17 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher over this node's table and backend.
     pub fn new(table: SocketTable, backend: Arc<dyn Backend>, settings: Arc<Settings>) -> Self {
-        Self {
-            table,
-            backend,
-            settings,
-        }
+        Self { table, backend, settings }
     }
 
     /// How many sockets this node holds.
     pub fn socket_count(&self) -> usize {
         self.table.len()
+    }
+
+    /// Every socket this node holds, at one moment.
+    pub fn sockets(&self) -> Vec<Arc<SocketState>> {
+        self.table.snapshot()
     }
 
     /// Carries out a command wherever its socket lives and says what happened.
@@ -346,10 +329,7 @@ mod tests {
         assert_eq!(parsed, Err(InvalidCommand::BadSocketId("nope".into())));
         let cmd = proto::UpstreamCommand {
             command_id: String::new(),
-            command: Some(upstream_command::Command::Broadcast(proto::Broadcast {
-                scope: 42,
-                ..Default::default()
-            })),
+            command: Some(upstream_command::Command::Broadcast(proto::Broadcast { scope: 42, ..Default::default() })),
         };
         assert_eq!(Command::from_proto(cmd), (None, Err(InvalidCommand::BadScope(42))));
         let empty = proto::UpstreamCommand::default();

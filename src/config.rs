@@ -329,13 +329,11 @@ pub fn load_from(args: Vec<OsString>) -> Result<Cli, ConfigError> {
     merged.extend(args.first().cloned());
     merged.extend(file_args.into_iter().map(OsString::from));
     merged.extend(args.into_iter().skip(1));
-    let matches = command
-        .try_get_matches_from(merged)
-        .map_err(|e| ConfigError::BadValue {
-            path: path.clone(),
-            key: error_key(&e),
-            message: e.kind().to_string(),
-        })?;
+    let matches = command.try_get_matches_from(merged).map_err(|e| ConfigError::BadValue {
+        path: path.clone(),
+        key: error_key(&e),
+        message: e.kind().to_string(),
+    })?;
     Ok(Cli::from_arg_matches(&matches)?)
 }
 
@@ -353,30 +351,17 @@ fn file_arguments(
     matches: &clap::ArgMatches,
     path: &Path,
 ) -> Result<Vec<String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Toml {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|source| ConfigError::Toml { path: path.to_owned(), source: Box::new(source) })?;
     let mut out = Vec::new();
     for (key, value) in table {
         let id = key.replace('-', "_");
-        let known = command
-            .get_arguments()
-            .any(|a| a.get_id() == id.as_str() && a.get_long().is_some());
+        let known = command.get_arguments().any(|a| a.get_id() == id.as_str() && a.get_long().is_some());
         if !known || id == "config" {
-            return Err(ConfigError::UnknownKey {
-                path: path.to_owned(),
-                key,
-            });
+            return Err(ConfigError::UnknownKey { path: path.to_owned(), key });
         }
-        if matches!(
-            matches.value_source(&id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
+        if matches!(matches.value_source(&id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
             continue;
         }
         let flag = format!("--{}", id.replace('_', "-"));
@@ -390,16 +375,10 @@ fn file_arguments(
             toml::Value::Boolean(false) => {}
             toml::Value::Array(items) => {
                 for item in items {
-                    out.push(format!(
-                        "{flag}={}",
-                        scalar(&item).ok_or_else(|| bad("arrays hold strings or numbers"))?
-                    ));
+                    out.push(format!("{flag}={}", scalar(&item).ok_or_else(|| bad("arrays hold strings or numbers"))?));
                 }
             }
-            other => out.push(format!(
-                "{flag}={}",
-                scalar(&other).ok_or_else(|| bad("expected a string or number"))?
-            )),
+            other => out.push(format!("{flag}={}", scalar(&other).ok_or_else(|| bad("expected a string or number"))?)),
         }
     }
     Ok(out)
@@ -455,9 +434,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 65536, 64KiB, 1MiB"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 65536, 64KiB, 1MiB"))?;
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,
@@ -468,9 +445,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "GB" => 1_000_000_000,
         other => return Err(format!("`{other}` is not a size unit (B, KiB, MiB, GiB, kB, MB, GB)")),
     };
-    n.checked_mul(multiplier)
-        .and_then(|v| usize::try_from(v).ok())
-        .ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(multiplier).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Node ids, cluster names and prefixes become parts of Redis keys: keep them to a safe alphabet.
@@ -483,12 +458,7 @@ fn default_node_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| {
-            h.trim()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect::<String>()
-        })
+        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".to_owned());
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
@@ -519,14 +489,8 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(
-            redact_url("redis://:hunter2@redis:6379/0"),
-            "redis://<redacted>@redis:6379/0"
-        );
-        let config = Config {
-            admin_token: Some("hunter2".into()),
-            ..Config::default()
-        };
+        assert_eq!(redact_url("redis://:hunter2@redis:6379/0"), "redis://<redacted>@redis:6379/0");
+        let config = Config { admin_token: Some("hunter2".into()), ..Config::default() };
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

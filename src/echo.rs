@@ -59,11 +59,7 @@ impl Upstream for EchoUpstream {
     async fn connect(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4096);
-        let mut session = Session {
-            greet: self.greet,
-            pending: HashMap::new(),
-            next_id: 0,
-        };
+        let mut session = Session { greet: self.greet, pending: HashMap::new(), next_id: 0 };
         tokio::spawn(async move {
             let mut out = Vec::new();
             // The stream ends when the node ends its side; dropping `tx` then ends ours.
@@ -99,10 +95,7 @@ impl Session {
             Some(Event::Result(r)) => {
                 if let Some(socket) = self.pending.remove(&r.command_id) {
                     let status = proto::Status::try_from(r.status).map_or("unknown", |s| s.as_str_name());
-                    out.push(send(
-                        &socket,
-                        format!("receipt {}: {status} {}", r.command_id, r.detail),
-                    ));
+                    out.push(send(&socket, format!("receipt {}: {status} {}", r.command_id, r.detail)));
                 }
             }
             _ => {}
@@ -118,10 +111,7 @@ impl Session {
             "/whoami" => {
                 let mut labels: Vec<_> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 labels.sort();
-                out.push(send(
-                    me,
-                    format!("you are {me}, seq {}, labels [{}]", d.seq, labels.join(",")),
-                ));
+                out.push(send(me, format!("you are {me}, seq {}, labels [{}]", d.seq, labels.join(","))));
             }
             "/label" => {
                 let labels = rest
@@ -142,21 +132,12 @@ impl Session {
                     payload,
                     selector: HashMap::new(),
                 });
-                out.push(UpstreamCommand {
-                    command_id: String::new(),
-                    command: Some(command),
-                });
+                out.push(UpstreamCommand { command_id: String::new(), command: Some(command) });
             }
             "/to" => {
                 let (target, message) = rest.split_once(' ').unwrap_or((rest, ""));
                 let payload = Bytes::from(format!("from {me}: {message}"));
-                out.push(self.tracked(
-                    me,
-                    Command::Send(proto::Send {
-                        socket_id: target.to_owned(),
-                        payload,
-                    }),
-                ));
+                out.push(self.tracked(me, Command::Send(proto::Send { socket_id: target.to_owned(), payload })));
             }
             "/close" => out.push(UpstreamCommand {
                 command_id: String::new(),
@@ -167,10 +148,7 @@ impl Session {
             }),
             _ => out.push(UpstreamCommand {
                 command_id: String::new(),
-                command: Some(Command::Send(proto::Send {
-                    socket_id: d.socket_id,
-                    payload: d.payload,
-                })),
+                command: Some(Command::Send(proto::Send { socket_id: d.socket_id, payload: d.payload })),
             }),
         }
     }
@@ -180,20 +158,14 @@ impl Session {
         self.next_id += 1;
         let command_id = format!("echo-{}", self.next_id);
         self.pending.insert(command_id.clone(), socket.to_owned());
-        UpstreamCommand {
-            command_id,
-            command: Some(command),
-        }
+        UpstreamCommand { command_id, command: Some(command) }
     }
 }
 
 fn send(socket: &str, text: String) -> UpstreamCommand {
     UpstreamCommand {
         command_id: String::new(),
-        command: Some(Command::Send(proto::Send {
-            socket_id: socket.to_owned(),
-            payload: Bytes::from(text),
-        })),
+        command: Some(Command::Send(proto::Send { socket_id: socket.to_owned(), payload: Bytes::from(text) })),
     }
 }
 
@@ -208,9 +180,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving)
-        .await;
+    reporter.set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving).await;
     Server::builder()
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))

@@ -55,11 +55,7 @@ async fn node(config: config::Config) -> Result<(), BoxError> {
 async fn demo(mut config: config::Config) -> Result<(), BoxError> {
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_uri = format!("http://{}", upstream_listener.local_addr()?);
-    tokio::spawn(echo::serve(
-        upstream_listener,
-        EchoUpstream::new(true),
-        std::future::pending(),
-    ));
+    tokio::spawn(echo::serve(upstream_listener, EchoUpstream::new(true), std::future::pending()));
     config.upstream.push(upstream_uri.clone());
     let listener = listener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let port = listener.local_addr()?.port();
@@ -72,9 +68,7 @@ async fn demo(mut config: config::Config) -> Result<(), BoxError> {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

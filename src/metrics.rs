@@ -27,6 +27,8 @@ pub const COMMANDS: &str = "ppp_commands_total";
 pub const UPSTREAM_READY: &str = "ppp_upstream_ready";
 /// Counter: broken upstream streams. Label `upstream`.
 pub const UPSTREAM_RECONNECTS: &str = "ppp_upstream_reconnects_total";
+/// Counter: anti-entropy resyncs of this node's socket registry.
+pub const RESYNCS: &str = "ppp_resyncs_total";
 /// Counter: dead nodes this node reaped.
 pub const NODES_REAPED: &str = "ppp_nodes_reaped_total";
 /// Counter: Redis commands or connections that failed.
@@ -75,10 +77,7 @@ pub fn hot() -> &'static Hot {
 impl Hot {
     /// Counts a command by kind and status label.
     pub fn command(&self, kind: &str, status: &str) {
-        let k = COMMAND_KINDS
-            .iter()
-            .position(|c| *c == kind)
-            .unwrap_or(COMMAND_KINDS.len() - 1);
+        let k = COMMAND_KINDS.iter().position(|c| *c == kind).unwrap_or(COMMAND_KINDS.len() - 1);
         let s = STATUSES.iter().position(|c| *c == status).unwrap_or(STATUSES.len() - 1);
         self.commands[k][s].increment(1);
     }

@@ -235,9 +235,7 @@ impl Node {
                 info!(upstream = %entry.id, uri = %entry.uri, "upstream added");
                 let (up, rx) = self.inner.pool.insert(entry.id.clone(), entry.uri);
                 let span = info_span!("upstream", upstream = %entry.id);
-                self.inner
-                    .tracker
-                    .spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
+                self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
             }
         }
         Ok(())
@@ -288,18 +286,12 @@ impl Node {
                 socket.close(CloseReason::Shutdown);
             }
         }
-        if tokio::time::timeout_at(deadline, self.inner.table.wait_empty())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, self.inner.table.wait_empty()).await.is_err() {
             warn!(left = self.inner.table.len(), "drain timeout: sockets still open");
         }
         self.inner.stream_ctx.finish.cancel();
         self.inner.tracker.close();
-        if tokio::time::timeout_at(deadline, self.inner.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, self.inner.tracker.wait()).await.is_err() {
             warn!("drain timeout: stopping what is left");
             for up in self.inner.pool.snapshot().iter() {
                 up.stop.cancel();

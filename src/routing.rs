@@ -34,11 +34,7 @@ pub struct Router {
 impl Router {
     /// A router over `pool`.
     pub fn new(pool: UpstreamPool, counter: Arc<dyn Counter>, settings: Arc<Settings>) -> Self {
-        Self {
-            pool,
-            counter,
-            settings,
-        }
+        Self { pool, counter, settings }
     }
 
     /// The pool this router spreads over.

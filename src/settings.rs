@@ -23,11 +23,8 @@ pub struct Settings {
 impl Settings {
     /// The settings as configured at start-up.
     pub fn new(config: &Config) -> Self {
-        let s = Self {
-            idle_after_ms: AtomicU64::new(0),
-            idle_timeout_ms: AtomicU64::new(0),
-            balance: AtomicU8::new(0),
-        };
+        let s =
+            Self { idle_after_ms: AtomicU64::new(0), idle_timeout_ms: AtomicU64::new(0), balance: AtomicU8::new(0) };
         s.set_idle_after(config.idle_after);
         s.set_idle_timeout(config.idle_timeout.0);
         s.set_balance(config.balance);

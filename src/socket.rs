@@ -128,9 +128,7 @@ impl fmt::Display for CloseReason {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Why a payload could not be queued for a socket.
@@ -196,10 +194,7 @@ pub struct SocketState {
 
 impl fmt::Debug for SocketState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SocketState")
-            .field("id", &self.id)
-            .field("remote_addr", &self.remote_addr)
-            .finish()
+        f.debug_struct("SocketState").field("id", &self.id).field("remote_addr", &self.remote_addr).finish()
     }
 }
 
@@ -241,10 +236,7 @@ impl SocketState {
     /// A message when the result would break [`MAX_LABELS`] or [`MAX_LABEL_LEN`]; nothing is
     /// changed then.
     pub fn set_labels(&self, labels: Labels, replace: bool) -> Result<Arc<Labels>, String> {
-        if let Some((k, v)) = labels
-            .iter()
-            .find(|(k, v)| k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN)
-        {
+        if let Some((k, v)) = labels.iter().find(|(k, v)| k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN) {
             let _ = v;
             return Err(format!(
                 "label `{}` is longer than {MAX_LABEL_LEN} bytes",

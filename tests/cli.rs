@@ -5,10 +5,7 @@ use std::{ffi::OsString, io::Write, time::Duration};
 use ppp::config::{Balance, ConfigError, Framing, load_from};
 
 fn args(list: &[&str]) -> Vec<OsString> {
-    std::iter::once("ppp")
-        .chain(list.iter().copied())
-        .map(OsString::from)
-        .collect()
+    std::iter::once("ppp").chain(list.iter().copied()).map(OsString::from).collect()
 }
 
 fn file(text: &str) -> tempfile_like::TempFile {
@@ -81,22 +78,12 @@ fn an_unknown_key_or_a_bad_value_in_the_file_is_named() {
     let e = load_from(args(&["--config", f.path()])).unwrap_err().to_string();
     assert!(e.contains("idle-after") && e.contains(f.path()), "{e}");
     let f = file("this is not toml");
-    assert!(matches!(
-        load_from(args(&["--config", f.path()])),
-        Err(ConfigError::Toml { .. })
-    ));
+    assert!(matches!(load_from(args(&["--config", f.path()])), Err(ConfigError::Toml { .. })));
 }
 
 #[test]
 fn settings_that_cannot_work_are_refused() {
-    let bad = |list: &[&str]| {
-        load_from(args(list))
-            .unwrap()
-            .config
-            .validate()
-            .unwrap_err()
-            .to_string()
-    };
+    let bad = |list: &[&str]| load_from(args(list)).unwrap().config.validate().unwrap_err().to_string();
     assert!(bad(&["--admin-listen", "0.0.0.0:8000"]).contains("--admin-token"));
     assert!(bad(&["--write-queue", "0"]).contains("--write-queue"));
     assert!(bad(&["--upstream", "localhost:50051"]).contains("http://"));
@@ -108,10 +95,7 @@ fn settings_that_cannot_work_are_refused() {
 #[test]
 fn the_binary_exits_with_a_clear_message_on_bad_config() {
     let f = file("bogus = 1\n");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
-        .args(["--config", f.path()])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppp")).args(["--config", f.path()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown key `bogus`"), "{stderr}");
@@ -147,10 +131,7 @@ fn the_demo_echoes_and_stops_on_sigterm() {
     reader.read_line(&mut echo).unwrap();
     assert_eq!(echo, "hello demo\n");
     // SIGTERM: the node drains (closing our socket) and exits 0.
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let mut rest = String::new();
     assert_eq!(std::io::Read::read_to_string(&mut reader, &mut rest).unwrap_or(0), 0);
@@ -163,14 +144,7 @@ fn the_demo_echoes_and_stops_on_sigterm() {
 fn json_logs_are_one_object_per_line() {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
-        .args([
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--node-id",
-            "json-node",
-        ])
+        .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--node-id", "json-node"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -178,9 +152,7 @@ fn json_logs_are_one_object_per_line() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert!(line.starts_with('{') && line.trim_end().ends_with('}'), "{line}");
     assert!(line.contains("\"node.id\":\"json-node\""), "{line}");

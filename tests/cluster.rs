@@ -18,10 +18,8 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     let id = up.wait_opened(1).await[0].clone();
     let mut r = redis.conn().await;
     let socket_key = format!("ppp:default:socket:{id}");
-    eventually_async("socket hash", || async {
-        redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap()
-    })
-    .await;
+    eventually_async("socket hash", || async { redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap() })
+        .await;
     let hash: HashMap<String, String> = r.hgetall(&socket_key).await.unwrap();
     assert_eq!(hash["node"], "n1");
     assert_eq!(hash["local"], node.local_addr().to_string());
@@ -34,13 +32,7 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     let upstreams: HashMap<String, String> = r.hgetall("ppp:default:upstreams").await.unwrap();
     assert_eq!(upstreams[&up.id()], up.uri());
     eventually_async("heartbeat", || async {
-        redis
-            .conn()
-            .await
-            .zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1")
-            .await
-            .unwrap()
-            .is_some()
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1").await.unwrap().is_some()
     })
     .await;
     let info: HashMap<String, String> = r.hgetall("ppp:default:node:n1").await.unwrap();
@@ -55,13 +47,7 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     });
     up.command(with_id("l", labels)).await;
     eventually_async("label field", || async {
-        redis
-            .conn()
-            .await
-            .hget::<_, _, Option<String>>(&socket_key, "label:user")
-            .await
-            .unwrap()
-            .as_deref()
+        redis.conn().await.hget::<_, _, Option<String>>(&socket_key, "label:user").await.unwrap().as_deref()
             == Some("ada")
     })
     .await;
@@ -69,30 +55,17 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     c.write(b"bye\n").await;
     assert_eq!(c.line().await, "bye");
     drop(c);
-    eventually_async("socket removed", || async {
-        !redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap()
-    })
-    .await;
+    eventually_async("socket removed", || async { !redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap() })
+        .await;
     let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
     assert!(members.is_empty());
-    let events: Vec<redis::streams::StreamId> = r
-        .xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events")
-        .await
-        .unwrap()
-        .ids;
+    let events: Vec<redis::streams::StreamId> =
+        r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await.unwrap().ids;
     let kinds: Vec<(String, String)> = events
         .iter()
-        .map(|e| {
-            (
-                e.get::<String>("type").unwrap(),
-                e.get::<String>("reason").unwrap_or_default(),
-            )
-        })
+        .map(|e| (e.get::<String>("type").unwrap(), e.get::<String>("reason").unwrap_or_default()))
         .collect();
-    assert_eq!(
-        kinds,
-        vec![("opened".into(), "".into()), ("closed".into(), "client_closed".into())]
-    );
+    assert_eq!(kinds, vec![("opened".into(), "".into()), ("closed".into(), "client_closed".into())]);
 }
 
 #[tokio::test]
@@ -108,38 +81,23 @@ async fn commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts() {
     let key = |id: &str| format!("ppp:default:socket:{id}");
     for id in [&first, &second] {
         let k = key(id);
-        eventually_async("registered", || async {
-            redis.conn().await.exists::<_, bool>(&k).await.unwrap()
-        })
-        .await;
+        eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&k).await.unwrap() }).await;
     }
     // Commands go out on whichever stream; both nodes have one to this upstream.
     let send = |socket: &str, text: &str| {
-        Command::Send(proto::Send {
-            socket_id: socket.to_owned(),
-            payload: text.to_owned().into(),
-        })
+        Command::Send(proto::Send { socket_id: socket.to_owned(), payload: text.to_owned().into() })
     };
     up.command(with_id("to-first", send(&first, "hello first"))).await;
     up.command(with_id("to-second", send(&second, "hello second"))).await;
     assert_eq!(on_n1.line().await, "hello first");
     assert_eq!(on_n2.line().await, "hello second");
-    up.command(with_id("nobody", send(&uuid::Uuid::now_v7().to_string(), "x")))
-        .await;
-    let broadcast = Command::Broadcast(proto::Broadcast {
-        scope: 0,
-        payload: "everyone".into(),
-        ..Default::default()
-    });
+    up.command(with_id("nobody", send(&uuid::Uuid::now_v7().to_string(), "x"))).await;
+    let broadcast = Command::Broadcast(proto::Broadcast { scope: 0, payload: "everyone".into(), ..Default::default() });
     up.command(with_id("all", broadcast)).await;
     assert_eq!(on_n1.line().await, "everyone");
     assert_eq!(on_n2.line().await, "everyone");
     up.wait_for("receipts", |_| up.results().len() == 4).await;
-    let results: HashMap<_, _> = up
-        .results()
-        .into_iter()
-        .map(|r| (r.command_id.clone(), r.status))
-        .collect();
+    let results: HashMap<_, _> = up.results().into_iter().map(|r| (r.command_id.clone(), r.status)).collect();
     assert_eq!(results["to-first"], Status::Ok as i32);
     assert_eq!(results["to-second"], Status::Ok as i32);
     assert_eq!(results["nobody"], Status::UnknownSocket as i32);
@@ -154,10 +112,7 @@ async fn the_upstream_registry_is_shared_by_every_node() {
     let n2 = start_node(cluster_config(&redis, "n2", &[])).await;
     let pool = n2.upstreams().clone();
     let a_id = a.id();
-    eventually("n2 learned a from the registry", || {
-        pool.get(&a_id).is_some_and(|u| u.is_usable())
-    })
-    .await;
+    eventually("n2 learned a from the registry", || pool.get(&a_id).is_some_and(|u| u.is_usable())).await;
     let b = TestUpstream::start(true).await;
     n2.add_upstream(Some("b".into()), b.uri()).await.unwrap();
     let pool1 = n1.upstreams().clone();
@@ -173,48 +128,29 @@ async fn a_dead_node_is_reaped_exactly_once_with_a_closed_event_per_socket() {
     // A node that stopped beating a minute ago, holding two sockets.
     let old = ppp::socket::unix_ms() - 60_000;
     let _: () = r.zadd("ppp:default:nodes", "ghost", old).await.unwrap();
-    let _: () = r
-        .hset("ppp:default:node:ghost", "listen", "10.0.0.9:7999")
-        .await
-        .unwrap();
+    let _: () = r.hset("ppp:default:node:ghost", "listen", "10.0.0.9:7999").await.unwrap();
     for s in ["s1", "s2"] {
         let _: () = r.sadd("ppp:default:node:ghost:sockets", s).await.unwrap();
-        let _: () = r
-            .hset(format!("ppp:default:socket:{s}"), "node", "ghost")
-            .await
-            .unwrap();
+        let _: () = r.hset(format!("ppp:default:socket:{s}"), "node", "ghost").await.unwrap();
         let _: () = r.zadd("ppp:default:sockets", s, old).await.unwrap();
     }
     let up = TestUpstream::start(true).await;
     let _n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
     let _n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
     eventually_async("ghost reaped", || async {
-        redis
-            .conn()
-            .await
-            .zscore::<_, _, Option<i64>>("ppp:default:nodes", "ghost")
-            .await
-            .unwrap()
-            .is_none()
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "ghost").await.unwrap().is_none()
     })
     .await;
     // Give the other node a heartbeat or two to (not) reap it again.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let events = r
-        .xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events")
-        .await
-        .unwrap()
-        .ids;
+    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await.unwrap().ids;
     let lost: Vec<String> = events
         .iter()
         .filter(|e| e.get::<String>("reason").as_deref() == Some("node_lost"))
         .map(|e| e.get::<String>("socket").unwrap())
         .collect();
     assert_eq!(lost.len(), 2, "one closed event per socket, exactly once");
-    let down = events
-        .iter()
-        .filter(|e| e.get::<String>("type").as_deref() == Some("node_down"))
-        .count();
+    let down = events.iter().filter(|e| e.get::<String>("type").as_deref() == Some("node_down")).count();
     assert_eq!(down, 1);
     assert!(!r.exists::<_, bool>("ppp:default:socket:s1").await.unwrap());
     assert!(!r.exists::<_, bool>("ppp:default:node:ghost").await.unwrap());
@@ -229,34 +165,41 @@ async fn a_drained_node_leaves_the_cluster_cleanly() {
     let mut c = Client::connect(&node).await;
     up.wait_opened(1).await;
     eventually_async("registered", || async {
-        redis
-            .conn()
-            .await
-            .scard::<_, usize>("ppp:default:node:n1:sockets")
-            .await
-            .unwrap()
-            == 1
+        redis.conn().await.scard::<_, usize>("ppp:default:node:n1:sockets").await.unwrap() == 1
     })
     .await;
     node.shutdown().await;
     c.closed().await;
     let mut r = redis.conn().await;
-    assert!(
-        r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1").await.unwrap().is_none());
     assert!(!r.exists::<_, bool>("ppp:default:node:n1").await.unwrap());
     assert_eq!(r.zcard::<_, usize>("ppp:default:sockets").await.unwrap(), 0);
-    let events = r
-        .xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events")
-        .await
-        .unwrap()
-        .ids;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.get::<String>("reason").as_deref() == Some("shutdown"))
-    );
+    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await.unwrap().ids;
+    assert!(events.iter().any(|e| e.get::<String>("reason").as_deref() == Some("shutdown")));
+}
+
+#[tokio::test]
+async fn after_redis_loses_its_data_the_node_registers_its_sockets_and_the_registry_again() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(true).await;
+    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let mut c = Client::connect(&node).await;
+    let id = up.wait_opened(1).await[0].clone();
+    let key = format!("ppp:default:socket:{id}");
+    eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&key).await.unwrap() }).await;
+    let mut r = redis.conn().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
+    // The next heartbeat finds the node missing from K:nodes and resyncs from its own truth.
+    eventually_async("socket registered again", || async { redis.conn().await.exists::<_, bool>(&key).await.unwrap() })
+        .await;
+    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    assert_eq!(members, vec![id.clone()]);
+    // A registry change makes every node re-read it: the empty registry is seeded again, not obeyed.
+    let _: () = r.publish("ppp:default:ch:control", Vec::<u8>::new()).await.unwrap();
+    node.add_upstream(Some("probe".into()), up.uri()).await.unwrap();
+    node.remove_upstream("probe").await.unwrap();
+    let upstreams: HashMap<String, String> = r.hgetall("ppp:default:upstreams").await.unwrap();
+    assert_eq!(upstreams.get(&up.id()), Some(&up.uri()), "{upstreams:?}");
+    c.write(b"still served\n").await;
+    assert_eq!(c.line().await, "still served");
 }

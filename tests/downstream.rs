@@ -22,10 +22,7 @@ async fn lines_split_coalesced_and_crlf_arrive_as_messages() {
         assert_eq!(c.line().await, expected);
     }
     let data = up.data();
-    let payloads: Vec<_> = data
-        .iter()
-        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
-        .collect();
+    let payloads: Vec<_> = data.iter().map(|d| String::from_utf8_lossy(&d.payload).into_owned()).collect();
     assert_eq!(payloads, ["one", "two", "three"]);
     assert_eq!(data.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 3]);
 }
@@ -33,21 +30,14 @@ async fn lines_split_coalesced_and_crlf_arrive_as_messages() {
 #[tokio::test]
 async fn a_frame_of_exactly_max_passes_and_a_longer_one_closes_only_its_socket() {
     let up = TestUpstream::start(true).await;
-    let node = start_node(ppp::config::Config {
-        max_frame: 8,
-        ..test_config(&[&up])
-    })
-    .await;
+    let node = start_node(ppp::config::Config { max_frame: 8, ..test_config(&[&up]) }).await;
     let mut bystander = Client::connect(&node).await;
     let mut c = Client::connect(&node).await;
     c.write(b"12345678\r\n").await;
     assert_eq!(c.line().await, "12345678");
     c.write(b"123456789\n").await;
     c.closed().await;
-    up.wait_for("closed frame_too_large", |_| {
-        up.closed().iter().any(|(_, r)| r == "frame_too_large")
-    })
-    .await;
+    up.wait_for("closed frame_too_large", |_| up.closed().iter().any(|(_, r)| r == "frame_too_large")).await;
     bystander.write(b"alive\n").await;
     assert_eq!(bystander.line().await, "alive");
 }
@@ -55,11 +45,7 @@ async fn a_frame_of_exactly_max_passes_and_a_longer_one_closes_only_its_socket()
 #[tokio::test]
 async fn length_prefixed_frames_round_trip_and_a_huge_prefix_is_refused_without_allocating() {
     let up = TestUpstream::start(true).await;
-    let node = start_node(ppp::config::Config {
-        framing: Framing::LengthPrefixed,
-        ..test_config(&[&up])
-    })
-    .await;
+    let node = start_node(ppp::config::Config { framing: Framing::LengthPrefixed, ..test_config(&[&up]) }).await;
     let mut c = Client::connect(&node).await;
     let mut wire = Vec::new();
     for payload in [&b"hello"[..], b"", b"\n\x00binary"] {
@@ -73,20 +59,13 @@ async fn length_prefixed_frames_round_trip_and_a_huge_prefix_is_refused_without_
     let mut liar = Client::connect(&node).await;
     liar.write(&[0xff, 0xff, 0xff, 0xff, b'x']).await;
     liar.closed().await;
-    up.wait_for("closed frame_too_large", |_| {
-        up.closed().iter().any(|(_, r)| r == "frame_too_large")
-    })
-    .await;
+    up.wait_for("closed frame_too_large", |_| up.closed().iter().any(|(_, r)| r == "frame_too_large")).await;
 }
 
 #[tokio::test]
 async fn raw_framing_forwards_each_read_and_writes_payloads_as_they_are() {
     let up = TestUpstream::start(true).await;
-    let node = start_node(ppp::config::Config {
-        framing: Framing::Raw,
-        ..test_config(&[&up])
-    })
-    .await;
+    let node = start_node(ppp::config::Config { framing: Framing::Raw, ..test_config(&[&up]) }).await;
     let mut c = Client::connect(&node).await;
     c.write(b"no newline here").await;
     assert_eq!(c.exact(15).await, b"no newline here");
@@ -95,11 +74,7 @@ async fn raw_framing_forwards_each_read_and_writes_payloads_as_they_are() {
 #[tokio::test]
 async fn beyond_max_connections_a_socket_is_closed_at_once_and_the_others_carry_on() {
     let up = TestUpstream::start(true).await;
-    let node = start_node(ppp::config::Config {
-        max_connections: 2,
-        ..test_config(&[&up])
-    })
-    .await;
+    let node = start_node(ppp::config::Config { max_connections: 2, ..test_config(&[&up]) }).await;
     let mut a = Client::connect(&node).await;
     let mut b = Client::connect(&node).await;
     up.wait_opened(2).await;
@@ -121,11 +96,7 @@ async fn beyond_max_connections_a_socket_is_closed_at_once_and_the_others_carry_
 #[tokio::test]
 async fn a_slow_consumer_is_closed_and_nobody_else_slows_down() {
     let up = TestUpstream::start(true).await;
-    let node = start_node(ppp::config::Config {
-        write_queue: 16,
-        ..test_config(&[&up])
-    })
-    .await;
+    let node = start_node(ppp::config::Config { write_queue: 16, ..test_config(&[&up]) }).await;
     // The slow one never reads; a fast one keeps talking.
     let mut slow = Client::connect(&node).await;
     let slow_id = up.wait_opened(1).await[0].clone();
@@ -138,26 +109,19 @@ async fn a_slow_consumer_is_closed_and_nobody_else_slows_down() {
             break;
         }
     }
-    up.wait_for("slow consumer closed", |_| {
-        up.closed().iter().any(|(id, r)| *id == slow_id && r == "slow_consumer")
-    })
-    .await;
+    up.wait_for("slow consumer closed", |_| up.closed().iter().any(|(id, r)| *id == slow_id && r == "slow_consumer"))
+        .await;
     fast.write(b"ping\n").await;
     assert_eq!(fast.line().await, "ping");
     // The slow socket's connection is gone: reading drains what the kernel held, then EOF/reset.
     let mut sink = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, slow.reader.read_to_end(&mut sink))
-        .await
-        .expect("slow socket closed");
+    let _ = tokio::time::timeout(DEADLINE, slow.reader.read_to_end(&mut sink)).await.expect("slow socket closed");
 }
 
 #[tokio::test]
 async fn an_idle_socket_is_closed_after_idle_timeout_and_an_active_one_is_not() {
     let up = TestUpstream::start(true).await;
-    let config = ppp::config::Config {
-        idle_timeout: IdleTimeout(Some(Duration::from_secs(1))),
-        ..test_config(&[&up])
-    };
+    let config = ppp::config::Config { idle_timeout: IdleTimeout(Some(Duration::from_secs(1))), ..test_config(&[&up]) };
     let node = start_node(config).await;
     let started = tokio::time::Instant::now();
     let mut idle = Client::connect(&node).await;

@@ -80,11 +80,7 @@ async fn round_robin_alternates_and_sticky_keeps_a_socket_on_one_upstream() {
 
     let a2 = TestUpstream::start(true).await;
     let b2 = TestUpstream::start(true).await;
-    let node = start_node(ppp::config::Config {
-        balance: Balance::Sticky,
-        ..test_config(&[&a2, &b2])
-    })
-    .await;
+    let node = start_node(ppp::config::Config { balance: Balance::Sticky, ..test_config(&[&a2, &b2]) }).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
         let mut c = Client::connect(&node).await;
@@ -112,19 +108,11 @@ async fn round_robin_alternates_and_sticky_keeps_a_socket_on_one_upstream() {
 async fn a_sticky_socket_is_rebound_when_its_upstream_is_gone() {
     let mut a = TestUpstream::start(true).await;
     let mut b = TestUpstream::start(true).await;
-    let node = start_node(ppp::config::Config {
-        balance: Balance::Sticky,
-        ..test_config(&[&a, &b])
-    })
-    .await;
+    let node = start_node(ppp::config::Config { balance: Balance::Sticky, ..test_config(&[&a, &b]) }).await;
     let mut c = Client::connect(&node).await;
     send_numbered(&mut c, 0..5).await;
     expect_echoes(&mut c, 0..5).await;
-    let (bound, other) = if a.data().is_empty() {
-        (&mut b, &a)
-    } else {
-        (&mut a, &b)
-    };
+    let (bound, other) = if a.data().is_empty() { (&mut b, &a) } else { (&mut a, &b) };
     bound.kill().await;
     send_numbered(&mut c, 5..10).await;
     expect_echoes(&mut c, 5..10).await;

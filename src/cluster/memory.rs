@@ -42,11 +42,7 @@ pub struct MemoryBackend {
 
 impl Default for MemoryBackend {
     fn default() -> Self {
-        Self {
-            upstreams: Mutex::default(),
-            changes: watch::Sender::new(0),
-            counter: Arc::default(),
-        }
+        Self { upstreams: Mutex::default(), changes: watch::Sender::new(0), counter: Arc::default() }
     }
 }
 
@@ -80,14 +76,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn upstreams(&self) -> Result<Vec<UpstreamEntry>, BackendError> {
-        Ok(self
-            .registry()
-            .iter()
-            .map(|(id, uri)| UpstreamEntry {
-                id: id.clone(),
-                uri: uri.clone(),
-            })
-            .collect())
+        Ok(self.registry().iter().map(|(id, uri)| UpstreamEntry { id: id.clone(), uri: uri.clone() }).collect())
     }
 
     async fn add_upstream(&self, entry: UpstreamEntry) -> Result<(), BackendError> {

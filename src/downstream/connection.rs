@@ -122,9 +122,7 @@ fn opened_event(node_id: &str, socket: &SocketState) -> NodeEvent {
         connected_at_unix_ms: socket.connected_at_ms,
         labels: (*socket.labels()).clone(),
     };
-    NodeEvent {
-        event: Some(Event::Opened(SocketOpened { socket: Some(info) })),
-    }
+    NodeEvent { event: Some(Event::Opened(SocketOpened { socket: Some(info) })) }
 }
 
 /// Hands an event to an upstream, waiting as needed, unless the socket closes first.
@@ -145,11 +143,7 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
     let mut decoder = FrameDecoder::new(ctx.framing, ctx.max_frame);
     let mut buf = BytesMut::new();
     // A raw read is one message, so it may not exceed --max-frame.
-    let read_size = if ctx.framing == Framing::Raw {
-        READ_CHUNK.min(ctx.max_frame)
-    } else {
-        READ_CHUNK
-    };
+    let read_size = if ctx.framing == Framing::Raw { READ_CHUNK.min(ctx.max_frame) } else { READ_CHUNK };
     // Built once: building it per read would register and unregister a waiter every time.
     let closing = socket.closing.cancelled();
     tokio::pin!(closing);
@@ -231,23 +225,14 @@ fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> NodeEvent {
     let hot = m::hot();
     hot.messages_in.increment(1);
     hot.bytes_in.increment(payload.len() as u64);
-    let data = SocketData {
-        socket_id: socket.id_str.to_string(),
-        seq,
-        payload,
-        labels: (*socket.labels()).clone(),
-    };
-    NodeEvent {
-        event: Some(Event::Data(data)),
-    }
+    let data = SocketData { socket_id: socket.id_str.to_string(), seq, payload, labels: (*socket.labels()).clone() };
+    NodeEvent { event: Some(Event::Data(data)) }
 }
 
 /// When the socket becomes idle for `timeout`, as a tokio instant.
 fn idle_deadline(socket: &SocketState, timeout: Duration) -> Instant {
     let silent_ms = (unix_ms() - socket.last_seen_ms()).max(0) as u64;
-    (Instant::now() + timeout)
-        .checked_sub(Duration::from_millis(silent_ms))
-        .unwrap_or_else(Instant::now)
+    (Instant::now() + timeout).checked_sub(Duration::from_millis(silent_ms)).unwrap_or_else(Instant::now)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -302,9 +287,7 @@ fn encode_all(framing: Framing, socket: &SocketState, queued: VecDeque<Bytes>, o
         framing::encode(framing, &payload, out);
         bytes += payload.len() as u64;
     }
-    socket
-        .messages_out
-        .fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
+    socket.messages_out.fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
     socket.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     let hot = m::hot();
     hot.messages_out.increment(messages);

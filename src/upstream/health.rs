@@ -26,9 +26,7 @@ pub async fn run(upstream: Arc<Upstream>, channel: Channel, interval: Duration, 
             () = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let request = HealthCheckRequest {
-            service: UPSTREAM_SERVICE.to_owned(),
-        };
+        let request = HealthCheckRequest { service: UPSTREAM_SERVICE.to_owned() };
         let answer = tokio::time::timeout(timeout, client.check(request)).await;
         let verdict = match answer {
             Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => Ok(()),

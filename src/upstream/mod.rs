@@ -21,9 +21,7 @@ pub fn validate_uri(uri: &str) -> Result<(), String> {
         _ => return Err(format!("upstream `{uri}` must start with http:// or https://")),
     }
     if parsed.host().is_none_or(str::is_empty) || parsed.port_u16().is_none() {
-        return Err(format!(
-            "upstream `{uri}` must name a host and a port (http://host:port)"
-        ));
+        return Err(format!("upstream `{uri}` must name a host and a port (http://host:port)"));
     }
     Ok(())
 }

@@ -146,10 +146,7 @@ impl Default for UpstreamPool {
 impl UpstreamPool {
     /// An empty pool.
     pub fn new() -> Self {
-        let inner = PoolInner {
-            list: RwLock::new(Arc::from(Vec::new())),
-            changed: watch::Sender::new(0),
-        };
+        let inner = PoolInner { list: RwLock::new(Arc::from(Vec::new())), changed: watch::Sender::new(0) };
         Self { inner: Arc::new(inner) }
     }
 

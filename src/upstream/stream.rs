@@ -103,10 +103,7 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
     let span = info_span!("health", upstream = %upstream.id);
     let health = health::run(upstream.clone(), channel.clone(), ctx.health_interval, health_stop);
     ctx.tracker.spawn(health.instrument(span));
-    let backlog = Arc::new(Mutex::new(Backlog {
-        rx,
-        pending: VecDeque::new(),
-    }));
+    let backlog = Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new() }));
     let mut backoff = Backoff::default();
     loop {
         let outcome = session(&upstream, &channel, &backlog, &ctx).await;
@@ -175,16 +172,10 @@ async fn session(
             Ok(Some(command)) => handle_command(upstream, command, &ctx.dispatcher).await,
             Ok(None) if ctx.finish.is_cancelled() => return Outcome::Finished,
             Ok(None) => {
-                return Outcome::Broken {
-                    error: "the upstream ended the stream".to_owned(),
-                    opened: true,
-                };
+                return Outcome::Broken { error: "the upstream ended the stream".to_owned(), opened: true };
             }
             Err(status) => {
-                return Outcome::Broken {
-                    error: format!("stream error: {}", status.message()),
-                    opened: true,
-                };
+                return Outcome::Broken { error: format!("stream error: {}", status.message()), opened: true };
             }
         }
     }
@@ -199,9 +190,7 @@ fn outbound(
     guard: OwnedMutexGuard<Backlog>,
     finish: CancellationToken,
 ) -> impl Stream<Item = NodeEvent> + Send + 'static {
-    let hello = NodeEvent {
-        event: Some(node_event::Event::Hello(hello)),
-    };
+    let hello = NodeEvent { event: Some(node_event::Event::Hello(hello)) };
     let rest = stream::unfold((guard, finish), |(mut backlog, finish)| async move {
         if let Some(event) = backlog.pending.pop_front() {
             return Some((event, (backlog, finish)));
@@ -233,14 +222,8 @@ async fn handle_command(upstream: &Upstream, command: proto::UpstreamCommand, di
         }
     };
     let Some(command_id) = command_id else { return };
-    let result = CommandResult {
-        command_id,
-        status: receipt.status as i32,
-        detail: receipt.detail,
-    };
-    let event = NodeEvent {
-        event: Some(node_event::Event::Result(result)),
-    };
+    let result = CommandResult { command_id, status: receipt.status as i32, detail: receipt.detail };
+    let event = NodeEvent { event: Some(node_event::Event::Result(result)) };
     if upstream.try_hand(event).is_err() {
         warn!("receipt refused: the upstream's queue is full");
         metrics::counter!(m::MESSAGES_REFUSED, "reason" => "receipt_queue_full").increment(1);

@@ -117,20 +117,9 @@ impl TestUpstream {
         let listener = bind("127.0.0.1:0".parse().unwrap());
         let addr = listener.local_addr().unwrap();
         let health = HealthReporter::new();
-        health
-            .set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving)
-            .await;
-        let recorder = Arc::new(Recorder {
-            echo,
-            seen: watch::Sender::new(0),
-            ..Default::default()
-        });
-        let mut up = Self {
-            addr,
-            recorder,
-            health,
-            server: None,
-        };
+        health.set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving).await;
+        let recorder = Arc::new(Recorder { echo, seen: watch::Sender::new(0), ..Default::default() });
+        let mut up = Self { addr, recorder, health, server: None };
         up.serve(listener);
         up
     }
@@ -142,10 +131,7 @@ impl TestUpstream {
         let service = UpstreamServer::new(RecordingService(self.recorder.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).unwrap();
                 let server = Server::builder()
@@ -176,10 +162,7 @@ impl TestUpstream {
     pub async fn kill(&mut self) {
         if let Some((stop, thread)) = self.server.take() {
             let _ = stop.send(());
-            tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .unwrap()
-                .unwrap();
+            tokio::task::spawn_blocking(move || thread.join()).await.unwrap().unwrap();
         }
         for s in self.recorder.streams.lock().unwrap().drain(..) {
             drop(s);
@@ -193,11 +176,8 @@ impl TestUpstream {
 
     /// Makes health answer SERVING or NOT_SERVING.
     pub async fn set_serving(&self, serving: bool) {
-        let status = if serving {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
+        let status =
+            if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
         self.health.set_service_status(UPSTREAM_SERVICE, status).await;
     }
 
@@ -302,29 +282,20 @@ fn bind(addr: SocketAddr) -> std::net::TcpListener {
 }
 
 fn opened_count(events: &[NodeEvent]) -> usize {
-    events
-        .iter()
-        .filter(|e| matches!(e.event, Some(Event::Opened(_))))
-        .count()
+    events.iter().filter(|e| matches!(e.event, Some(Event::Opened(_)))).count()
 }
 
 /// A `send` command without a receipt.
 pub fn send_cmd(socket: &str, payload: impl Into<Bytes>) -> UpstreamCommand {
     UpstreamCommand {
         command_id: String::new(),
-        command: Some(Command::Send(proto::Send {
-            socket_id: socket.to_owned(),
-            payload: payload.into(),
-        })),
+        command: Some(Command::Send(proto::Send { socket_id: socket.to_owned(), payload: payload.into() })),
     }
 }
 
 /// A command with a `command_id`.
 pub fn with_id(id: &str, command: Command) -> UpstreamCommand {
-    UpstreamCommand {
-        command_id: id.to_owned(),
-        command: Some(command),
-    }
+    UpstreamCommand { command_id: id.to_owned(), command: Some(command) }
 }
 
 /// A config for tests: loopback, quick health checks, everything else default.
@@ -346,10 +317,7 @@ pub async fn start_node(config: Config) -> Node {
     let expected = config.upstream.len();
     let node = Node::start(config, listener).await.unwrap();
     let pool = node.upstreams().clone();
-    eventually("upstreams usable", || {
-        pool.snapshot().iter().filter(|u| u.is_usable()).count() == expected
-    })
-    .await;
+    eventually("upstreams usable", || pool.snapshot().iter().filter(|u| u.is_usable()).count() == expected).await;
     node
 }
 
@@ -365,10 +333,7 @@ impl Client {
         let stream = TcpStream::connect(node.local_addr()).await.unwrap();
         stream.set_nodelay(true).unwrap();
         let (r, w) = stream.into_split();
-        Self {
-            reader: BufReader::new(r),
-            writer: w,
-        }
+        Self { reader: BufReader::new(r), writer: w }
     }
 
     /// Writes raw bytes.
@@ -379,10 +344,8 @@ impl Client {
     /// Reads one line (without `\n`); fails the test after the deadline or at EOF.
     pub async fn line(&mut self) -> String {
         let mut line = String::new();
-        let n = tokio::time::timeout(DEADLINE, self.reader.read_line(&mut line))
-            .await
-            .expect("a line in time")
-            .unwrap();
+        let n =
+            tokio::time::timeout(DEADLINE, self.reader.read_line(&mut line)).await.expect("a line in time").unwrap();
         assert!(n > 0, "unexpected EOF");
         line.trim_end_matches('\n').to_owned()
     }
@@ -390,19 +353,14 @@ impl Client {
     /// Reads exactly `n` bytes.
     pub async fn exact(&mut self, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
-        tokio::time::timeout(DEADLINE, self.reader.read_exact(&mut buf))
-            .await
-            .expect("bytes in time")
-            .unwrap();
+        tokio::time::timeout(DEADLINE, self.reader.read_exact(&mut buf)).await.expect("bytes in time").unwrap();
         buf
     }
 
     /// Waits for the node to close the socket, returning whatever was still delivered first.
     pub async fn closed(&mut self) -> Vec<u8> {
         let mut rest = Vec::new();
-        let read = tokio::time::timeout(DEADLINE, self.reader.read_to_end(&mut rest))
-            .await
-            .expect("close in time");
+        let read = tokio::time::timeout(DEADLINE, self.reader.read_to_end(&mut rest)).await.expect("close in time");
         // A reset after the node closed is also a close.
         let _ = read;
         rest
@@ -419,22 +377,9 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` (no persistence) and waits until it answers.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test.sh installs it)");
@@ -460,11 +405,7 @@ impl RedisServer {
 
     /// A connection, as `redis-cli` would have.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 }
 
@@ -477,9 +418,5 @@ impl Drop for RedisServer {
 
 /// A test config for a cluster member.
 pub fn cluster_config(redis: &RedisServer, node_id: &str, upstreams: &[&TestUpstream]) -> Config {
-    Config {
-        redis: Some(redis.url()),
-        node_id: Some(node_id.to_owned()),
-        ..test_config(upstreams)
-    }
+    Config { redis: Some(redis.url()), node_id: Some(node_id.to_owned()), ..test_config(upstreams) }
 }

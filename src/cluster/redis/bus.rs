@@ -93,24 +93,13 @@ impl WireCommand {
     /// The wire form of a one-socket command; `None` for a broadcast.
     pub fn from_command(command: &Command) -> Option<Self> {
         Some(match command {
-            Command::Send { socket, payload } => Self::Send {
-                socket: socket.to_string(),
-                payload: payload.clone(),
-            },
-            Command::Close { socket, reason, detail } => Self::Close {
-                socket: socket.to_string(),
-                reason: reason.as_str().to_owned(),
-                detail: detail.clone(),
-            },
-            Command::SetLabels {
-                socket,
-                labels,
-                replace,
-            } => Self::SetLabels {
-                socket: socket.to_string(),
-                labels: labels.clone(),
-                replace: *replace,
-            },
+            Command::Send { socket, payload } => Self::Send { socket: socket.to_string(), payload: payload.clone() },
+            Command::Close { socket, reason, detail } => {
+                Self::Close { socket: socket.to_string(), reason: reason.as_str().to_owned(), detail: detail.clone() }
+            }
+            Command::SetLabels { socket, labels, replace } => {
+                Self::SetLabels { socket: socket.to_string(), labels: labels.clone(), replace: *replace }
+            }
             Command::Broadcast(_) => return None,
         })
     }
@@ -122,31 +111,14 @@ impl WireCommand {
     pub fn into_command(self) -> Result<Command, String> {
         let parse = |s: &str| s.parse().map_err(|_| format!("bad socket id `{s}` on the bus"));
         Ok(match self {
-            Self::Send { socket, payload } => Command::Send {
-                socket: parse(&socket)?,
-                payload,
-            },
+            Self::Send { socket, payload } => Command::Send { socket: parse(&socket)?, payload },
             Self::Close { socket, reason, detail } => {
-                let reason = if reason == "admin" {
-                    CloseReason::Admin
-                } else {
-                    CloseReason::Upstream
-                };
-                Command::Close {
-                    socket: parse(&socket)?,
-                    reason,
-                    detail,
-                }
+                let reason = if reason == "admin" { CloseReason::Admin } else { CloseReason::Upstream };
+                Command::Close { socket: parse(&socket)?, reason, detail }
             }
-            Self::SetLabels {
-                socket,
-                labels,
-                replace,
-            } => Command::SetLabels {
-                socket: parse(&socket)?,
-                labels,
-                replace,
-            },
+            Self::SetLabels { socket, labels, replace } => {
+                Command::SetLabels { socket: parse(&socket)?, labels, replace }
+            }
         })
     }
 }
@@ -186,11 +158,7 @@ impl BusMessage {
 
     /// A receipt message.
     pub fn receipt(request: u64, receipt: Receipt) -> Self {
-        Self::Receipt {
-            request,
-            status: receipt.status as i32,
-            detail: receipt.detail,
-        }
+        Self::Receipt { request, status: receipt.status as i32, detail: receipt.detail }
     }
 }
 
@@ -205,11 +173,7 @@ pub fn broadcast_from_wire(scope: i32, selector: Labels, payload: Bytes) -> Resu
         Ok(proto::Scope::Inactive) => Scope::Inactive,
         Err(_) => return Err(format!("unknown scope {scope} on the bus")),
     };
-    Ok(Broadcast {
-        scope,
-        selector,
-        payload,
-    })
+    Ok(Broadcast { scope, selector, payload })
 }
 
 /// A receipt from the bus.
@@ -228,10 +192,7 @@ mod tests {
         let m = BusMessage::Command {
             request: 7,
             reply_to: "n1".into(),
-            command: WireCommand::Send {
-                socket: uuid::Uuid::now_v7().to_string(),
-                payload: Bytes::from_static(b"hi"),
-            },
+            command: WireCommand::Send { socket: uuid::Uuid::now_v7().to_string(), payload: Bytes::from_static(b"hi") },
         };
         assert_eq!(BusMessage::decode(&m.encode()).unwrap(), m);
     }

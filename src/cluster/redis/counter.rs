@@ -60,17 +60,12 @@ impl LeasedCounter {
         tokio::spawn(async move {
             let result: Result<u64, String> = async {
                 let mut conn = this.pool.get().await.map_err(|e| e.to_string())?;
-                conn.incr(&this.key, LEASE_BLOCK)
-                    .await
-                    .map_err(|e: redis::RedisError| e.to_string())
+                conn.incr(&this.key, LEASE_BLOCK).await.map_err(|e: redis::RedisError| e.to_string())
             }
             .await;
             match result {
                 Ok(end) => {
-                    let lease = Lease {
-                        next: end - LEASE_BLOCK,
-                        end,
-                    };
+                    let lease = Lease { next: end - LEASE_BLOCK, end };
                     let mut leases = this.leases.lock().unwrap_or_else(|e| e.into_inner());
                     if leases.0.next >= leases.0.end {
                         leases.0 = lease;

@@ -11,9 +11,7 @@ pub struct Keys {
 impl Keys {
     /// The names for `prefix` (`--redis-prefix`) and `cluster` (`--cluster`).
     pub fn new(prefix: &str, cluster: &str) -> Self {
-        Self {
-            base: format!("{prefix}:{cluster}:"),
-        }
+        Self { base: format!("{prefix}:{cluster}:") }
     }
 
     /// `K:nodes` — sorted set: node id → last heartbeat (unix ms).

@@ -13,7 +13,7 @@ pub mod keys;
 pub mod records;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock,
@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use deadpool_redis::Pool;
 use futures_util::StreamExt;
 use redis::{AsyncCommands, Script};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -88,6 +88,14 @@ pub struct RedisBackend {
     tracker: TaskTracker,
     /// `redis/reap.lua`.
     reap: Script,
+    /// `--resync-interval`.
+    resync_interval: Duration,
+    /// `--idle-after`: `last_seen` is refreshed every quarter of it.
+    idle_after: Duration,
+    /// The registry as this node last saw it, to seed it again if Redis loses it.
+    known_upstreams: Mutex<Vec<UpstreamEntry>>,
+    /// Wakes the resync early (the node found it was reaped, or Redis came back empty).
+    resync_now: Notify,
 }
 
 impl RedisBackend {
@@ -127,17 +135,17 @@ impl RedisBackend {
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             reap: Script::new(REAP_LUA),
+            resync_interval: config.resync_interval,
+            idle_after: config.idle_after,
+            resync_now: Notify::new(),
+            known_upstreams: Mutex::default(),
         });
         let stop = backend.stop.child_token();
-        backend
-            .tracker
-            .spawn(writer.run(stop).instrument(info_span!("records")));
-        backend
-            .tracker
-            .spawn(backend.clone().heartbeat().instrument(info_span!("heartbeat")));
-        backend
-            .tracker
-            .spawn(backend.clone().subscribe().instrument(info_span!("bus")));
+        backend.tracker.spawn(writer.run(stop).instrument(info_span!("records")));
+        backend.tracker.spawn(backend.clone().heartbeat().instrument(info_span!("heartbeat")));
+        backend.tracker.spawn(backend.clone().subscribe().instrument(info_span!("bus")));
+        backend.tracker.spawn(backend.clone().resync_loop().instrument(info_span!("resync")));
+        backend.tracker.spawn(backend.clone().touch_loop().instrument(info_span!("last_seen")));
         Ok(backend)
     }
 
@@ -170,13 +178,117 @@ impl RedisBackend {
         let sockets = self.local.get().map_or(0, Dispatcher::socket_count);
         let mut fields = self.node_fields.clone();
         fields.push(("sockets", sockets.to_string()));
-        redis::pipe()
+        let (added,): (usize,) = redis::pipe()
             .zadd(self.keys.nodes(), &self.node, unix_ms())
-            .ignore()
             .hset_multiple(self.keys.node(&self.node), &fields)
             .ignore()
-            .query_async::<()>(&mut *conn)
-            .await
+            .query_async(&mut *conn)
+            .await?;
+        if added == 1 {
+            // New in K:nodes: the first beat, or the node was reaped while cut off, or Redis
+            // lost its data. Either way, seed the registry with what this node knows (without
+            // overwriting anything there) and register the whole socket set again now.
+            info!("registered in the cluster");
+            let known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if !known.is_empty() {
+                let mut pipe = redis::pipe();
+                for e in &known {
+                    pipe.hset_nx(self.keys.upstreams(), &e.id, &e.uri).ignore();
+                }
+                pipe.query_async::<()>(&mut *conn).await?;
+            }
+            self.resync_now.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Every `--resync-interval` (or at once when asked), makes this node's socket registry in
+    /// Redis equal its own truth: anti-entropy after outages, failovers or data loss.
+    async fn resync_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.resync_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                _ = ticker.tick() => {}
+                () = self.resync_now.notified() => {}
+            }
+            match self.resync().await {
+                Ok((added, removed)) if added + removed > 0 => {
+                    info!(added, removed, "socket registry repaired");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "resync failed");
+                    metrics::counter!(m::REDIS_ERRORS).increment(1);
+                }
+            }
+            metrics::counter!(m::RESYNCS).increment(1);
+        }
+    }
+
+    /// One resync; returns how many sockets were added to and removed from Redis.
+    async fn resync(&self) -> Result<(usize, usize), redis::RedisError> {
+        let Some(local) = self.local.get() else { return Ok((0, 0)) };
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        let in_redis: HashSet<String> = conn.smembers(self.keys.node_sockets(&self.node)).await?;
+        let truth = local.sockets();
+        let truth_ids: HashSet<&str> = truth.iter().map(|s| &*s.id_str).collect();
+        let mut pipe = redis::pipe();
+        let mut added = 0;
+        for socket in truth.iter().filter(|s| !in_redis.contains(&*s.id_str)) {
+            records::register(&mut pipe, &self.keys, &self.node, socket);
+            added += 1;
+        }
+        let mut removed = 0;
+        for id in in_redis.iter().filter(|id| !truth_ids.contains(id.as_str())) {
+            pipe.del(self.keys.socket(id)).ignore();
+            pipe.srem(self.keys.node_sockets(&self.node), id).ignore();
+            pipe.zrem(self.keys.sockets(), id).ignore();
+            removed += 1;
+        }
+        if added + removed > 0 {
+            pipe.query_async::<()>(&mut *conn).await?;
+        }
+        Ok((added, removed))
+    }
+
+    /// Refreshes `last_seen` of the sockets that talked, every quarter of `--idle-after`, in one
+    /// pipeline: state filters read from Redis are exact to within that.
+    async fn touch_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval((self.idle_after / 4).max(Duration::from_millis(250)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut written: HashMap<crate::socket::SocketId, i64> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let Some(local) = self.local.get() else { continue };
+            let sockets = local.sockets();
+            written.retain(|id, _| sockets.iter().any(|s| s.id == *id));
+            let mut pipe = redis::pipe();
+            let mut changed = Vec::new();
+            for s in &sockets {
+                let seen = s.last_seen_ms();
+                if written.get(&s.id).is_none_or(|w| *w < seen) && seen > s.connected_at_ms {
+                    pipe.cmd("HSET").arg(self.keys.socket(&s.id_str)).arg("last_seen").arg(seen).ignore();
+                    changed.push((s.id, seen));
+                }
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            let result: Result<(), redis::RedisError> = async {
+                let mut conn = self.pool.get().await.map_err(pool_error)?;
+                pipe.query_async(&mut *conn).await
+            }
+            .await;
+            match result {
+                Ok(()) => written.extend(changed),
+                Err(e) => debug!(error = %e, "could not refresh last_seen"),
+            }
+        }
     }
 
     /// Reaps every node whose heartbeat is older than `--node-ttl` (the Lua script makes sure
@@ -185,9 +297,8 @@ impl RedisBackend {
         let mut conn = self.pool.get().await.map_err(pool_error)?;
         let now = unix_ms();
         let deadline = now - self.node_ttl.as_millis() as i64;
-        let dead: Vec<String> = conn
-            .zrangebyscore_limit(self.keys.nodes(), "-inf", format!("({deadline}"), 0, 16)
-            .await?;
+        let dead: Vec<String> =
+            conn.zrangebyscore_limit(self.keys.nodes(), "-inf", format!("({deadline}"), 0, 16).await?;
         for node in dead.into_iter().filter(|n| *n != self.node) {
             let reaped: i64 = self
                 .reap
@@ -211,11 +322,7 @@ impl RedisBackend {
     /// Listens on this node's channel, the broadcast channel and the control channel, on a
     /// dedicated connection, resubscribing after every reconnect.
     async fn subscribe(self: Arc<Self>) {
-        let channels = [
-            self.keys.node_channel(&self.node),
-            self.keys.broadcast_channel(),
-            self.keys.control_channel(),
-        ];
+        let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel(), self.keys.control_channel()];
         while !self.stop.is_cancelled() {
             match self.client.get_async_pubsub().await {
                 Ok(mut pubsub) => match pubsub.subscribe(&channels).await {
@@ -257,11 +364,7 @@ impl RedisBackend {
             }
         };
         match message {
-            BusMessage::Command {
-                request,
-                reply_to,
-                command,
-            } => {
+            BusMessage::Command { request, reply_to, command } => {
                 let receipt = match (command.into_command(), self.local.get()) {
                     (Ok(command), Some(local)) => local
                         .execute_local(&command)
@@ -271,35 +374,24 @@ impl RedisBackend {
                 };
                 let this = self.clone();
                 tokio::spawn(async move {
-                    this.publish(
-                        &this.keys.node_channel(&reply_to),
-                        BusMessage::receipt(request, receipt),
-                    )
-                    .await
+                    this.publish(&this.keys.node_channel(&reply_to), BusMessage::receipt(request, receipt)).await
                 });
             }
-            BusMessage::Receipt {
-                request,
-                status,
-                detail,
-            } => {
+            BusMessage::Receipt { request, status, detail } => {
                 let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
                 if let Some(tx) = waiting {
                     let _ = tx.send(bus::receipt_from_wire(status, detail));
                 }
             }
-            BusMessage::Broadcast {
-                origin,
-                scope,
-                selector,
-                payload,
-            } if origin != self.node => match (bus::broadcast_from_wire(scope, selector, payload), self.local.get()) {
-                (Ok(b), Some(local)) => {
-                    local.broadcast_local(&b);
+            BusMessage::Broadcast { origin, scope, selector, payload } if origin != self.node => {
+                match (bus::broadcast_from_wire(scope, selector, payload), self.local.get()) {
+                    (Ok(b), Some(local)) => {
+                        local.broadcast_local(&b);
+                    }
+                    (Err(e), _) => warn!(error = %e, "bad broadcast on the bus"),
+                    (_, None) => {}
                 }
-                (Err(e), _) => warn!(error = %e, "bad broadcast on the bus"),
-                (_, None) => {}
-            },
+            }
             BusMessage::Broadcast { .. } => {}
             BusMessage::Control { .. } => self.registry.send_modify(|v| *v += 1),
         }
@@ -331,18 +423,11 @@ impl Backend for RedisBackend {
     }
 
     fn socket_closed(&self, socket: &SocketState, reason: CloseReason) {
-        self.record(Record::Closed {
-            id: socket.id_str.clone(),
-            reason: reason.as_str(),
-            at: unix_ms(),
-        });
+        self.record(Record::Closed { id: socket.id_str.clone(), reason: reason.as_str(), at: unix_ms() });
     }
 
     fn labels_changed(&self, socket: &SocketState) {
-        self.record(Record::Labels {
-            id: socket.id_str.clone(),
-            labels: socket.labels(),
-        });
+        self.record(Record::Labels { id: socket.id_str.clone(), labels: socket.labels() });
     }
 
     async fn forward_command(&self, command: &Command) -> Receipt {
@@ -361,22 +446,13 @@ impl Backend for RedisBackend {
         };
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request, tx);
-        let message = BusMessage::Command {
-            request,
-            reply_to: self.node.clone(),
-            command: wire,
-        };
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(request, tx);
+        let message = BusMessage::Command { request, reply_to: self.node.clone(), command: wire };
         let failed = match self.publish(&self.keys.node_channel(&owner), message).await {
             Ok(0) => Some(format!("node {owner}, which holds the socket, is not reachable")),
             Ok(_) => match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
                 Ok(Ok(receipt)) => return receipt,
-                _ => Some(format!(
-                    "node {owner}, which holds the socket, did not answer within {COMMAND_TIMEOUT:?}"
-                )),
+                _ => Some(format!("node {owner}, which holds the socket, did not answer within {COMMAND_TIMEOUT:?}")),
             },
             Err(e) => Some(format!("could not reach node {owner}: {e}")),
         };
@@ -385,13 +461,7 @@ impl Backend for RedisBackend {
     }
 
     async fn broadcast(&self, broadcast: &Broadcast) -> Receipt {
-        match self
-            .publish(
-                &self.keys.broadcast_channel(),
-                BusMessage::broadcast(&self.node, broadcast),
-            )
-            .await
-        {
+        match self.publish(&self.keys.broadcast_channel(), BusMessage::broadcast(&self.node, broadcast)).await {
             Ok(_) => Receipt::ok(),
             Err(e) => Receipt::failed(format!("the broadcast reached only this node: {e}")),
         }
@@ -403,18 +473,36 @@ impl Backend for RedisBackend {
 
     async fn upstreams(&self) -> Result<Vec<UpstreamEntry>, BackendError> {
         let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-        let all: HashMap<String, String> = conn.hgetall(self.keys.upstreams()).await.map_err(unavailable)?;
+        let (registered, all): (Option<i64>, HashMap<String, String>) = redis::pipe()
+            .zscore(self.keys.nodes(), &self.node)
+            .hgetall(self.keys.upstreams())
+            .query_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
         let mut entries: Vec<_> = all.into_iter().map(|(id, uri)| UpstreamEntry { id, uri }).collect();
         entries.sort();
+        let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if registered.is_none() && entries.is_empty() && !known.is_empty() {
+            // Redis lost its data (restarted empty, failed over) or reaped us: the registry is
+            // not empty, it is gone. Seed it again from what this node knew.
+            warn!(upstreams = known.len(), "the upstream registry is gone; seeding it again");
+            let fields: Vec<(&str, &str)> = known.iter().map(|e| (e.id.as_str(), e.uri.as_str())).collect();
+            let _: () = conn.hset_multiple(self.keys.upstreams(), &fields).await.map_err(unavailable)?;
+            known.sort();
+            return Ok(known);
+        }
+        *self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()) = entries.clone();
         Ok(entries)
     }
 
     async fn add_upstream(&self, entry: UpstreamEntry) -> Result<(), BackendError> {
         let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-        let _: () = conn
-            .hset(self.keys.upstreams(), &entry.id, &entry.uri)
-            .await
-            .map_err(unavailable)?;
+        let _: () = conn.hset(self.keys.upstreams(), &entry.id, &entry.uri).await.map_err(unavailable)?;
+        {
+            let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner());
+            known.retain(|e| e.id != entry.id);
+            known.push(entry);
+        }
         self.announce(&mut conn).await;
         Ok(())
     }
@@ -422,6 +510,7 @@ impl Backend for RedisBackend {
     async fn remove_upstream(&self, id: &str) -> Result<bool, BackendError> {
         let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
         let removed: usize = conn.hdel(self.keys.upstreams(), id).await.map_err(unavailable)?;
+        self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).retain(|e| e.id != id);
         self.announce(&mut conn).await;
         Ok(removed > 0)
     }
@@ -468,10 +557,7 @@ impl Backend for RedisBackend {
 impl RedisBackend {
     /// Tells every node the registry changed.
     async fn announce(&self, conn: &mut deadpool_redis::Connection) {
-        let notice = BusMessage::Control {
-            what: "upstreams".to_owned(),
-        }
-        .encode();
+        let notice = BusMessage::Control { what: "upstreams".to_owned() }.encode();
         if let Err(e) = conn.publish::<_, _, ()>(self.keys.control_channel(), notice).await {
             warn!(error = %e, "could not announce a registry change; nodes see it at their next resync");
         }

@@ -79,17 +79,7 @@ impl RecordWriter {
     pub fn new(pool: Pool, keys: Keys, node: String, events_max: u64) -> (Self, mpsc::Sender<Record>) {
         let (tx, rx) = mpsc::channel(RECORD_QUEUE);
         let labels_script = Script::new(LABELS_LUA);
-        (
-            Self {
-                rx,
-                pool,
-                keys,
-                node,
-                events_max,
-                labels_script,
-            },
-            tx,
-        )
+        (Self { rx, pool, keys, node, events_max, labels_script }, tx)
     }
 
     /// Writes records until `stop` is cancelled and the queue is empty.
@@ -128,12 +118,7 @@ impl RecordWriter {
         let mut script_loaded = false;
         for record in batch {
             match record {
-                Record::Opened {
-                    id,
-                    remote,
-                    local,
-                    connected_at,
-                } => {
+                Record::Opened { id, remote, local, connected_at } => {
                     let socket = self.keys.socket(id);
                     pipe.hset_multiple(
                         &socket,
@@ -162,10 +147,7 @@ impl RecordWriter {
                         pipe.cmd("SCRIPT").arg("LOAD").arg(LABELS_LUA).ignore();
                         script_loaded = true;
                     }
-                    pipe.cmd("EVALSHA")
-                        .arg(self.labels_script.get_hash())
-                        .arg(1)
-                        .arg(self.keys.socket(id));
+                    pipe.cmd("EVALSHA").arg(self.labels_script.get_hash()).arg(1).arg(self.keys.socket(id));
                     for (k, v) in labels.iter() {
                         pipe.arg(k).arg(v);
                     }
@@ -196,6 +178,24 @@ impl RecordWriter {
             .arg(reason)
             .ignore();
     }
+}
+
+/// Adds the commands that register one live socket (hash with labels, node set, index) to
+/// `pipe`, without an event: used by the resync, which repairs state, not history.
+pub fn register(pipe: &mut redis::Pipeline, keys: &Keys, node: &str, socket: &crate::socket::SocketState) {
+    let key = keys.socket(&socket.id_str);
+    let mut fields: Vec<(String, String)> = vec![
+        ("node".into(), node.to_owned()),
+        ("remote".into(), socket.remote_addr.to_string()),
+        ("local".into(), socket.local_addr.to_string()),
+        ("connected_at".into(), socket.connected_at_ms.to_string()),
+        ("last_seen".into(), socket.last_seen_ms().to_string()),
+    ];
+    fields.extend(socket.labels().iter().map(|(k, v)| (format!("label:{k}"), v.clone())));
+    pipe.del(&key).ignore();
+    pipe.hset_multiple(&key, &fields).ignore();
+    pipe.sadd(keys.node_sockets(node), &*socket.id_str).ignore();
+    pipe.zadd(keys.sockets(), &*socket.id_str, socket.connected_at_ms).ignore();
 }
 
 /// A pool error as a Redis error, so callers handle one kind.
