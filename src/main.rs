@@ -46,13 +46,15 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn node(config: config::Config) -> Result<(), BoxError> {
+    let shutdown = shutdown_signal();
     let listener = listener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    ppp::run(config, listener, shutdown_signal()).await?;
+    ppp::run(config, listener, shutdown).await?;
     Ok(())
 }
 
 /// A node and the echo upstream in one process: the quickest way to see it work.
 async fn demo(mut config: config::Config) -> Result<(), BoxError> {
+    let shutdown = shutdown_signal();
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_uri = format!("http://{}", upstream_listener.local_addr()?);
     tokio::spawn(echo::serve(upstream_listener, EchoUpstream::new(true), std::future::pending()));
@@ -62,7 +64,7 @@ async fn demo(mut config: config::Config) -> Result<(), BoxError> {
     println!("PersistentParadoxPlex demo: a standalone node with the echo upstream at {upstream_uri}.");
     println!("Connect with:  nc 127.0.0.1 {port}   (type a line; try /help, /whoami, /label user=ada, /broadcast hi)");
     println!("Stop with Ctrl-C.");
-    ppp::run(config, listener, shutdown_signal()).await?;
+    ppp::run(config, listener, shutdown).await?;
     Ok(())
 }
 
@@ -75,25 +77,25 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives while the node starts
+/// is not fatal) and returns a future that resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-            Err(_) => std::future::pending().await,
+            _ => {
+                tracing::warn!("could not install signal handlers; stop the node with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

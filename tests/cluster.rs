@@ -203,3 +203,195 @@ async fn after_redis_loses_its_data_the_node_registers_its_sockets_and_the_regis
     c.write(b"still served\n").await;
     assert_eq!(c.line().await, "still served");
 }
+
+#[tokio::test]
+async fn round_robin_is_fair_across_three_nodes_with_one_redis_command_per_32_messages() {
+    let redis = RedisServer::start().await;
+    let a = TestUpstream::start(false).await;
+    let b = TestUpstream::start(false).await;
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        nodes.push(start_node(cluster_config(&redis, id, &[&a, &b])).await);
+    }
+    let before = redis.calls("incrby").await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(Client::connect(node).await);
+    }
+    eventually("opened", || a.opened().len() + b.opened().len() == 3).await;
+    let per_client = 10_000 / 3 + 1;
+    for c in &mut clients {
+        let lines: String = (0..per_client).map(|i| format!("m{i}\n")).collect();
+        c.write(lines.as_bytes()).await;
+    }
+    let total = per_client * 3;
+    eventually("all messages", || a.data().len() + b.data().len() == total).await;
+    let (da, db) = (a.data().len(), b.data().len());
+    assert!(da.abs_diff(db) * 100 <= total, "split {da}/{db} is not within 1%");
+    let incrby = redis.calls("incrby").await - before;
+    // Each node may hold one block fetched ahead and unused.
+    assert!(incrby <= (total as u64 + 6) / 32 + 6, "{incrby} INCRBY for {total} messages");
+    let rr: u64 = redis.conn().await.get("ppp:default:rr").await.unwrap();
+    assert!(rr >= 32, "K:rr is the shared counter: {rr}");
+}
+
+#[tokio::test]
+async fn close_labels_and_selective_broadcasts_cross_nodes() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(false).await;
+    let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
+    let mut on_n1 = Client::connect(&n1).await;
+    let first = up.wait_opened(1).await[0].clone();
+    let mut on_n2 = Client::connect(&n2).await;
+    let second = up.wait_opened(2).await[1].clone();
+    for id in [&first, &second] {
+        let k = format!("ppp:default:socket:{id}");
+        eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&k).await.unwrap() }).await;
+    }
+    // The test upstream sends on n2's stream (the latest): `first` lives on n1.
+    let labels = Command::SetLabels(proto::SetLabels {
+        socket_id: first.clone(),
+        labels: [("room".to_owned(), "1".to_owned())].into(),
+        replace: false,
+    });
+    up.command(with_id("label", labels)).await;
+    up.wait_for("label receipt", |_| up.results().len() == 1).await;
+    assert_eq!(up.results()[0].status, Status::Ok as i32);
+    let selective = Command::Broadcast(proto::Broadcast {
+        scope: proto::Scope::All as i32,
+        payload: "room 1 only".into(),
+        selector: [("room".to_owned(), "1".to_owned())].into(),
+    });
+    up.command(with_id("room", selective)).await;
+    assert_eq!(on_n1.line().await, "room 1 only");
+    let active = Command::Broadcast(proto::Broadcast {
+        scope: proto::Scope::Inactive as i32,
+        payload: "inactive only".into(),
+        ..Default::default()
+    });
+    up.command(with_id("inactive", active)).await;
+    let close = Command::Close(proto::Close { socket_id: first.clone(), reason: "bye".into() });
+    up.command(with_id("close", close)).await;
+    assert!(on_n1.closed().await.is_empty());
+    up.wait_for("closed", |_| up.closed().iter().any(|(id, r)| *id == first && r == "upstream")).await;
+    // `second` saw neither broadcast: the next line it gets is this one.
+    up.command(send_cmd(&second, "only this")).await;
+    assert_eq!(on_n2.line().await, "only this");
+    up.wait_for("receipts", |_| up.results().len() == 4).await;
+    assert!(up.results().iter().all(|r| r.status == Status::Ok as i32), "{:?}", up.results());
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_empty_loses_no_socket_and_state_is_resynced() {
+    let mut redis = RedisServer::start().await;
+    let up = TestUpstream::start(true).await;
+    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let mut early = Client::connect(&node).await;
+    let early_id = up.wait_opened(1).await[0].clone();
+    let early_key = format!("ppp:default:socket:{early_id}");
+    eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&early_key).await.unwrap() }).await;
+
+    redis.kill();
+    // Sockets keep being served; new ones open, old ones close, all while Redis is away.
+    early.write(b"during outage\n").await;
+    assert_eq!(early.line().await, "during outage");
+    let mut late = Client::connect(&node).await;
+    let late_id = up.wait_opened(2).await[1].clone();
+    late.write(b"late\n").await;
+    assert_eq!(late.line().await, "late");
+    drop(early);
+    up.wait_for("early closed", |_| !up.closed().is_empty()).await;
+
+    redis.restart().await;
+    let late_key = format!("ppp:default:socket:{late_id}");
+    eventually_async("late socket registered", || async {
+        redis.conn().await.exists::<_, bool>(&late_key).await.unwrap()
+    })
+    .await;
+    let mut r = redis.conn().await;
+    assert!(!r.exists::<_, bool>(&early_key).await.unwrap(), "the closed socket is not registered");
+    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    assert_eq!(members, vec![late_id.clone()]);
+    eventually_async("registry seeded again", || async {
+        let all: HashMap<String, String> = redis.conn().await.hgetall("ppp:default:upstreams").await.unwrap();
+        all.contains_key(&up.id())
+    })
+    .await;
+    late.write(b"after\n").await;
+    assert_eq!(late.line().await, "after");
+}
+
+#[tokio::test]
+async fn a_paused_redis_stalls_nothing_and_the_node_catches_up() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(true).await;
+    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let mut c = Client::connect(&node).await;
+    up.wait_opened(1).await;
+    redis.pause();
+    let started = tokio::time::Instant::now();
+    let mut during = Client::connect(&node).await;
+    let during_id = up.wait_opened(2).await[1].clone();
+    for i in 0..20 {
+        c.write(format!("p{i}\n").as_bytes()).await;
+        assert_eq!(c.line().await, format!("p{i}"));
+    }
+    during.write(b"x\n").await;
+    assert_eq!(during.line().await, "x");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "the data path waited for Redis");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    redis.resume();
+    let key = format!("ppp:default:socket:{during_id}");
+    eventually_async("socket opened during the pause registered", || async {
+        redis.conn().await.exists::<_, bool>(&key).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_killed_with_sigkill_is_reaped_exactly_once() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(true).await;
+    let config = |id: &str| ppp::config::Config {
+        node_ttl: std::time::Duration::from_secs(2),
+        ..cluster_config(&redis, id, &[&up])
+    };
+    let _n1 = start_node(config("n1")).await;
+    let _n2 = start_node(config("n2")).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut victim = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
+        .args(["--redis", &redis.url(), "--node-id", "victim", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0", "--upstream", &up.uri()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let stream = loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                break s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        clients.push(stream);
+    }
+    eventually_async("victim's sockets registered", || async {
+        redis.conn().await.scard::<_, usize>("ppp:default:node:victim:sockets").await.unwrap() == 2
+    })
+    .await;
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    eventually_async("victim reaped", || async {
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "victim").await.unwrap().is_none()
+    })
+    .await;
+    // Two live nodes race to reap; give the loser a few heartbeats to (not) do it again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut r = redis.conn().await;
+    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await.unwrap().ids;
+    let lost = events.iter().filter(|e| e.get::<String>("reason").as_deref() == Some("node_lost")).count();
+    let down = events.iter().filter(|e| e.get::<String>("type").as_deref() == Some("node_down")).count();
+    assert_eq!((lost, down), (2, 1));
+    assert_eq!(r.scard::<_, usize>("ppp:default:node:victim:sockets").await.unwrap(), 0);
+}

@@ -90,7 +90,6 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePer
         };
         tokio::join!(read_side, write_loop(ctx.framing, &socket, write));
         let reason = socket.close_reason().unwrap_or(CloseReason::ClientClosed);
-        ctx.table.remove(socket.id);
         debug!(%reason, "socket closed");
         metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
         metrics::gauge!(m::SOCKETS_OPEN).decrement(1.0);
@@ -106,6 +105,9 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePer
             warn!("no upstream took the closed event");
             metrics::counter!(m::MESSAGES_REFUSED, "reason" => "no_upstream").increment(1);
         }
+        // Last, so that a drain, which waits for the table to empty before it ends the upstream
+        // streams, never ends them before this `closed` event is queued.
+        ctx.table.remove(socket.id);
         drop(permit);
     }
     .instrument(span)

@@ -58,11 +58,12 @@ impl LeasedCounter {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let result: Result<u64, String> = async {
-                let mut conn = this.pool.get().await.map_err(|e| e.to_string())?;
-                conn.incr(&this.key, LEASE_BLOCK).await.map_err(|e: redis::RedisError| e.to_string())
-            }
-            .await;
+            let result: Result<u64, String> = super::records::timed(async {
+                let mut conn = this.pool.get().await.map_err(super::records::pool_error)?;
+                conn.incr(&this.key, LEASE_BLOCK).await
+            })
+            .await
+            .map_err(|e| e.to_string());
             match result {
                 Ok(end) => {
                     let lease = Lease { next: end - LEASE_BLOCK, end };

@@ -34,7 +34,7 @@ use self::{
     bus::{BusMessage, WireCommand},
     counter::{LeasedCounter, SharedCounter},
     keys::Keys,
-    records::{Record, RecordWriter, pool_error},
+    records::{Record, RecordWriter, pool_error, timed},
 };
 use super::{Backend, BackendError, Counter, UpstreamEntry};
 use crate::{
@@ -162,12 +162,12 @@ impl RedisBackend {
                 () = self.stop.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            if let Err(e) = self.beat().await {
+            if let Err(e) = timed(self.beat()).await {
                 warn!(error = %e, "heartbeat failed");
                 metrics::counter!(m::REDIS_ERRORS).increment(1);
                 continue;
             }
-            if let Err(e) = self.reap_dead().await {
+            if let Err(e) = timed(self.reap_dead()).await {
                 warn!(error = %e, "reaping failed");
             }
         }
@@ -213,7 +213,7 @@ impl RedisBackend {
                 _ = ticker.tick() => {}
                 () = self.resync_now.notified() => {}
             }
-            match self.resync().await {
+            match timed(self.resync()).await {
                 Ok((added, removed)) if added + removed > 0 => {
                     info!(added, removed, "socket registry repaired");
                 }
@@ -279,10 +279,10 @@ impl RedisBackend {
             if changed.is_empty() {
                 continue;
             }
-            let result: Result<(), redis::RedisError> = async {
+            let result: Result<(), redis::RedisError> = timed(async {
                 let mut conn = self.pool.get().await.map_err(pool_error)?;
                 pipe.query_async(&mut *conn).await
-            }
+            })
             .await;
             match result {
                 Ok(()) => written.extend(changed),
@@ -399,8 +399,11 @@ impl RedisBackend {
 
     /// Publishes a bus message; returns how many nodes received it.
     async fn publish(&self, channel: &str, message: BusMessage) -> Result<usize, redis::RedisError> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
-        conn.publish(channel, message.encode()).await
+        timed(async {
+            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            conn.publish(channel, message.encode()).await
+        })
+        .await
     }
 
     fn record(&self, record: Record) {
@@ -434,10 +437,10 @@ impl Backend for RedisBackend {
         let (Some(socket), Some(wire)) = (command.socket(), WireCommand::from_command(command)) else {
             return Receipt::ok();
         };
-        let owner: Result<Option<String>, redis::RedisError> = async {
+        let owner: Result<Option<String>, redis::RedisError> = timed(async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
             conn.hget(self.keys.socket(&socket.to_string()), "node").await
-        }
+        })
         .await;
         let owner = match owner {
             Ok(Some(owner)) if owner != self.node => owner,
@@ -472,47 +475,56 @@ impl Backend for RedisBackend {
     }
 
     async fn upstreams(&self) -> Result<Vec<UpstreamEntry>, BackendError> {
-        let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-        let (registered, all): (Option<i64>, HashMap<String, String>) = redis::pipe()
-            .zscore(self.keys.nodes(), &self.node)
-            .hgetall(self.keys.upstreams())
-            .query_async(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        let mut entries: Vec<_> = all.into_iter().map(|(id, uri)| UpstreamEntry { id, uri }).collect();
-        entries.sort();
-        let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if registered.is_none() && entries.is_empty() && !known.is_empty() {
-            // Redis lost its data (restarted empty, failed over) or reaped us: the registry is
-            // not empty, it is gone. Seed it again from what this node knew.
-            warn!(upstreams = known.len(), "the upstream registry is gone; seeding it again");
-            let fields: Vec<(&str, &str)> = known.iter().map(|e| (e.id.as_str(), e.uri.as_str())).collect();
-            let _: () = conn.hset_multiple(self.keys.upstreams(), &fields).await.map_err(unavailable)?;
-            known.sort();
-            return Ok(known);
-        }
-        *self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()) = entries.clone();
-        Ok(entries)
+        within(async {
+            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+            let (registered, all): (Option<i64>, HashMap<String, String>) = redis::pipe()
+                .zscore(self.keys.nodes(), &self.node)
+                .hgetall(self.keys.upstreams())
+                .query_async(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            let mut entries: Vec<_> = all.into_iter().map(|(id, uri)| UpstreamEntry { id, uri }).collect();
+            entries.sort();
+            let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if registered.is_none() && entries.is_empty() && !known.is_empty() {
+                // Redis lost its data (restarted empty, failed over) or reaped us: the registry is
+                // not empty, it is gone. Seed it again from what this node knew.
+                warn!(upstreams = known.len(), "the upstream registry is gone; seeding it again");
+                let fields: Vec<(&str, &str)> = known.iter().map(|e| (e.id.as_str(), e.uri.as_str())).collect();
+                let _: () = conn.hset_multiple(self.keys.upstreams(), &fields).await.map_err(unavailable)?;
+                known.sort();
+                return Ok(known);
+            }
+            *self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()) = entries.clone();
+            Ok(entries)
+        })
+        .await
     }
 
     async fn add_upstream(&self, entry: UpstreamEntry) -> Result<(), BackendError> {
-        let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-        let _: () = conn.hset(self.keys.upstreams(), &entry.id, &entry.uri).await.map_err(unavailable)?;
-        {
-            let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner());
-            known.retain(|e| e.id != entry.id);
-            known.push(entry);
-        }
-        self.announce(&mut conn).await;
-        Ok(())
+        within(async {
+            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+            let _: () = conn.hset(self.keys.upstreams(), &entry.id, &entry.uri).await.map_err(unavailable)?;
+            {
+                let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner());
+                known.retain(|e| e.id != entry.id);
+                known.push(entry);
+            }
+            self.announce(&mut conn).await;
+            Ok(())
+        })
+        .await
     }
 
     async fn remove_upstream(&self, id: &str) -> Result<bool, BackendError> {
-        let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-        let removed: usize = conn.hdel(self.keys.upstreams(), id).await.map_err(unavailable)?;
-        self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).retain(|e| e.id != id);
-        self.announce(&mut conn).await;
-        Ok(removed > 0)
+        within(async {
+            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+            let removed: usize = conn.hdel(self.keys.upstreams(), id).await.map_err(unavailable)?;
+            self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).retain(|e| e.id != id);
+            self.announce(&mut conn).await;
+            Ok(removed > 0)
+        })
+        .await
     }
 
     fn registry_changes(&self) -> watch::Receiver<u64> {
@@ -520,10 +532,10 @@ impl Backend for RedisBackend {
     }
 
     async fn draining(&self) {
-        let marked: Result<(), redis::RedisError> = async {
+        let marked: Result<(), redis::RedisError> = timed(async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
             conn.hset(self.keys.node(&self.node), "draining", "1").await
-        }
+        })
         .await;
         if let Err(e) = marked {
             warn!(error = %e, "could not mark the node draining");
@@ -534,7 +546,7 @@ impl Backend for RedisBackend {
         self.stop.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
-        let left: Result<(), redis::RedisError> = async {
+        let left: Result<(), redis::RedisError> = timed(async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
             redis::pipe()
                 .zrem(self.keys.nodes(), &self.node)
@@ -545,7 +557,7 @@ impl Backend for RedisBackend {
                 .ignore()
                 .query_async(&mut *conn)
                 .await
-        }
+        })
         .await;
         match left {
             Ok(()) => info!("left the cluster"),
@@ -563,6 +575,13 @@ impl RedisBackend {
         }
         self.registry.send_modify(|v| *v += 1);
     }
+}
+
+/// Runs a registry operation with [`records::REDIS_TIMEOUT`].
+async fn within<T>(op: impl Future<Output = Result<T, BackendError>>) -> Result<T, BackendError> {
+    tokio::time::timeout(records::REDIS_TIMEOUT, op)
+        .await
+        .unwrap_or_else(|_| Err(BackendError::Unavailable("Redis did not answer in time".to_owned())))
 }
 
 fn unavailable(e: redis::RedisError) -> BackendError {

@@ -99,7 +99,7 @@ impl RecordWriter {
                     Err(_) => break,
                 }
             }
-            while let Err(e) = self.write(&batch).await {
+            while let Err(e) = timed(self.write(&batch)).await {
                 warn!(error = %e, records = batch.len(), "could not write lifecycle records; retrying");
                 metrics::counter!(m::REDIS_ERRORS).increment(1);
                 tokio::select! {
@@ -196,6 +196,24 @@ pub fn register(pipe: &mut redis::Pipeline, keys: &Keys, node: &str, socket: &cr
     pipe.hset_multiple(&key, &fields).ignore();
     pipe.sadd(keys.node_sockets(node), &*socket.id_str).ignore();
     pipe.zadd(keys.sockets(), &*socket.id_str, socket.connected_at_ms).ignore();
+}
+
+/// Longest wait for any Redis round trip: a paused or black-holed Redis must not stall a task.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a Redis operation with [`REDIS_TIMEOUT`]; a timeout is an I/O error like any other.
+///
+/// # Errors
+/// The operation's error, or a timeout.
+pub async fn timed<T>(op: impl Future<Output = Result<T, redis::RedisError>>) -> Result<T, redis::RedisError> {
+    match tokio::time::timeout(REDIS_TIMEOUT, op).await {
+        Ok(result) => result,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "timeout",
+            format!("Redis did not answer within {REDIS_TIMEOUT:?}"),
+        ))),
+    }
 }
 
 /// A pool error as a Redis error, so callers handle one kind.
