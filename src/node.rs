@@ -153,7 +153,17 @@ impl Node {
         let mode = if redis.is_some() { "cluster" } else { "standalone" };
         info!(node.id = %node.inner.node_id, mode, "node starting");
         for uri in node.inner.config.upstream.clone() {
-            node.add_upstream(None, uri).await?;
+            match node.add_upstream(None, uri.clone()).await {
+                Ok(_) => {}
+                // The cluster is unreachable: stream to the seeds anyway; the backend seeds the
+                // registry with them once it can.
+                Err(NodeError::Backend(BackendError::Unavailable(e))) => {
+                    warn!(error = %e, "the upstream registry is unreachable; using --upstream as given");
+                    let _serial = node.inner.reconcile.lock().await;
+                    node.spawn_upstream(UpstreamEntry { id: upstream::default_id(&uri), uri });
+                }
+                Err(e) => return Err(e),
+            }
         }
         node.spawn_registry_watch();
         let stop = node.inner.stop_accepting.clone();
@@ -232,13 +242,18 @@ impl Node {
         }
         for entry in wanted {
             if self.inner.pool.get(&entry.id).is_none() {
-                info!(upstream = %entry.id, uri = %entry.uri, "upstream added");
-                let (up, rx) = self.inner.pool.insert(entry.id.clone(), entry.uri);
-                let span = info_span!("upstream", upstream = %entry.id);
-                self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
+                self.spawn_upstream(entry);
             }
         }
         Ok(())
+    }
+
+    /// Starts streaming to an upstream (the caller holds the reconcile lock).
+    fn spawn_upstream(&self, entry: UpstreamEntry) {
+        info!(upstream = %entry.id, uri = %entry.uri, "upstream added");
+        let (up, rx) = self.inner.pool.insert(entry.id.clone(), entry.uri);
+        let span = info_span!("upstream", upstream = %entry.id);
+        self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
     }
 
     /// Reconciles whenever the registry changes (in cluster mode, when another node changes it).

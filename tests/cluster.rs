@@ -395,3 +395,41 @@ async fn a_node_killed_with_sigkill_is_reaped_exactly_once() {
     assert_eq!((lost, down), (2, 1));
     assert_eq!(r.scard::<_, usize>("ppp:default:node:victim:sockets").await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_tls_url_is_accepted_and_a_bad_url_is_refused_at_start() {
+    let up = TestUpstream::start(true).await;
+    // rediss:// (TLS) with a password: the node starts and serves while the cluster is unreachable.
+    let config = ppp::config::Config {
+        redis: Some("rediss://:secret@127.0.0.1:1/0".into()),
+        node_id: Some("tls".into()),
+        ..test_config(&[&up])
+    };
+    let node = start_node(config).await;
+    let mut c = Client::connect(&node).await;
+    c.write(b"served without redis\n").await;
+    assert_eq!(c.line().await, "served without redis");
+    let bad = ppp::config::Config { redis: Some("http://not-redis".into()), ..test_config(&[]) };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = ppp::Node::start(bad, listener).await.err().expect("refused").to_string();
+    assert!(error.contains("--redis"), "{error}");
+}
+
+#[tokio::test]
+async fn a_node_started_before_redis_joins_when_redis_comes_up() {
+    let mut redis = RedisServer::start().await;
+    redis.kill();
+    let up = TestUpstream::start(true).await;
+    let node = start_node(cluster_config(&redis, "early", &[&up])).await;
+    let mut c = Client::connect(&node).await;
+    c.write(b"no redis yet\n").await;
+    assert_eq!(c.line().await, "no redis yet");
+    redis.restart().await;
+    eventually_async("joined with its socket and its seed", || async {
+        let mut r = redis.conn().await;
+        let sockets: usize = r.scard("ppp:default:node:early:sockets").await.unwrap();
+        let upstreams: HashMap<String, String> = r.hgetall("ppp:default:upstreams").await.unwrap();
+        sockets == 1 && upstreams.contains_key(&up.id())
+    })
+    .await;
+}

@@ -106,6 +106,9 @@ impl RedisBackend {
     /// [`BackendError::Invalid`] when the URL is not a Redis URL.
     pub fn connect(config: &Config, node: &str, listen: SocketAddr) -> Result<Arc<Self>, BackendError> {
         let url = config.redis.clone().unwrap_or_default();
+        // `rediss://` goes through rustls, which needs a process-wide crypto provider; `Err`
+        // means one is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let invalid = |e: &dyn std::fmt::Display| BackendError::Invalid(format!("--redis: {e}"));
         let client = redis::Client::open(url.as_str()).map_err(|e| invalid(&e))?;
         let pool = deadpool_redis::Config::from_url(url)
@@ -322,7 +325,8 @@ impl RedisBackend {
     /// Listens on this node's channel, the broadcast channel and the control channel, on a
     /// dedicated connection, resubscribing after every reconnect.
     async fn subscribe(self: Arc<Self>) {
-        let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel(), self.keys.control_channel()];
+        let control = self.keys.control_channel();
+        let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel(), control.clone()];
         while !self.stop.is_cancelled() {
             match self.client.get_async_pubsub().await {
                 Ok(mut pubsub) => match pubsub.subscribe(&channels).await {
@@ -337,6 +341,12 @@ impl RedisBackend {
                                 m = messages.next() => m,
                             };
                             let Some(message) = message else { break };
+                            if message.get_channel_name() == control {
+                                // Any message on the control channel, even one typed by hand
+                                // in redis-cli, means "re-read the registry".
+                                self.registry.send_modify(|v| *v += 1);
+                                continue;
+                            }
                             self.on_bus(message.get_payload_bytes());
                         }
                         warn!("bus connection lost; resubscribing");
@@ -502,14 +512,15 @@ impl Backend for RedisBackend {
     }
 
     async fn add_upstream(&self, entry: UpstreamEntry) -> Result<(), BackendError> {
+        {
+            // Remembered first: if Redis is unreachable now, the heartbeat seeds it later.
+            let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner());
+            known.retain(|e| e.id != entry.id);
+            known.push(entry.clone());
+        }
         within(async {
             let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
             let _: () = conn.hset(self.keys.upstreams(), &entry.id, &entry.uri).await.map_err(unavailable)?;
-            {
-                let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner());
-                known.retain(|e| e.id != entry.id);
-                known.push(entry);
-            }
             self.announce(&mut conn).await;
             Ok(())
         })
