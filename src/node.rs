@@ -197,6 +197,12 @@ impl Node {
         &self.inner.settings
     }
 
+    /// Whether the node is ready for traffic: accepting sockets and, in cluster mode, in touch with
+    /// Redis (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        !self.inner.stop_accepting.is_cancelled() && self.inner.backend.is_reachable()
+    }
+
     /// Carries out a command (as an upstream's would be) and says what happened.
     pub async fn execute(&self, command: &Command) -> Receipt {
         self.inner.dispatcher.execute(command).await

@@ -65,7 +65,10 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
         .iter()
         .map(|e| (e.get::<String>("type").unwrap(), e.get::<String>("reason").unwrap_or_default()))
         .collect();
-    assert_eq!(kinds, vec![("opened".into(), "".into()), ("closed".into(), "client_closed".into())]);
+    assert_eq!(
+        kinds,
+        vec![("node_up".into(), "".into()), ("opened".into(), "".into()), ("closed".into(), "client_closed".into())]
+    );
 }
 
 #[tokio::test]
@@ -329,6 +332,7 @@ async fn a_paused_redis_stalls_nothing_and_the_node_catches_up() {
     let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
     let mut c = Client::connect(&node).await;
     up.wait_opened(1).await;
+    eventually("ready", || node.is_ready()).await;
     redis.pause();
     let started = tokio::time::Instant::now();
     let mut during = Client::connect(&node).await;
@@ -340,8 +344,11 @@ async fn a_paused_redis_stalls_nothing_and_the_node_catches_up() {
     during.write(b"x\n").await;
     assert_eq!(during.line().await, "x");
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "the data path waited for Redis");
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // Cut off from its cluster, the node says it is not ready (and serves on).
+    eventually("not ready while Redis is paused", || !node.is_ready()).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     redis.resume();
+    eventually("ready again", || node.is_ready()).await;
     let key = format!("ppp:default:socket:{during_id}");
     eventually_async("socket opened during the pause registered", || async {
         redis.conn().await.exists::<_, bool>(&key).await.unwrap()
@@ -430,6 +437,35 @@ async fn a_node_started_before_redis_joins_when_redis_comes_up() {
         let sockets: usize = r.scard("ppp:default:node:early:sockets").await.unwrap();
         let upstreams: HashMap<String, String> = r.hgetall("ppp:default:upstreams").await.unwrap();
         sockets == 1 && upstreams.contains_key(&up.id())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_reaped_while_cut_off_registers_again() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(true).await;
+    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let _c = Client::connect(&node).await;
+    let id = up.wait_opened(1).await[0].clone();
+    let key = format!("ppp:default:socket:{id}");
+    eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&key).await.unwrap() }).await;
+    // What another node's reaper does to a node it believes dead.
+    let mut r = redis.conn().await;
+    let _: () = redis::pipe()
+        .zrem("ppp:default:nodes", "n1")
+        .del("ppp:default:node:n1")
+        .del("ppp:default:node:n1:sockets")
+        .del(&key)
+        .zrem("ppp:default:sockets", &id)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    eventually_async("registered again with its socket", || async {
+        let mut r = redis.conn().await;
+        r.exists::<_, bool>(&key).await.unwrap()
+            && r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1").await.unwrap().is_some()
+            && r.zscore::<_, _, Option<i64>>("ppp:default:sockets", &id).await.unwrap().is_some()
     })
     .await;
 }

@@ -88,6 +88,12 @@ pub trait Backend: Send + Sync + 'static {
     /// A receiver that changes whenever the registry does, so the node reconciles its streams.
     fn registry_changes(&self) -> tokio::sync::watch::Receiver<u64>;
 
+    /// Whether the shared state answered recently (always, for a standalone node). A node is not
+    /// ready while it is cut off from its cluster.
+    fn is_reachable(&self) -> bool {
+        true
+    }
+
     /// The node started draining: tell the cluster (`draining` in `K:node:{node}`).
     async fn draining(&self) {}
 

@@ -17,7 +17,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -94,6 +94,8 @@ pub struct RedisBackend {
     idle_after: Duration,
     /// The registry as this node last saw it, to seed it again if Redis loses it.
     known_upstreams: Mutex<Vec<UpstreamEntry>>,
+    /// The last heartbeat reached Redis.
+    reachable: AtomicBool,
     /// Wakes the resync early (the node found it was reaped, or Redis came back empty).
     resync_now: Notify,
 }
@@ -141,6 +143,7 @@ impl RedisBackend {
             resync_interval: config.resync_interval,
             idle_after: config.idle_after,
             resync_now: Notify::new(),
+            reachable: AtomicBool::new(false),
             known_upstreams: Mutex::default(),
         });
         let stop = backend.stop.child_token();
@@ -166,9 +169,14 @@ impl RedisBackend {
                 _ = ticker.tick() => {}
             }
             if let Err(e) = timed(self.beat()).await {
-                warn!(error = %e, "heartbeat failed");
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    warn!(error = %e, "Redis unreachable; serving on, records queued");
+                }
                 metrics::counter!(m::REDIS_ERRORS).increment(1);
                 continue;
+            }
+            if !self.reachable.swap(true, Ordering::AcqRel) {
+                info!("Redis reachable");
             }
             if let Err(e) = timed(self.reap_dead()).await {
                 warn!(error = %e, "reaping failed");
@@ -192,6 +200,24 @@ impl RedisBackend {
             // lost its data. Either way, seed the registry with what this node knows (without
             // overwriting anything there) and register the whole socket set again now.
             info!("registered in the cluster");
+            redis::cmd("XADD")
+                .arg(self.keys.events())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.events_max)
+                .arg("*")
+                .arg("type")
+                .arg("node_up")
+                .arg("socket")
+                .arg("")
+                .arg("node")
+                .arg(&self.node)
+                .arg("at")
+                .arg(unix_ms())
+                .arg("reason")
+                .arg("")
+                .exec_async(&mut *conn)
+                .await?;
             let known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if !known.is_empty() {
                 let mut pipe = redis::pipe();
@@ -540,6 +566,10 @@ impl Backend for RedisBackend {
 
     fn registry_changes(&self) -> watch::Receiver<u64> {
         self.registry.subscribe()
+    }
+
+    fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Acquire)
     }
 
     async fn draining(&self) {
