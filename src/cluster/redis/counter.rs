@@ -2,21 +2,25 @@
 //! node `block` consecutive values, so Redis sees one command per block of forwarded messages
 //! while the split over upstreams stays fair cluster-wide. The next block is fetched in the
 //! background when half of the current one is used; while none is at hand (Redis slow or down)
-//! the node counts locally, so `next` never waits.
+//! the node counts locally, so `next` never waits. The block starts at [`LEASE_BLOCK`] and
+//! doubles (up to [`LEASE_BLOCK_MAX`]) whenever the node ran dry before the next block arrived,
+//! so a busy node keeps drawing from the shared counter instead of its local one.
 
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
-use deadpool_redis::Pool;
 use redis::AsyncCommands;
 use tracing::debug;
 
+use super::records::SharedConn;
 use crate::{cluster::Counter, metrics as m};
 
-/// Values leased per `INCRBY`: Redis sees at most one command per this many messages.
+/// Values leased per `INCRBY` at first: Redis sees at most one command per this many messages.
 pub const LEASE_BLOCK: u64 = 32;
+/// The largest block a busy node leases.
+pub const LEASE_BLOCK_MAX: u64 = 8192;
 
 /// A leased block: `[next, end)`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -28,7 +32,7 @@ struct Lease {
 /// The leased counter.
 pub struct LeasedCounter {
     /// Redis.
-    pool: Pool,
+    conn: Arc<SharedConn>,
     /// `K:rr`.
     key: String,
     /// The block in use and the one fetched ahead.
@@ -37,17 +41,23 @@ pub struct LeasedCounter {
     fetching: AtomicBool,
     /// Fallback while no lease is at hand.
     local: AtomicU64,
+    /// Values per lease, adapted to the node's rate.
+    block: AtomicU64,
+    /// The node ran dry since the last lease arrived.
+    starved: AtomicBool,
 }
 
 impl LeasedCounter {
     /// A counter on `key`.
-    pub fn new(pool: Pool, key: String) -> Arc<Self> {
+    pub fn new(conn: Arc<SharedConn>, key: String) -> Arc<Self> {
         Arc::new(Self {
-            pool,
+            conn,
             key,
             leases: Mutex::default(),
             fetching: AtomicBool::new(false),
             local: AtomicU64::new(rand::random::<u32>().into()),
+            block: AtomicU64::new(LEASE_BLOCK),
+            starved: AtomicBool::new(false),
         })
     }
 
@@ -58,15 +68,17 @@ impl LeasedCounter {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let result: Result<u64, String> = super::records::timed(async {
-                let mut conn = this.pool.get().await.map_err(super::records::pool_error)?;
-                conn.incr(&this.key, LEASE_BLOCK).await
-            })
-            .await
-            .map_err(|e| e.to_string());
+            let mut block = this.block.load(Ordering::Relaxed);
+            if this.starved.swap(false, Ordering::AcqRel) {
+                block = (block * 2).min(LEASE_BLOCK_MAX);
+                this.block.store(block, Ordering::Relaxed);
+            }
+            let key = this.key.clone();
+            let result: Result<u64, String> =
+                this.conn.run(|mut conn| async move { conn.incr(&key, block).await }).await.map_err(|e| e.to_string());
             match result {
                 Ok(end) => {
-                    let lease = Lease { next: end - LEASE_BLOCK, end };
+                    let lease = Lease { next: end - block, end };
                     let mut leases = this.leases.lock().unwrap_or_else(|e| e.into_inner());
                     if leases.0.next >= leases.0.end {
                         leases.0 = lease;
@@ -100,7 +112,7 @@ impl Counter for SharedCounter {
         if lease.next < lease.end {
             let value = lease.next;
             lease.next += 1;
-            let low = lease.end - lease.next <= LEASE_BLOCK / 2;
+            let low = (lease.end - lease.next) * 2 <= counter.block.load(Ordering::Relaxed);
             let no_ahead = leases.1.is_none();
             drop(leases);
             if low && no_ahead {
@@ -109,6 +121,7 @@ impl Counter for SharedCounter {
             return value;
         }
         drop(leases);
+        counter.starved.store(true, Ordering::Relaxed);
         counter.fetch_ahead();
         counter.local.fetch_add(1, Ordering::Relaxed)
     }

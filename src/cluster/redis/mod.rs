@@ -34,7 +34,7 @@ use self::{
     bus::{BusMessage, WireCommand},
     counter::{LeasedCounter, SharedCounter},
     keys::Keys,
-    records::{Record, RecordWriter, pool_error, timed},
+    records::{Record, RecordWriter, SharedConn, pool_error, timed},
 };
 use super::{Backend, BackendError, Counter, UpstreamEntry};
 use crate::{
@@ -62,6 +62,8 @@ pub struct RedisBackend {
     node: String,
     /// Pooled connections for commands (pub/sub has its own).
     pool: Pool,
+    /// The connection of the hot paths (commands for other nodes, publishing).
+    shared: Arc<SharedConn>,
     /// The URL, for the subscriber's dedicated connection.
     client: redis::Client,
     /// The record writer's queue.
@@ -117,9 +119,11 @@ impl RedisBackend {
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .map_err(|e| invalid(&e))?;
         let keys = Keys::new(&config.redis_prefix, &config.cluster);
-        let (writer, records) = RecordWriter::new(pool.clone(), keys.clone(), node.to_owned(), config.events_max);
+        let shared = Arc::new(SharedConn::new(pool.clone()));
+        let (writer, records) = RecordWriter::new(shared.clone(), keys.clone(), node.to_owned(), config.events_max);
         let backend = Arc::new(Self {
-            counter: LeasedCounter::new(pool.clone(), keys.rr()),
+            counter: LeasedCounter::new(shared.clone(), keys.rr()),
+            shared,
             keys,
             node: node.to_owned(),
             pool,
@@ -435,11 +439,8 @@ impl RedisBackend {
 
     /// Publishes a bus message; returns how many nodes received it.
     async fn publish(&self, channel: &str, message: BusMessage) -> Result<usize, redis::RedisError> {
-        timed(async {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            conn.publish(channel, message.encode()).await
-        })
-        .await
+        let channel = channel.to_owned();
+        self.shared.run(|mut conn| async move { conn.publish(channel, message.encode()).await }).await
     }
 
     fn record(&self, record: Record) {
@@ -473,11 +474,9 @@ impl Backend for RedisBackend {
         let (Some(socket), Some(wire)) = (command.socket(), WireCommand::from_command(command)) else {
             return Receipt::ok();
         };
-        let owner: Result<Option<String>, redis::RedisError> = timed(async {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            conn.hget(self.keys.socket(&socket.to_string()), "node").await
-        })
-        .await;
+        let key = self.keys.socket(&socket.to_string());
+        let owner: Result<Option<String>, redis::RedisError> =
+            self.shared.run(|mut conn| async move { conn.hget(key, "node").await }).await;
         let owner = match owner {
             Ok(Some(owner)) if owner != self.node => owner,
             Ok(_) => return Receipt::unknown_socket(socket),

@@ -63,7 +63,7 @@ pub struct RecordWriter {
     /// Where records wait.
     rx: mpsc::Receiver<Record>,
     /// Redis.
-    pool: Pool,
+    conn: Arc<SharedConn>,
     /// Key names.
     keys: Keys,
     /// This node's id.
@@ -76,10 +76,10 @@ pub struct RecordWriter {
 
 impl RecordWriter {
     /// A writer and the sender the data path records into.
-    pub fn new(pool: Pool, keys: Keys, node: String, events_max: u64) -> (Self, mpsc::Sender<Record>) {
+    pub fn new(conn: Arc<SharedConn>, keys: Keys, node: String, events_max: u64) -> (Self, mpsc::Sender<Record>) {
         let (tx, rx) = mpsc::channel(RECORD_QUEUE);
         let labels_script = Script::new(LABELS_LUA);
-        (Self { rx, pool, keys, node, events_max, labels_script }, tx)
+        (Self { rx, conn, keys, node, events_max, labels_script }, tx)
     }
 
     /// Writes records until `stop` is cancelled and the queue is empty.
@@ -99,7 +99,7 @@ impl RecordWriter {
                     Err(_) => break,
                 }
             }
-            while let Err(e) = timed(self.write(&batch)).await {
+            while let Err(e) = self.write(&batch).await {
                 warn!(error = %e, records = batch.len(), "could not write lifecycle records; retrying");
                 metrics::counter!(m::REDIS_ERRORS).increment(1);
                 tokio::select! {
@@ -113,7 +113,6 @@ impl RecordWriter {
 
     /// Writes one batch in one pipelined round trip.
     async fn write(&self, batch: &[Record]) -> Result<(), redis::RedisError> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
         let mut pipe = redis::pipe();
         let mut script_loaded = false;
         for record in batch {
@@ -155,7 +154,7 @@ impl RecordWriter {
                 }
             }
         }
-        pipe.query_async::<()>(&mut *conn).await
+        self.conn.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await }).await
     }
 
     /// Adds a `K:events` entry.
@@ -213,6 +212,52 @@ pub async fn timed<T>(op: impl Future<Output = Result<T, redis::RedisError>>) ->
             "timeout",
             format!("Redis did not answer within {REDIS_TIMEOUT:?}"),
         ))),
+    }
+}
+
+/// One multiplexed connection taken from the pool and shared by the hot callers (the counter,
+/// the record writer, commands for other nodes): it pipelines concurrent requests on one socket,
+/// and skips the pool's per-checkout health check (a `PING` round trip each time). Replaced by a
+/// fresh one from the pool after any error.
+pub struct SharedConn {
+    pool: Pool,
+    conn: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+impl SharedConn {
+    /// A shared connection over `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool, conn: std::sync::Mutex::new(None) }
+    }
+
+    /// Runs `op` on the shared connection, with [`REDIS_TIMEOUT`]; drops the connection if `op`
+    /// fails, so the next call starts from a healthy one.
+    ///
+    /// # Errors
+    /// The operation's error, or a timeout.
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, redis::RedisError>
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let result = timed(async {
+            let cached = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let conn = match cached {
+                Some(conn) => conn,
+                None => {
+                    let pooled = self.pool.get().await.map_err(pool_error)?;
+                    let conn = (*pooled).clone();
+                    *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                    conn
+                }
+            };
+            op(conn).await
+        })
+        .await;
+        if result.is_err() {
+            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        result
     }
 }
 
