@@ -204,22 +204,7 @@ impl RedisBackend {
             // lost its data. Either way, seed the registry with what this node knows (without
             // overwriting anything there) and register the whole socket set again now.
             info!("registered in the cluster");
-            redis::cmd("XADD")
-                .arg(self.keys.events())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.events_max)
-                .arg("*")
-                .arg("type")
-                .arg("node_up")
-                .arg("socket")
-                .arg("")
-                .arg("node")
-                .arg(&self.node)
-                .arg("at")
-                .arg(unix_ms())
-                .arg("reason")
-                .arg("")
+            records::event(&self.keys, self.events_max, "node_up", "", &self.node, unix_ms(), "")
                 .exec_async(&mut *conn)
                 .await?;
             let known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -159,24 +159,25 @@ impl RecordWriter {
 
     /// Adds a `K:events` entry.
     fn event(&self, pipe: &mut redis::Pipeline, kind: &str, socket: &str, at: i64, reason: &str) {
-        pipe.cmd("XADD")
-            .arg(self.keys.events())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.events_max)
-            .arg("*")
-            .arg("type")
-            .arg(kind)
-            .arg("socket")
-            .arg(socket)
-            .arg("node")
-            .arg(&self.node)
-            .arg("at")
-            .arg(at)
-            .arg("reason")
-            .arg(reason)
-            .ignore();
+        pipe.add_command(event(&self.keys, self.events_max, kind, socket, &self.node, at, reason)).ignore();
     }
+}
+
+/// The `XADD` of one `K:events` entry (trimmed to about `events_max`).
+pub fn event(keys: &Keys, events_max: u64, kind: &str, socket: &str, node: &str, at: i64, reason: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(keys.events()).arg("MAXLEN").arg("~").arg(events_max).arg("*");
+    cmd.arg("type")
+        .arg(kind)
+        .arg("socket")
+        .arg(socket)
+        .arg("node")
+        .arg(node)
+        .arg("at")
+        .arg(at)
+        .arg("reason")
+        .arg(reason);
+    cmd
 }
 
 /// Adds the commands that register one live socket (hash with labels, node set, index) to
