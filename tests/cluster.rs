@@ -469,3 +469,30 @@ async fn a_node_reaped_while_cut_off_registers_again() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_slow_owner_node_does_not_hold_up_commands_for_local_sockets() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(false).await;
+    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let mut local = Client::connect(&node).await;
+    let local_id = up.wait_opened(1).await[0].clone();
+    // A "node" that holds a socket, listens on its channel, and never answers.
+    let mute = uuid::Uuid::now_v7().to_string();
+    let _: () = redis.conn().await.hset(format!("ppp:default:socket:{mute}"), "node", "mute").await.unwrap();
+    let mut listener = redis::Client::open(redis.url()).unwrap().get_async_pubsub().await.unwrap();
+    listener.subscribe("ppp:default:ch:node:mute").await.unwrap();
+    for i in 0..3 {
+        let send = Command::Send(proto::Send { socket_id: mute.clone(), payload: "x".into() });
+        up.command(with_id(&format!("mute-{i}"), send)).await;
+    }
+    let started = tokio::time::Instant::now();
+    up.command(send_cmd(&local_id, "not held up")).await;
+    assert_eq!(local.line().await, "not held up");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+    // The mute node's commands fail, each with its reason, in order.
+    up.wait_for("receipts", |_| up.results().len() == 3).await;
+    let results = up.results();
+    assert!(results.iter().all(|r| r.status == Status::Failed as i32 && r.detail.contains("did not answer")));
+    assert_eq!(results.iter().map(|r| r.command_id.as_str()).collect::<Vec<_>>(), ["mute-0", "mute-1", "mute-2"]);
+}

@@ -32,6 +32,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest command an upstream may send (a payload plus a little), in bytes.
 pub const MAX_COMMAND_BYTES: usize = 16 << 20;
+/// Commands for other nodes' sockets waiting on one stream; when full, the stream stops reading
+/// commands (HTTP/2 flow control holds the upstream).
+const REMOTE_QUEUE: usize = 4096;
 /// How long a new stream waits for the previous one to give the queue back.
 const QUEUE_HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -160,6 +163,8 @@ async fn session(
     };
     upstream.set_open(true);
     info!("upstream stream open");
+    let (remote, remote_rx) = mpsc::channel(REMOTE_QUEUE);
+    ctx.tracker.spawn(remote_commands(upstream.clone(), remote_rx, ctx.dispatcher.clone()).in_current_span());
     let stopped = upstream.stop.cancelled();
     tokio::pin!(stopped);
     loop {
@@ -169,7 +174,7 @@ async fn session(
             m = inbound.message() => m,
         };
         match message {
-            Ok(Some(command)) => handle_command(upstream, command, &ctx.dispatcher).await,
+            Ok(Some(command)) => handle_command(upstream, command, &ctx.dispatcher, &remote).await,
             Ok(None) if ctx.finish.is_cancelled() => return Outcome::Finished,
             Ok(None) => {
                 return Outcome::Broken { error: "the upstream ended the stream".to_owned(), opened: true };
@@ -210,10 +215,29 @@ fn outbound(
     stream::once(async { hello }).chain(rest)
 }
 
-/// Carries out one command and, when it carries a `command_id`, queues its receipt.
-async fn handle_command(upstream: &Upstream, command: proto::UpstreamCommand, dispatcher: &Dispatcher) {
+/// Carries out one command and, when it carries a `command_id`, queues its receipt. A command
+/// for a socket of another node waits for that node; it goes to `remote` (carried out in order by
+/// [`remote_commands`]) so that it never holds up the commands behind it on this stream.
+async fn handle_command(
+    upstream: &Upstream,
+    command: proto::UpstreamCommand,
+    dispatcher: &Dispatcher,
+    remote: &mpsc::Sender<(Option<String>, Command)>,
+) {
     let (command_id, parsed) = Command::from_proto(command);
     let receipt = match parsed {
+        Ok(command) if command.socket().is_some() => match dispatcher.execute_local(&command) {
+            Some(receipt) => {
+                m::hot().command(command.kind(), receipt.status_label());
+                receipt
+            }
+            None => {
+                if let Err(mpsc::error::SendError((command_id, _))) = remote.send((command_id, command)).await {
+                    send_receipt(upstream, command_id, Receipt::failed("the stream is closing"));
+                }
+                return;
+            }
+        },
         Ok(command) => dispatcher.execute(&command).await,
         Err(e) => {
             warn!(error = %e, command_id = command_id.as_deref().unwrap_or(""), "invalid command");
@@ -221,6 +245,23 @@ async fn handle_command(upstream: &Upstream, command: proto::UpstreamCommand, di
             Receipt::failed(e.to_string())
         }
     };
+    send_receipt(upstream, command_id, receipt);
+}
+
+/// Carries out, in order, the commands of one stream for sockets held by other nodes.
+async fn remote_commands(
+    upstream: Arc<Upstream>,
+    mut commands: mpsc::Receiver<(Option<String>, Command)>,
+    dispatcher: Dispatcher,
+) {
+    while let Some((command_id, command)) = commands.recv().await {
+        let receipt = dispatcher.execute(&command).await;
+        send_receipt(&upstream, command_id, receipt);
+    }
+}
+
+/// Queues the receipt of a command that carried a `command_id`.
+fn send_receipt(upstream: &Upstream, command_id: Option<String>, receipt: Receipt) {
     let Some(command_id) = command_id else { return };
     let result = CommandResult { command_id, status: receipt.status as i32, detail: receipt.detail };
     let event = NodeEvent { event: Some(node_event::Event::Result(result)) };
