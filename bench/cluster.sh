@@ -6,8 +6,9 @@
 #   (2) Redis commands per forwarded message during those cluster runs (INFO commandstats, and
 #       the share of messages numbered from the shared counter K:rr);
 #   (3) sockets registered per second: 10,000 connects to one node until ZCARD K:sockets says so;
-#   (4) cross-node send latency (examples/xnode.rs): A on node 1 types `/to <B> ...`, B on node 2
-#       reads it; the same with both sockets on node 1 as the baseline; then, once each, the same
+#   (4) cross-node send latency (examples/xnode.rs), on a fresh pair of nodes n1, n2 that log
+#       why each socket closed: A on n1 types `/to <B> ...`, B on n2 reads it; the same with both
+#       sockets on n1 as the baseline; Redis calls per send; then, once each, the same
 #       at a low rate (the cost of one send), and at a high rate with an echo "bystander" on
 #       node 1 (what a burst of cross-node sends does to everyone else on that node).
 # Medians of $RUNS runs. Results go to bench-results/<UTC time>-cluster/ (summary.md, results.txt,
@@ -15,7 +16,8 @@
 #
 # Settings (environment): RUNS=3 WARMUP=2s DURATION=10s SOCKETS=100 BURST=16 SIZE=64
 # REG_SOCKETS=10000 XRATE=1000 XWARMUP=2s XDURATION=10s XLOW_RATE=200 XHIGH_RATE=2500
-# SKIP_BUILD=1 (use the binaries already in target/release).
+# NODE_RUST_LOG=info XNODE_RUST_LOG=info,ppp::downstream::connection=debug (the nodes' log filters
+# before and in step 4) SKIP_BUILD=1 (use the binaries already in target/release).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -309,7 +311,14 @@ loadgen_wait() {
     echo "$LG_LINE" >&2
 }
 
-secs() { sed 's/s$//' <<<"$1"; } # `10s` → 10 (the durations here are whole or decimal seconds)
+# secs DURATION: `10s` → 10, `500ms` → 0.5 (for sleep); other forms are refused.
+secs() {
+    case $1 in
+    *ms) awk -v v="${1%ms}" 'BEGIN {print v / 1000}' ;;
+    *s) echo "${1%s}" ;;
+    *) die "write durations in s or ms (got $1)" ;;
+    esac
+}
 
 # --- (1) + (2) throughput, and Redis commands per message ---------------------------------------
 
@@ -332,7 +341,7 @@ for run in $(seq "$RUNS"); do
     tb=$(now)
     calls_between "$OUT/cmdstats-$run-before.txt" "$OUT/cmdstats-$run-after.txt" >"$OUT/cmdstats-$run.txt"
     total=$(awk '{s += $2} END {print s + 0}' "$OUT/cmdstats-$run.txt")
-    incrby=$(awk '$1 == "incrby" {print $2} END {}' "$OUT/cmdstats-$run.txt")
+    incrby=$(awk '$1 == "incrby" {print $2}' "$OUT/cmdstats-$run.txt")
     incrby=${incrby:-0}
     rr=$(($(rr_of "$OUT/cmdstats-$run-after.txt") - $(rr_of "$OUT/cmdstats-$run-before.txt")))
     per_type=$(awk '{printf "%s%s=%s", (NR > 1 ? "," : ""), $1, $2}' "$OUT/cmdstats-$run.txt")

@@ -284,7 +284,8 @@ impl RedisBackend {
             }
             let Some(local) = self.local.get() else { continue };
             let sockets = local.sockets();
-            written.retain(|id, _| sockets.iter().any(|s| s.id == *id));
+            let live: HashSet<crate::socket::SocketId> = sockets.iter().map(|s| s.id).collect();
+            written.retain(|id, _| live.contains(id));
             let mut pipe = redis::pipe();
             let mut changed = Vec::new();
             for s in &sockets {
