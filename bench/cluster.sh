@@ -553,6 +553,10 @@ row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
     row "at $XLOW_RATE msgs/s, 1 run: cross-node p50 / p99 / max (us)" "" "$(field p50_us "$LOW_X") / $(field p99_us "$LOW_X") / $(field max_us "$LOW_X")" "" ""
     row "at $XLOW_RATE msgs/s, 1 run: one-node p50 / p99 / max (us)" "" "$(field p50_us "$LOW_S") / $(field p99_us "$LOW_S") / $(field max_us "$LOW_S")" "" ""
     for line in "${HIGH[@]}"; do
+        if [[ $line == *"xnode failed"* ]]; then
+            row "at $XHIGH_RATE msgs/s, 1 run: ${line%%-high*}" "" "${line#*xnode }" "" ""
+            continue
+        fi
         row "at $XHIGH_RATE msgs/s, 1 run: ${line%%-high*} achieved msgs/s; p50 / p99 (us); lost (not in by the drain)" "" "$(field achieved_rate "$line"); $(field p50_us "$line") / $(field p99_us "$line"); $(field lost "$line")" "" ""
     done
     for line in "${BYSTANDER[@]}"; do

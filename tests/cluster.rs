@@ -18,8 +18,7 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     let id = up.wait_opened(1).await[0].clone();
     let mut r = redis.conn().await;
     let socket_key = format!("ppp:default:socket:{id}");
-    eventually_async("socket hash", || async { redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap() })
-        .await;
+    redis.wait_exists("socket hash", &socket_key).await;
     let hash: HashMap<String, String> = r.hgetall(&socket_key).await.unwrap();
     assert_eq!(hash["node"], "n1");
     assert_eq!(hash["local"], node.local_addr().to_string());
@@ -84,7 +83,7 @@ async fn commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts() {
     let key = |id: &str| format!("ppp:default:socket:{id}");
     for id in [&first, &second] {
         let k = key(id);
-        eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&k).await.unwrap() }).await;
+        redis.wait_exists("registered", &k).await;
     }
     // Commands go out on whichever stream; both nodes have one to this upstream.
     let send = |socket: &str, text: &str| {
@@ -189,12 +188,11 @@ async fn after_redis_loses_its_data_the_node_registers_its_sockets_and_the_regis
     let mut c = Client::connect(&node).await;
     let id = up.wait_opened(1).await[0].clone();
     let key = format!("ppp:default:socket:{id}");
-    eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&key).await.unwrap() }).await;
+    redis.wait_exists("registered", &key).await;
     let mut r = redis.conn().await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
     // The next heartbeat finds the node missing from K:nodes and resyncs from its own truth.
-    eventually_async("socket registered again", || async { redis.conn().await.exists::<_, bool>(&key).await.unwrap() })
-        .await;
+    redis.wait_exists("socket registered again", &key).await;
     let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
     assert_eq!(members, vec![id.clone()]);
     // A registry change makes every node re-read it: the empty registry is seeded again, not obeyed.
@@ -250,7 +248,7 @@ async fn close_labels_and_selective_broadcasts_cross_nodes() {
     let second = up.wait_opened(2).await[1].clone();
     for id in [&first, &second] {
         let k = format!("ppp:default:socket:{id}");
-        eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&k).await.unwrap() }).await;
+        redis.wait_exists("registered", &k).await;
     }
     // The test upstream sends on n2's stream (the latest): `first` lives on n1.
     let labels = Command::SetLabels(proto::SetLabels {
@@ -293,7 +291,7 @@ async fn redis_killed_and_restarted_empty_loses_no_socket_and_state_is_resynced(
     let mut early = Client::connect(&node).await;
     let early_id = up.wait_opened(1).await[0].clone();
     let early_key = format!("ppp:default:socket:{early_id}");
-    eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&early_key).await.unwrap() }).await;
+    redis.wait_exists("registered", &early_key).await;
 
     redis.kill();
     // Sockets keep being served; new ones open, old ones close, all while Redis is away.
@@ -308,10 +306,7 @@ async fn redis_killed_and_restarted_empty_loses_no_socket_and_state_is_resynced(
 
     redis.restart().await;
     let late_key = format!("ppp:default:socket:{late_id}");
-    eventually_async("late socket registered", || async {
-        redis.conn().await.exists::<_, bool>(&late_key).await.unwrap()
-    })
-    .await;
+    redis.wait_exists("late socket registered", &late_key).await;
     let mut r = redis.conn().await;
     assert!(!r.exists::<_, bool>(&early_key).await.unwrap(), "the closed socket is not registered");
     let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
@@ -350,10 +345,7 @@ async fn a_paused_redis_stalls_nothing_and_the_node_catches_up() {
     redis.resume();
     eventually("ready again", || node.is_ready()).await;
     let key = format!("ppp:default:socket:{during_id}");
-    eventually_async("socket opened during the pause registered", || async {
-        redis.conn().await.exists::<_, bool>(&key).await.unwrap()
-    })
-    .await;
+    redis.wait_exists("socket opened during the pause registered", &key).await;
 }
 
 #[tokio::test]
@@ -449,7 +441,7 @@ async fn a_node_reaped_while_cut_off_registers_again() {
     let _c = Client::connect(&node).await;
     let id = up.wait_opened(1).await[0].clone();
     let key = format!("ppp:default:socket:{id}");
-    eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&key).await.unwrap() }).await;
+    redis.wait_exists("registered", &key).await;
     // What another node's reaper does to a node it believes dead.
     let mut r = redis.conn().await;
     let _: () = redis::pipe()

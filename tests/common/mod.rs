@@ -21,6 +21,7 @@ use ppp::{
         upstream_server::{Upstream, UpstreamServer},
     },
 };
+use redis::AsyncCommands;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream, tcp::OwnedWriteHalf},
@@ -435,6 +436,11 @@ impl RedisServer {
     /// A connection, as `redis-cli` would have.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Waits until `key` exists.
+    pub async fn wait_exists(&self, what: &str, key: &str) {
+        eventually_async(what, || async { self.conn().await.exists::<_, bool>(key).await.unwrap() }).await;
     }
 
     /// How many times Redis ran a command (`INFO commandstats`), e.g. `incrby`.
