@@ -174,7 +174,14 @@ async fn session(
             m = inbound.message() => m,
         };
         match message {
-            Ok(Some(command)) => handle_command(upstream, command, &ctx.dispatcher, &remote).await,
+            Ok(Some(command)) => {
+                handle_command(upstream, command, &ctx.dispatcher, &remote).await;
+                // A burst of commands arrives already decoded, so this loop would not yield on
+                // its own: give the sockets' writers a turn to drain their queues, or a burst
+                // longer than --write-queue for one socket would close it as a slow consumer
+                // however fast its client reads.
+                tokio::task::consume_budget().await;
+            }
             Ok(None) if ctx.finish.is_cancelled() => return Outcome::Finished,
             Ok(None) => {
                 return Outcome::Broken { error: "the upstream ended the stream".to_owned(), opened: true };
