@@ -37,11 +37,6 @@ impl Router {
         Self { pool, counter, settings }
     }
 
-    /// The pool this router spreads over.
-    pub fn pool(&self) -> &UpstreamPool {
-        &self.pool
-    }
-
     /// Hands `event` (of `socket`, if it belongs to one) to an upstream, waiting as long as no
     /// usable upstream has room. `exclude` names an upstream that must not get it (the one it is
     /// being rerouted away from).

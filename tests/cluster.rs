@@ -70,21 +70,28 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     );
 }
 
+/// Nodes `n1` and `n2` with one socket each (`first` on n1, `second` on n2), both registered.
+async fn two_nodes_one_socket_each(
+    redis: &RedisServer,
+    up: &TestUpstream,
+) -> (ppp::Node, ppp::Node, Client, String, Client, String) {
+    let n1 = start_node(cluster_config(redis, "n1", &[up])).await;
+    let n2 = start_node(cluster_config(redis, "n2", &[up])).await;
+    let on_n1 = Client::connect(&n1).await;
+    let first = up.wait_opened(1).await[0].clone();
+    let on_n2 = Client::connect(&n2).await;
+    let second = up.wait_opened(2).await[1].clone();
+    for id in [&first, &second] {
+        redis.wait_exists("registered", &format!("ppp:default:socket:{id}")).await;
+    }
+    (n1, n2, on_n1, first, on_n2, second)
+}
+
 #[tokio::test]
 async fn commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts() {
     let redis = RedisServer::start().await;
     let up = TestUpstream::start(false).await;
-    let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    let n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
-    let mut on_n1 = Client::connect(&n1).await;
-    let first = up.wait_opened(1).await[0].clone();
-    let mut on_n2 = Client::connect(&n2).await;
-    let second = up.wait_opened(2).await[1].clone();
-    let key = |id: &str| format!("ppp:default:socket:{id}");
-    for id in [&first, &second] {
-        let k = key(id);
-        redis.wait_exists("registered", &k).await;
-    }
+    let (_n1, _n2, mut on_n1, first, mut on_n2, second) = two_nodes_one_socket_each(&redis, &up).await;
     // Commands go out on whichever stream; both nodes have one to this upstream.
     let send = |socket: &str, text: &str| {
         Command::Send(proto::Send { socket_id: socket.to_owned(), payload: text.to_owned().into() })
@@ -240,16 +247,7 @@ async fn round_robin_is_fair_across_three_nodes_with_one_redis_command_per_32_me
 async fn close_labels_and_selective_broadcasts_cross_nodes() {
     let redis = RedisServer::start().await;
     let up = TestUpstream::start(false).await;
-    let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    let n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
-    let mut on_n1 = Client::connect(&n1).await;
-    let first = up.wait_opened(1).await[0].clone();
-    let mut on_n2 = Client::connect(&n2).await;
-    let second = up.wait_opened(2).await[1].clone();
-    for id in [&first, &second] {
-        let k = format!("ppp:default:socket:{id}");
-        redis.wait_exists("registered", &k).await;
-    }
+    let (_n1, _n2, mut on_n1, first, mut on_n2, second) = two_nodes_one_socket_each(&redis, &up).await;
     // The test upstream sends on n2's stream (the latest): `first` lives on n1.
     let labels = Command::SetLabels(proto::SetLabels {
         socket_id: first.clone(),

@@ -116,11 +116,6 @@ impl Upstream {
         permit.send(event);
         self.messages_sent.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// Room left in its queue.
-    pub fn capacity(&self) -> usize {
-        self.tx.capacity()
-    }
 }
 
 /// The pool: upstreams ordered by id (the same order on every node). A cheap `Clone` handle.
