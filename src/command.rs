@@ -1,4 +1,4 @@
-//! Commands: what upstreams (and, later, admins) ask of sockets: send, broadcast, close, set
+//! Commands: what upstreams and admins ask of sockets: send, broadcast, close, set
 //! labels. A command is validated once ([`Command::from_proto`]), then carried out by the
 //! [`Dispatcher`]: on this node when it holds the socket, through the [`Backend`] otherwise.
 
@@ -79,22 +79,30 @@ pub struct Receipt {
     pub status: proto::Status,
     /// Why, when it is not OK.
     pub detail: String,
+    /// FAILED because the socket refused it (closing, write queue full, too many labels), not
+    /// because its node could not be reached: the admin API answers 409 rather than 503.
+    pub refused: bool,
 }
 
 impl Receipt {
     /// Done.
     pub fn ok() -> Self {
-        Self { status: proto::Status::Ok, detail: String::new() }
+        Self { status: proto::Status::Ok, detail: String::new(), refused: false }
     }
 
     /// No such socket anywhere.
     pub fn unknown_socket(id: SocketId) -> Self {
-        Self { status: proto::Status::UnknownSocket, detail: format!("no socket {id}") }
+        Self { status: proto::Status::UnknownSocket, detail: format!("no socket {id}"), refused: false }
     }
 
     /// Not carried out, and why.
     pub fn failed(detail: impl Into<String>) -> Self {
-        Self { status: proto::Status::Failed, detail: detail.into() }
+        Self { status: proto::Status::Failed, detail: detail.into(), refused: false }
+    }
+
+    /// Refused by the socket itself, and why.
+    pub fn refused(detail: impl Into<String>) -> Self {
+        Self { refused: true, ..Self::failed(detail) }
     }
 
     /// The status's metric label.
@@ -258,7 +266,7 @@ impl Dispatcher {
                     self.backend.labels_changed(&socket);
                     Receipt::ok()
                 }
-                Err(e) => Receipt::failed(e),
+                Err(e) => Receipt::refused(e),
             },
             Command::Broadcast(_) => unreachable!("handled above"),
         })
@@ -306,7 +314,7 @@ fn enqueue(socket: &SocketState, payload: Bytes) -> Receipt {
             };
             metrics::counter!(m::MESSAGES_REFUSED, "reason" => reason).increment(1);
             tracing::debug!(socket.id = %socket.id, reason, "outbound message refused");
-            Receipt::failed(e.to_string())
+            Receipt::refused(e.to_string())
         }
     }
 }

@@ -21,17 +21,23 @@
 //! - [`command`]: validates upstream commands and carries them out (send, broadcast, close,
 //!   labels), producing receipts.
 //! - [`cluster`]: the [`cluster::Backend`] trait (where socket metadata, lifecycle records and
-//!   cross-node commands go) and its in-memory implementation for standalone nodes.
+//!   cross-node commands go), its in-memory implementation for standalone nodes, its Redis
+//!   implementation, and [`cluster::view`], the cluster as the admin API lists it.
 //! - [`node`]: wires everything together: [`node::Node::start`] and [`run`].
+//! - [`admin`]: the admin HTTP API (axum): health, metrics, the cluster's nodes and sockets,
+//!   commands, upstreams, runtime settings, drain, and its OpenAPI document.
+//! - [`settings`]: the settings that change at run time; [`logging`]: the log filter.
 //! - [`echo`]: an example upstream (echo plus a few commands), used by `ppp demo`, the tests and the
 //!   benchmark.
 //! - [`metrics`]: the names of every metric the node records.
 
+pub mod admin;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod downstream;
 pub mod echo;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod routing;
@@ -45,7 +51,7 @@ pub mod proto {
     tonic::include_proto!("ppp.v1");
 }
 
-pub use node::{Node, run};
+pub use node::{Listeners, Node, run};
 
 /// The node's software version, as sent in `NodeHello.version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,13 +4,16 @@
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use ppp::{
-    config::{self, Command, ConfigError, LogFormat},
+    Listeners,
+    config::{self, Command, ConfigError},
     downstream::listener,
     echo::{self, EchoUpstream},
+    logging::{self, LogFilter},
 };
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = match config::load() {
@@ -18,7 +21,7 @@ fn main() -> ExitCode {
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => return fail(&e),
     };
-    init_tracing(cli.config.log_format);
+    let log = Arc::new(logging::init(cli.config.log_format));
     if let Err(e) = cli.config.validate() {
         return fail(&e);
     }
@@ -28,8 +31,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            None => node(cli.config).await,
-            Some(Command::Demo) => demo(cli.config).await,
+            None => node(cli.config, log).await,
+            Some(Command::Demo) => demo(cli.config, log).await,
         }
     });
     match result {
@@ -45,36 +48,40 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn node(config: config::Config) -> Result<(), BoxError> {
+async fn node(config: config::Config, log: Arc<LogFilter>) -> Result<(), BoxError> {
     let shutdown = shutdown_signal();
-    let listener = listener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    ppp::run(config, listener, shutdown).await?;
+    let listeners = bind(&config).await?;
+    ppp::run(config, listeners, log, shutdown).await?;
     Ok(())
 }
 
+/// Binds the downstream listener and the admin API's.
+async fn bind(config: &config::Config) -> Result<Listeners, BoxError> {
+    let downstream = listener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| format!("cannot serve the admin API on {}: {e}", config.admin_listen))?;
+    Ok(Listeners { downstream, admin: Some(admin) })
+}
+
 /// A node and the echo upstream in one process: the quickest way to see it work.
-async fn demo(mut config: config::Config) -> Result<(), BoxError> {
+async fn demo(mut config: config::Config, log: Arc<LogFilter>) -> Result<(), BoxError> {
     let shutdown = shutdown_signal();
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_uri = format!("http://{}", upstream_listener.local_addr()?);
     tokio::spawn(echo::serve(upstream_listener, EchoUpstream::new(true), std::future::pending()));
     config.upstream.push(upstream_uri.clone());
-    let listener = listener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let port = listener.local_addr()?.port();
+    let listeners = bind(&config).await?;
+    let port = listeners.downstream.local_addr()?.port();
+    let admin = listeners.admin.as_ref().map(TcpListener::local_addr).transpose()?;
     println!("PersistentParadoxPlex demo: a standalone node with the echo upstream at {upstream_uri}.");
     println!("Connect with:  nc 127.0.0.1 {port}   (type a line; try /help, /whoami, /label user=ada, /broadcast hi)");
-    println!("Stop with Ctrl-C.");
-    ppp::run(config, listener, shutdown).await?;
-    Ok(())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    if let Some(admin) = admin {
+        println!("Admin API:     curl http://{admin}/v1/sockets");
     }
+    println!("Stop with Ctrl-C.");
+    ppp::run(config, listeners, log, shutdown).await?;
+    Ok(())
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives while the node starts

@@ -1,6 +1,10 @@
-//! The names of every metric the node records, through the `metrics` facade (the admin API
-//! installs the Prometheus exporter). Every place a message can be refused increments
-//! [`MESSAGES_REFUSED`] with a `reason` label.
+//! The names of every metric the node records, through the `metrics` facade, and the Prometheus
+//! exporter that `GET /metrics` renders ([`install`], called by `Node::start`). Every place a
+//! message can be refused increments [`MESSAGES_REFUSED`] with a `reason` label.
+//!
+//! Gauges that describe the node's state (sockets by state, queue depths, messages per upstream)
+//! are set when `/metrics` is scraped, from the node's own counters, so the data path pays
+//! nothing for them.
 
 /// Counter: sockets accepted and held. Label: none.
 pub const SOCKETS_OPENED: &str = "ppp_sockets_opened_total";
@@ -8,7 +12,7 @@ pub const SOCKETS_OPENED: &str = "ppp_sockets_opened_total";
 pub const SOCKETS_CLOSED: &str = "ppp_sockets_closed_total";
 /// Counter: sockets refused because `--max-connections` were open.
 pub const SOCKETS_REFUSED: &str = "ppp_sockets_refused_total";
-/// Gauge: sockets open on this node.
+/// Gauge: sockets open on this node. Label `state`: `active`, `inactive`.
 pub const SOCKETS_OPEN: &str = "ppp_sockets_open";
 /// Counter: inbound messages read from sockets.
 pub const MESSAGES_IN: &str = "ppp_messages_in_total";
@@ -27,6 +31,17 @@ pub const COMMANDS: &str = "ppp_commands_total";
 pub const UPSTREAM_READY: &str = "ppp_upstream_ready";
 /// Counter: broken upstream streams. Label `upstream`.
 pub const UPSTREAM_RECONNECTS: &str = "ppp_upstream_reconnects_total";
+/// Counter: events (opened, data, closed, receipts) handed to an upstream. Label `upstream`.
+pub const UPSTREAM_MESSAGES: &str = "ppp_upstream_messages_total";
+/// Histogram: round trip of the upstream's gRPC health check, every `--health-interval` (the
+/// stream itself has no per-message answer to time). Label `upstream`.
+pub const UPSTREAM_LATENCY: &str = "ppp_upstream_latency_seconds";
+/// Gauge: events waiting in the node's queue for an upstream. Label `upstream`.
+pub const UPSTREAM_QUEUE_DEPTH: &str = "ppp_upstream_queue_depth";
+/// Gauge: lifecycle records waiting to be written to Redis.
+pub const BACKEND_QUEUE_DEPTH: &str = "ppp_backend_queue_depth";
+/// Counter: times Redis became reachable again after being unreachable.
+pub const REDIS_RECONNECTS: &str = "ppp_redis_reconnects_total";
 /// Counter: anti-entropy resyncs of this node's socket registry.
 pub const RESYNCS: &str = "ppp_resyncs_total";
 /// Counter: dead nodes this node reaped.
@@ -36,9 +51,37 @@ pub const REDIS_ERRORS: &str = "ppp_redis_errors_total";
 /// Counter: events moved from a broken upstream's queue to another upstream.
 pub const EVENTS_REROUTED: &str = "ppp_events_rerouted_total";
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Duration};
 
 use metrics::Counter;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Buckets of [`UPSTREAM_LATENCY`], in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// How often histogram samples are folded in when nobody scrapes, so they never pile up.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder for the process (once; later calls return the same handle)
+/// and returns the handle that renders it. `None` when the process installed another recorder.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(UPSTREAM_LATENCY.to_owned()), &LATENCY_BUCKETS)
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new().name("ppp-metrics".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
+            Some(handle)
+        })
+        .as_ref()
+}
 
 /// Counters touched for every message, registered once so the data path does not look them up
 /// each time. They bind to the recorder installed when they are first used: install the exporter

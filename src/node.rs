@@ -1,29 +1,36 @@
 //! A node: the listener, the socket table, the upstream pool and the backend, wired together.
 //!
-//! [`Node::start`] takes a bound listener (so tests bind port 0) and returns a cheap `Clone`
+//! [`Node::start`] takes bound listeners (so tests bind port 0) and returns a cheap `Clone`
 //! handle; [`Node::shutdown`] drains it. [`run`] is what `main` calls: start, wait for the
-//! shutdown signal, drain.
+//! shutdown signal (or `POST /v1/drain`), drain.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use rand::Rng;
 use tokio::{
     net::TcpListener,
-    sync::{Mutex, Semaphore},
+    sync::{Mutex, broadcast},
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    cluster::{Backend, BackendError, UpstreamEntry, memory::MemoryBackend, redis::RedisBackend},
+    admin,
+    cluster::{
+        Backend, BackendError, UpstreamEntry,
+        memory::{self, MemoryBackend},
+        redis::RedisBackend,
+    },
     command::{Command, Dispatcher, Receipt},
     config::Config,
     downstream::{connection::Downstream, listener, table::SocketTable},
+    logging::LogFilter,
+    metrics as m,
     proto::NodeHello,
     routing::Router,
-    settings::Settings,
-    socket::CloseReason,
+    settings::{RuntimePatch, RuntimeView, Settings},
+    socket::{CloseReason, unix_ms},
     upstream::{
         self,
         pool::UpstreamPool,
@@ -46,6 +53,9 @@ pub enum NodeError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// A runtime setting is not valid.
+    #[error("{0}")]
+    InvalidSettings(String),
 }
 
 /// A running node. A cheap `Clone` handle.
@@ -79,30 +89,64 @@ struct Inner {
     stream_ctx: StreamContext,
     /// Serializes registry reconciliations, so an upstream is never started twice.
     reconcile: Mutex<()>,
+    /// Set by the first caller of [`Node::shutdown`]: only one drain runs.
+    drain_begun: std::sync::atomic::AtomicBool,
     /// Cancelled once a drain has started.
     draining: CancellationToken,
+    /// Cancelled once the drain is over.
+    drained: CancellationToken,
+    /// Where the admin API is bound, if this node serves it.
+    admin_addr: Option<SocketAddr>,
+}
+
+/// What a node listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The downstream listener (`--listen`).
+    pub downstream: TcpListener,
+    /// The admin API's listener (`--admin-listen`); `None` serves no admin API.
+    pub admin: Option<TcpListener>,
 }
 
 impl Node {
-    /// Starts a node on a bound listener: accepts sockets and streams to the configured
-    /// upstreams.
+    /// Starts a node on a bound listener, without the admin API: accepts sockets and streams to
+    /// the configured upstreams.
     ///
     /// # Errors
     /// [`NodeError`] when the configuration is invalid or the backend cannot start.
     pub async fn start(config: Config, listener: TcpListener) -> Result<Self, NodeError> {
+        let log = Arc::new(LogFilter::detached("info"));
+        Self::start_with(config, Listeners { downstream: listener, admin: None }, log).await
+    }
+
+    /// Starts a node on bound listeners, serving the admin API when `listeners.admin` is given;
+    /// `log` is the process's log filter, which `PATCH /v1/runtime` changes.
+    ///
+    /// # Errors
+    /// [`NodeError`] when the configuration is invalid or the backend cannot start.
+    pub async fn start_with(mut config: Config, listeners: Listeners, log: Arc<LogFilter>) -> Result<Self, NodeError> {
         config.validate()?;
+        // Before any metric is touched, so the hot counters bind to the exporter.
+        m::install();
         let node_id = config.node_id();
-        let local_addr = listener.local_addr()?;
+        let local_addr = listeners.downstream.local_addr()?;
+        let admin_addr = listeners.admin.as_ref().map(TcpListener::local_addr).transpose()?;
+        if let Some(addr) = admin_addr {
+            config.admin_listen = addr;
+        }
+        let table = SocketTable::default();
         let redis = match config.redis {
             Some(_) => Some(RedisBackend::connect(&config, &node_id, local_addr)?),
             None => None,
         };
         let backend: Arc<dyn Backend> = match &redis {
             Some(r) => r.clone(),
-            None => Arc::new(MemoryBackend::default()),
+            None => {
+                let me = memory::node_record(&node_id, &local_addr.to_string(), &config.admin_listen.to_string());
+                Arc::new(MemoryBackend::new(table.clone(), me))
+            }
         };
-        let settings = Arc::new(Settings::new(&config));
-        let table = SocketTable::default();
+        let settings = Arc::new(Settings::new(&config, log));
         let pool = UpstreamPool::new();
         let router = Router::new(pool.clone(), backend.counter(), settings.clone());
         let dispatcher = Dispatcher::new(table.clone(), backend.clone(), settings.clone());
@@ -132,7 +176,7 @@ impl Node {
             max_frame: config.max_frame,
             write_queue: config.write_queue,
         };
-        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let limit = listener::Limit::new(settings.clone());
         let node = Self {
             inner: Arc::new(Inner {
                 node_id,
@@ -147,7 +191,10 @@ impl Node {
                 stop_accepting: CancellationToken::new(),
                 stream_ctx,
                 reconcile: Mutex::new(()),
+                drain_begun: std::sync::atomic::AtomicBool::new(false),
                 draining: CancellationToken::new(),
+                drained: CancellationToken::new(),
+                admin_addr,
             }),
         };
         let mode = if redis.is_some() { "cluster" } else { "standalone" };
@@ -166,9 +213,14 @@ impl Node {
             }
         }
         node.spawn_registry_watch();
+        node.spawn_runtime_watch();
+        if let Some(admin) = listeners.admin {
+            // Not on the tracker: the admin API answers through the drain and stops after it.
+            tokio::spawn(admin::serve(node.clone(), admin, node.inner.drained.clone()));
+        }
         let stop = node.inner.stop_accepting.clone();
         let tracker = node.inner.tracker.clone();
-        tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
+        tracker.spawn(listener::run(listeners.downstream, downstream, limit, tracker.clone(), stop));
         Ok(node)
     }
 
@@ -195,6 +247,57 @@ impl Node {
     /// Live settings.
     pub fn settings(&self) -> &Arc<Settings> {
         &self.inner.settings
+    }
+
+    /// The cluster (or, standalone, the memory stand-in).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The configuration the node started with (with the admin address it is bound to).
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Where the admin API is bound, if this node serves it.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin_addr
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
+    /// Applies a runtime settings change on this node and, with `cluster`, hands it to every
+    /// other node.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidSettings`] when a field is invalid (nothing changed then);
+    /// [`NodeError::Backend`] when it applied here but could not be handed to the cluster.
+    pub async fn apply_runtime(&self, patch: &RuntimePatch, cluster: bool) -> Result<RuntimeView, NodeError> {
+        let view = self.inner.settings.apply(patch).map_err(NodeError::InvalidSettings)?;
+        info!(?patch, cluster, "runtime settings changed");
+        if cluster {
+            self.inner.backend.publish_runtime(patch).await?;
+        }
+        Ok(view)
+    }
+
+    /// Sets the gauges that describe this node's state now, for a `/metrics` scrape.
+    pub fn refresh_gauges(&self) {
+        let now = unix_ms();
+        let idle_after = self.inner.settings.idle_after();
+        let sockets = self.inner.table.snapshot();
+        let active = sockets.iter().filter(|s| s.is_active(now, idle_after)).count();
+        metrics::gauge!(m::SOCKETS_OPEN, "state" => "active").set(active as f64);
+        metrics::gauge!(m::SOCKETS_OPEN, "state" => "inactive").set((sockets.len() - active) as f64);
+        for up in self.inner.pool.snapshot().iter() {
+            let sent = up.messages_sent.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(m::UPSTREAM_MESSAGES, "upstream" => up.id.clone()).absolute(sent);
+            metrics::gauge!(m::UPSTREAM_QUEUE_DEPTH, "upstream" => up.id.clone()).set(up.queued() as f64);
+        }
+        metrics::gauge!(m::BACKEND_QUEUE_DEPTH).set(self.inner.backend.queue_depth() as f64);
     }
 
     /// Whether the node is ready for traffic: accepting sockets and, in cluster mode, in touch with
@@ -262,6 +365,32 @@ impl Node {
         self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
     }
 
+    /// Applies runtime settings changes that other nodes publish.
+    fn spawn_runtime_watch(&self) {
+        let node = self.clone();
+        let mut changes = self.inner.backend.runtime_changes();
+        let finish = self.inner.stream_ctx.finish.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                let patch = tokio::select! {
+                    () = finish.cancelled() => break,
+                    r = changes.recv() => r,
+                };
+                match patch {
+                    Ok(patch) => {
+                        if let Err(e) = node.apply_runtime(&patch, false).await {
+                            warn!(error = %e, "runtime settings from another node refused");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "runtime settings changes came faster than they were applied");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
     /// Reconciles whenever the registry changes (in cluster mode, when another node changes it).
     fn spawn_registry_watch(&self) {
         let node = self.clone();
@@ -284,8 +413,8 @@ impl Node {
     /// `shutdown` (queued messages are flushed, upstreams get `closed`), ends the upstream
     /// streams once their queues are sent, all within `--drain-timeout`.
     pub async fn shutdown(&self) {
-        if self.inner.draining.is_cancelled() {
-            return self.inner.tracker.wait().await;
+        if self.inner.drain_begun.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return self.inner.drained.cancelled().await;
         }
         self.inner.draining.cancel();
         let timeout = self.inner.config.drain_timeout;
@@ -320,19 +449,36 @@ impl Node {
         }
         self.inner.backend.leave().await;
         info!("drained");
+        self.inner.drained.cancel();
+    }
+
+    /// Resolves once a drain has started (by [`Node::shutdown`] or `POST /v1/drain`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn drain_started(&self) {
+        self.inner.draining.cancelled().await;
     }
 }
 
 /// Sockets closed at once per drain batch.
 const DRAIN_BATCH: usize = 500;
 
-/// Runs a node on `listener` until `shutdown` resolves, then drains it.
+/// Runs a node until `shutdown` resolves or `POST /v1/drain` starts a drain, then drains it.
 ///
 /// # Errors
 /// [`NodeError`] when the node cannot start.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    let node = Node::start(config, listener).await?;
-    shutdown.await;
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    log: Arc<LogFilter>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let node = Node::start_with(config, listeners, log).await?;
+    tokio::select! {
+        () = shutdown => {}
+        () = node.drain_started() => {}
+    }
     node.shutdown().await;
     Ok(())
 }

@@ -1,15 +1,24 @@
-//! Settings that may change while the node runs (the admin API's `PATCH /v1/runtime` changes
-//! them): read on the data path without locks.
+//! Settings that may change while the node runs (`PATCH /v1/runtime`, on one node or, through
+//! `K:ch:control`, on all of them): read on the data path without locks.
 
 use std::{
-    sync::atomic::{AtomicU8, AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use crate::config::{Balance, Config};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
 
-/// The live settings of one node. Shared behind an `Arc`; every field is an atomic so the data
-/// path reads them without a lock.
+use crate::{
+    config::{self, Balance, Config},
+    logging::LogFilter,
+};
+
+/// The live settings of one node. Shared behind an `Arc`; every field the data path reads is an
+/// atomic, so it reads them without a lock.
 #[derive(Debug)]
 pub struct Settings {
     /// `--idle-after`, in milliseconds.
@@ -18,13 +27,23 @@ pub struct Settings {
     idle_timeout_ms: AtomicU64,
     /// `--balance`: 0 round-robin, 1 sticky.
     balance: AtomicU8,
+    /// `--max-connections`: lowering it closes nothing, it only refuses new sockets until enough
+    /// have gone.
+    max_connections: AtomicUsize,
+    /// The log filter (`RUST_LOG` syntax).
+    log: Arc<LogFilter>,
 }
 
 impl Settings {
-    /// The settings as configured at start-up.
-    pub fn new(config: &Config) -> Self {
-        let s =
-            Self { idle_after_ms: AtomicU64::new(0), idle_timeout_ms: AtomicU64::new(0), balance: AtomicU8::new(0) };
+    /// The settings as configured at start-up, with the process's log filter.
+    pub fn new(config: &Config, log: Arc<LogFilter>) -> Self {
+        let s = Self {
+            idle_after_ms: AtomicU64::new(0),
+            idle_timeout_ms: AtomicU64::new(0),
+            balance: AtomicU8::new(0),
+            max_connections: AtomicUsize::new(config.max_connections),
+            log,
+        };
         s.set_idle_after(config.idle_after);
         s.set_idle_timeout(config.idle_timeout.0);
         s.set_balance(config.balance);
@@ -66,5 +85,128 @@ impl Settings {
     /// Changes the balance mode; sockets bind lazily when they switch to sticky.
     pub fn set_balance(&self, b: Balance) {
         self.balance.store(u8::from(b == Balance::Sticky), Ordering::Relaxed);
+    }
+
+    /// Most sockets held at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// The settings now, as the admin API shows them.
+    pub fn view(&self) -> RuntimeView {
+        RuntimeView {
+            log_filter: self.log.current(),
+            idle_after: humantime::format_duration(self.idle_after()).to_string(),
+            idle_timeout: self
+                .idle_timeout()
+                .map_or_else(|| "off".to_owned(), |d| humantime::format_duration(d).to_string()),
+            balance: balance_name(self.balance()),
+            max_connections: self.max_connections(),
+        }
+    }
+
+    /// Validates a whole patch, then applies it (all of it, or nothing when a field is invalid).
+    ///
+    /// # Errors
+    /// A message naming the first invalid field.
+    pub fn apply(&self, patch: &RuntimePatch) -> Result<RuntimeView, String> {
+        let idle_after = patch.idle_after.as_deref().map(config::parse_duration).transpose()?;
+        if idle_after.is_some_and(|d| d.is_zero()) {
+            return Err("idle_after must be greater than 0".to_owned());
+        }
+        let idle_timeout = patch.idle_timeout.as_deref().map(config::parse_optional_duration).transpose()?;
+        if idle_timeout.is_some_and(|t| t.0.is_some_and(|d| d.is_zero())) {
+            return Err("idle_timeout must be greater than 0 (or `off`)".to_owned());
+        }
+        let balance = patch
+            .balance
+            .as_deref()
+            .map(|b| Balance::from_str(b, true).map_err(|_| format!("balance `{b}` is not `round-robin` or `sticky`")))
+            .transpose()?;
+        if patch.max_connections == Some(0) {
+            return Err("max_connections must be at least 1".to_owned());
+        }
+        if let Some(filter) = &patch.log_filter {
+            self.log.set(filter)?;
+        }
+        if let Some(d) = idle_after {
+            self.set_idle_after(d);
+        }
+        if let Some(t) = idle_timeout {
+            self.set_idle_timeout(t.0);
+        }
+        if let Some(b) = balance {
+            self.set_balance(b);
+        }
+        if let Some(n) = patch.max_connections {
+            self.max_connections.store(n, Ordering::Relaxed);
+        }
+        Ok(self.view())
+    }
+}
+
+fn balance_name(b: Balance) -> String {
+    b.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
+}
+
+/// The runtime settings of a node, as `GET /v1/runtime` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RuntimeView {
+    /// The log filter, in `RUST_LOG` syntax (e.g. `info,ppp=debug`).
+    pub log_filter: String,
+    /// `--idle-after`: a socket silent this long is inactive.
+    pub idle_after: String,
+    /// `--idle-timeout`: inactive sockets are closed after this long; `off` never.
+    pub idle_timeout: String,
+    /// `--balance`: `round-robin` or `sticky`.
+    pub balance: String,
+    /// `--max-connections`: sockets held at once; lowering it closes nothing.
+    pub max_connections: usize,
+}
+
+/// A change of runtime settings (`PATCH /v1/runtime`): absent fields stay as they are. It travels
+/// as is on `K:ch:control` with `?cluster=true`, and every node validates it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimePatch {
+    /// A new log filter, in `RUST_LOG` syntax.
+    #[serde(default)]
+    pub log_filter: Option<String>,
+    /// A new `--idle-after` (`500ms`, `10s`, `2m`).
+    #[serde(default)]
+    pub idle_after: Option<String>,
+    /// A new `--idle-timeout` (a duration, or `off`).
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// A new `--balance`: `round-robin` or `sticky`.
+    #[serde(default)]
+    pub balance: Option<String>,
+    /// A new `--max-connections` (at least 1).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_with_one_bad_field_changes_nothing() {
+        let s = Settings::new(&Config::default(), Arc::new(LogFilter::detached("info")));
+        let before = s.view();
+        let bad =
+            RuntimePatch { idle_after: Some("5s".into()), balance: Some("random".into()), ..RuntimePatch::default() };
+        assert!(s.apply(&bad).unwrap_err().contains("random"));
+        assert_eq!(s.view(), before);
+        let good = RuntimePatch {
+            idle_after: Some("5s".into()),
+            idle_timeout: Some("2m".into()),
+            balance: Some("sticky".into()),
+            max_connections: Some(7),
+            log_filter: Some("debug".into()),
+        };
+        let after = s.apply(&good).unwrap();
+        assert_eq!((after.idle_after.as_str(), after.idle_timeout.as_str()), ("5s", "2m"));
+        assert_eq!((after.balance.as_str(), after.max_connections, after.log_filter.as_str()), ("sticky", 7, "debug"));
     }
 }

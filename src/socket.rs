@@ -29,6 +29,24 @@ pub const MAX_LABELS: usize = 64;
 /// Longest label name or value, in bytes.
 pub const MAX_LABEL_LEN: usize = 1024;
 
+/// Checks labels against [`MAX_LABELS`] and [`MAX_LABEL_LEN`], and that no name is empty.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn validate_labels(labels: &Labels) -> Result<(), String> {
+    if let Some(k) = labels.iter().find(|(k, v)| k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN).map(|(k, _)| k) {
+        let name: String = k.chars().take(64).collect();
+        return Err(format!("label `{name}` (name or value) is longer than {MAX_LABEL_LEN} bytes"));
+    }
+    if labels.keys().any(String::is_empty) {
+        return Err("label names must not be empty".to_owned());
+    }
+    if labels.len() > MAX_LABELS {
+        return Err(format!("a socket carries at most {MAX_LABELS} labels"));
+    }
+    Ok(())
+}
+
 /// A socket's id: a UUID v7, so ids sort by connect time. Displayed hyphenated, lowercase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketId(pub Uuid);
@@ -37,6 +55,14 @@ impl SocketId {
     /// A fresh, time-ordered id.
     pub fn new() -> Self {
         Self(Uuid::now_v7())
+    }
+
+    /// The time in the id (unix ms); now for an id that holds none (not a v7 UUID).
+    pub fn unix_ms(&self) -> i64 {
+        self.0.get_timestamp().map_or_else(unix_ms, |t| {
+            let (secs, nanos) = t.to_unix();
+            secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+        })
     }
 }
 
@@ -202,7 +228,9 @@ impl SocketState {
     /// A new socket with an outbound queue of `write_queue` messages.
     pub fn new(remote_addr: SocketAddr, local_addr: SocketAddr, write_queue: usize) -> Arc<Self> {
         let id = SocketId::new();
-        let now = unix_ms();
+        // The accept time is the id's own timestamp, so sockets ordered by id are ordered by
+        // `connected_at` too (the admin API pages through them with the id as cursor).
+        let now = id.unix_ms();
         let state = Self {
             id,
             id_str: id.to_string().into(),
@@ -236,16 +264,7 @@ impl SocketState {
     /// A message when the result would break [`MAX_LABELS`] or [`MAX_LABEL_LEN`]; nothing is
     /// changed then.
     pub fn set_labels(&self, labels: Labels, replace: bool) -> Result<Arc<Labels>, String> {
-        if let Some((k, v)) = labels.iter().find(|(k, v)| k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN) {
-            let _ = v;
-            return Err(format!(
-                "label `{}` is longer than {MAX_LABEL_LEN} bytes",
-                k.chars().take(64).collect::<String>()
-            ));
-        }
-        if labels.keys().any(String::is_empty) {
-            return Err("label names must not be empty".to_owned());
-        }
+        validate_labels(&labels)?;
         let mut guard = self.labels.write().unwrap_or_else(|e| e.into_inner());
         let mut next = if replace { Labels::new() } else { (**guard).clone() };
         for (k, v) in labels {

@@ -1,22 +1,28 @@
 //! The standalone backend: one node, nothing shared. Socket records live in the node's own table,
-//! so recording is a no-op; a command for a socket this node does not hold is for an unknown
-//! socket; the registry and the counter are local.
+//! so recording is a no-op and listings read the table; a command for a socket this node does not
+//! hold is for an unknown socket; the registry and the counter are local.
 
 use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
-use super::{Backend, BackendError, Counter, UpstreamEntry};
+use super::{
+    Backend, BackendError, Counter, UpstreamEntry,
+    view::{self, NodeRecord, SocketPage, SocketQuery, SocketRecord},
+};
 use crate::{
     command::{Broadcast, Command, Receipt},
-    socket::{CloseReason, SocketState},
+    downstream::table::SocketTable,
+    settings::RuntimePatch,
+    socket::{CloseReason, SocketId, SocketState, unix_ms},
 };
 
 /// A local round-robin counter.
@@ -32,21 +38,36 @@ impl Counter for LocalCounter {
 /// The in-memory backend of a standalone node.
 #[derive(Debug)]
 pub struct MemoryBackend {
+    /// The node's sockets: the whole "cluster".
+    table: SocketTable,
+    /// The node itself, as `GET /v1/nodes` shows it (`sockets` and the age are filled in then).
+    node: NodeRecord,
     /// The registry, by id (so iteration is ordered by id).
     upstreams: Mutex<BTreeMap<String, String>>,
     /// Bumped on every registry change.
     changes: watch::Sender<u64>,
     /// The round-robin counter.
     counter: Arc<LocalCounter>,
-}
-
-impl Default for MemoryBackend {
-    fn default() -> Self {
-        Self { upstreams: Mutex::default(), changes: watch::Sender::new(0), counter: Arc::default() }
-    }
+    /// Never sent on: there are no other nodes.
+    runtime: broadcast::Sender<RuntimePatch>,
+    /// The node started draining.
+    draining: AtomicBool,
 }
 
 impl MemoryBackend {
+    /// The backend of the standalone node `node` that holds the sockets of `table`.
+    pub fn new(table: SocketTable, node: NodeRecord) -> Self {
+        Self {
+            table,
+            node,
+            upstreams: Mutex::default(),
+            changes: watch::Sender::new(0),
+            counter: Arc::default(),
+            runtime: broadcast::Sender::new(1),
+            draining: AtomicBool::new(false),
+        }
+    }
+
     fn registry(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
         self.upstreams.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -95,5 +116,40 @@ impl Backend for MemoryBackend {
 
     fn registry_changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, BackendError> {
+        let draining = self.draining.load(Ordering::Relaxed);
+        Ok(vec![NodeRecord { sockets: self.table.len() as u64, draining, ..self.node.clone() }])
+    }
+
+    async fn sockets(&self, query: &SocketQuery) -> Result<SocketPage, BackendError> {
+        Ok(view::page_local(&self.node.id, self.table.snapshot(), query))
+    }
+
+    async fn socket(&self, id: SocketId, idle_after: Duration) -> Result<Option<SocketRecord>, BackendError> {
+        Ok(self.table.get(id).map(|s| SocketRecord::local(&self.node.id, &s, idle_after)))
+    }
+
+    fn runtime_changes(&self) -> broadcast::Receiver<RuntimePatch> {
+        self.runtime.subscribe()
+    }
+
+    async fn draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The record of a node starting now.
+pub fn node_record(id: &str, listen: &str, admin: &str) -> NodeRecord {
+    NodeRecord {
+        id: id.to_owned(),
+        listen: listen.to_owned(),
+        admin: admin.to_owned(),
+        started_at: unix_ms(),
+        version: crate::VERSION.to_owned(),
+        sockets: 0,
+        heartbeat_age_ms: 0,
+        draining: false,
     }
 }

@@ -11,11 +11,15 @@ use async_trait::async_trait;
 
 use crate::{
     command::{Broadcast, Command, Receipt},
-    socket::{CloseReason, SocketState},
+    settings::RuntimePatch,
+    socket::{CloseReason, SocketId, SocketState},
 };
 
 pub mod memory;
 pub mod redis;
+pub mod view;
+
+use self::view::{NodeRecord, SocketPage, SocketQuery, SocketRecord};
 
 /// Errors of a backend, tagged as backend-side. Whether a retry can help is the caller's call:
 /// every backend call is safe to retry.
@@ -87,6 +91,41 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A receiver that changes whenever the registry does, so the node reconciles its streams.
     fn registry_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// The nodes of the cluster, ordered by id.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the shared state cannot be read.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, BackendError>;
+
+    /// A page of the cluster's sockets, read from the shared state (never from other nodes).
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the shared state cannot be read.
+    async fn sockets(&self, query: &SocketQuery) -> Result<SocketPage, BackendError>;
+
+    /// One socket of the cluster, as the shared state knows it; `idle_after` decides its state.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the shared state cannot be read.
+    async fn socket(&self, id: SocketId, idle_after: std::time::Duration)
+    -> Result<Option<SocketRecord>, BackendError>;
+
+    /// Hands a runtime settings change to every other node (`K:ch:control`).
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when it could not be published.
+    async fn publish_runtime(&self, _patch: &RuntimePatch) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Runtime settings changes published by other nodes, for this node to apply.
+    fn runtime_changes(&self) -> tokio::sync::broadcast::Receiver<RuntimePatch>;
+
+    /// Lifecycle records waiting to be written to the shared state.
+    fn queue_depth(&self) -> usize {
+        0
+    }
 
     /// Whether the shared state answered recently (always, for a standalone node). A node is not
     /// ready while it is cut off from its cluster.

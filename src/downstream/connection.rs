@@ -16,13 +16,13 @@ use tokio::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::OwnedSemaphorePermit,
     time::Instant,
 };
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     framing::{self, FrameDecoder, FrameError},
+    listener::Admission,
     table::SocketTable,
 };
 use crate::{
@@ -65,7 +65,7 @@ pub struct Downstream {
 }
 
 /// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.
-pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePermit) {
+pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
     let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return; // The client is already gone; it was never a socket of ours.
     };
@@ -77,7 +77,6 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePer
         ctx.table.insert(socket.clone());
         ctx.backend.socket_opened(&socket);
         metrics::counter!(m::SOCKETS_OPENED).increment(1);
-        metrics::gauge!(m::SOCKETS_OPEN).increment(1.0);
         let (read, write) = stream.into_split();
         // Reader and writer run concurrently in this one task (one task per socket keeps an idle
         // socket small); each ends by closing the socket, which ends the other.
@@ -92,7 +91,6 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: OwnedSemaphorePer
         let reason = socket.close_reason().unwrap_or(CloseReason::ClientClosed);
         debug!(%reason, "socket closed");
         metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
-        metrics::gauge!(m::SOCKETS_OPEN).decrement(1.0);
         ctx.backend.socket_closed(&socket, reason);
         let closed = NodeEvent {
             event: Some(Event::Closed(SocketClosed {

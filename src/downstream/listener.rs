@@ -1,18 +1,56 @@
-//! The accept loop. `--max-connections` is a semaphore: a socket takes a permit when it is
-//! accepted and gives it back when it is gone. Beyond the limit a new socket is accepted and
-//! closed at once (counted), so the listen backlog never fills and nothing else is disturbed.
+//! The accept loop. `--max-connections` is a count of admitted sockets checked against the live
+//! setting (`PATCH /v1/runtime` changes it): a socket is admitted when it is accepted and leaves
+//! when it is gone. Beyond the limit a new socket is accepted and closed at once (counted), so
+//! the listen backlog never fills and nothing else is disturbed.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-
-use tokio::{
-    net::{TcpListener, TcpSocket},
-    sync::Semaphore,
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
+
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use super::connection::{self, Downstream};
-use crate::metrics as m;
+use crate::{metrics as m, settings::Settings};
+
+/// The sockets admitted under `--max-connections`. A cheap `Clone` handle.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// Sockets admitted and not yet gone.
+    admitted: Arc<AtomicUsize>,
+    /// Holds the limit.
+    settings: Arc<Settings>,
+}
+
+impl Limit {
+    /// No socket admitted yet; the limit is `settings.max_connections()`, read at every accept.
+    pub fn new(settings: Arc<Settings>) -> Self {
+        Self { admitted: Arc::default(), settings }
+    }
+
+    /// Admits a socket, unless the limit is reached.
+    pub fn try_admit(&self) -> Option<Admission> {
+        let max = self.settings.max_connections();
+        self.admitted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Admission(self.admitted.clone()))
+    }
+}
+
+/// A socket's place under `--max-connections`, given back when dropped.
+#[derive(Debug)]
+pub struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The listen backlog: room for a burst of connects while the accept loop catches up (the
 /// default of 1024 overflows when thousands of clients reconnect at once).
@@ -33,13 +71,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Accepts sockets until `stop` is cancelled, spawning each socket's task on `tracker`.
-pub async fn run(
-    listener: TcpListener,
-    ctx: Downstream,
-    limit: Arc<Semaphore>,
-    tracker: TaskTracker,
-    stop: CancellationToken,
-) {
+pub async fn run(listener: TcpListener, ctx: Downstream, limit: Limit, tracker: TaskTracker, stop: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "accepting sockets");
     }
@@ -50,11 +82,11 @@ pub async fn run(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, remote)) => match limit.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tracker.spawn(connection::serve(ctx.clone(), stream, permit));
+            Ok((stream, remote)) => match limit.try_admit() {
+                Some(admission) => {
+                    tracker.spawn(connection::serve(ctx.clone(), stream, admission));
                 }
-                Err(_) => {
+                None => {
                     debug!(client.addr = %remote, "max connections reached; socket refused");
                     metrics::counter!(m::SOCKETS_REFUSED).increment(1);
                     drop(stream);

@@ -21,13 +21,18 @@ pub async fn run(upstream: Arc<Upstream>, channel: Channel, interval: Duration, 
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout = interval.max(MIN_CHECK_TIMEOUT);
+    let latency = metrics::histogram!(crate::metrics::UPSTREAM_LATENCY, "upstream" => upstream.id.clone());
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
         let request = HealthCheckRequest { service: UPSTREAM_SERVICE.to_owned() };
+        let started = std::time::Instant::now();
         let answer = tokio::time::timeout(timeout, client.check(request)).await;
+        if matches!(answer, Ok(Ok(_))) {
+            latency.record(started.elapsed().as_secs_f64());
+        }
         let verdict = match answer {
             Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
             Ok(Ok(response)) => Err(format!("health status {}", response.get_ref().status)),

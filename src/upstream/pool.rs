@@ -53,6 +53,11 @@ impl Upstream {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Events waiting in its queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Whether its stream is open.
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::Acquire)

@@ -4,7 +4,8 @@
 //! - `K:ch:node:{node}`: [`BusMessage::Command`] for a socket that node holds, and
 //!   [`BusMessage::Receipt`] answering a command that node sent.
 //! - `K:ch:broadcast`: [`BusMessage::Broadcast`], applied by every node but its origin.
-//! - `K:ch:control`: [`BusMessage::Control`]: the upstream registry or the runtime settings changed.
+//! - `K:ch:control`: [`BusMessage::Control`] (the upstream registry changed; so does any message
+//!   that is not a bus message, e.g. one typed in `redis-cli`) and [`BusMessage::Runtime`].
 //!
 //! A payload that does not decode is counted and logged, and affects nothing else.
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     command::{Broadcast, Command, Receipt, Scope},
     proto,
+    settings::RuntimePatch,
     socket::{CloseReason, Labels},
 };
 
@@ -40,6 +42,9 @@ pub enum BusMessage {
         status: i32,
         /// Why, when not OK.
         detail: String,
+        /// The socket refused it (see `Receipt::refused`); absent from older nodes' receipts.
+        #[serde(default)]
+        refused: bool,
     },
     /// A broadcast for every node but `origin` (which applied it already).
     Broadcast {
@@ -54,8 +59,15 @@ pub enum BusMessage {
     },
     /// Something shared changed; every node re-reads it.
     Control {
-        /// What changed: `upstreams` or `runtime`.
+        /// What changed: `upstreams`.
         what: String,
+    },
+    /// Runtime settings for every node but `origin` (which applied them already).
+    Runtime {
+        /// The node that published it.
+        origin: String,
+        /// The change.
+        patch: RuntimePatch,
     },
 }
 
@@ -158,7 +170,7 @@ impl BusMessage {
 
     /// A receipt message.
     pub fn receipt(request: u64, receipt: Receipt) -> Self {
-        Self::Receipt { request, status: receipt.status as i32, detail: receipt.detail }
+        Self::Receipt { request, status: receipt.status as i32, detail: receipt.detail, refused: receipt.refused }
     }
 }
 
@@ -177,9 +189,9 @@ pub fn broadcast_from_wire(scope: i32, selector: Labels, payload: Bytes) -> Resu
 }
 
 /// A receipt from the bus.
-pub fn receipt_from_wire(status: i32, detail: String) -> Receipt {
+pub fn receipt_from_wire(status: i32, detail: String, refused: bool) -> Receipt {
     let status = proto::Status::try_from(status).unwrap_or(proto::Status::Failed);
-    Receipt { status, detail }
+    Receipt { status, detail, refused }
 }
 
 #[cfg(test)]

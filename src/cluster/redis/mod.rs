@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use deadpool_redis::Pool;
 use futures_util::StreamExt;
 use redis::{AsyncCommands, Script};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -36,23 +36,33 @@ use self::{
     keys::Keys,
     records::{Record, RecordWriter, SharedConn, pool_error, timed},
 };
-use super::{Backend, BackendError, Counter, UpstreamEntry};
+use super::{
+    Backend, BackendError, Counter, UpstreamEntry,
+    view::{self, NodeRecord, SocketPage, SocketQuery, SocketRecord},
+};
 use crate::{
     command::{Broadcast, Command, Dispatcher, Receipt},
     config::Config,
     metrics as m,
-    socket::{CloseReason, SocketState, unix_ms},
+    settings::RuntimePatch,
+    socket::{CloseReason, SocketId, SocketState, unix_ms},
 };
 
 /// How often a node refreshes its heartbeat and looks for dead nodes.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a node waits for the owner's receipt of a command it forwarded.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Runtime settings changes held for the node to apply; more at once is an operator's loop.
+const RUNTIME_BACKLOG: usize = 64;
+/// Socket ids fetched from `K:sockets` per round trip while listing.
+const LIST_BATCH: usize = 500;
 /// Pause before reconnecting the bus subscriber.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(500);
 
 /// `redis/reap.lua`.
 const REAP_LUA: &str = include_str!("../../../redis/reap.lua");
+/// `redis/touch.lua`.
+const TOUCH_LUA: &str = include_str!("../../../redis/touch.lua");
 
 /// A node's view of the cluster, through Redis. Created by [`RedisBackend::connect`].
 pub struct RedisBackend {
@@ -100,6 +110,8 @@ pub struct RedisBackend {
     reachable: AtomicBool,
     /// Wakes the resync early (the node found it was reaped, or Redis came back empty).
     resync_now: Notify,
+    /// Runtime settings changes from other nodes.
+    runtime: broadcast::Sender<RuntimePatch>,
 }
 
 impl RedisBackend {
@@ -149,6 +161,7 @@ impl RedisBackend {
             resync_now: Notify::new(),
             reachable: AtomicBool::new(false),
             known_upstreams: Mutex::default(),
+            runtime: broadcast::Sender::new(RUNTIME_BACKLOG),
         });
         let stop = backend.stop.child_token();
         backend.tracker.spawn(writer.run(stop).instrument(info_span!("records")));
@@ -181,6 +194,7 @@ impl RedisBackend {
             }
             if !self.reachable.swap(true, Ordering::AcqRel) {
                 info!("Redis reachable");
+                metrics::counter!(m::REDIS_RECONNECTS).increment(1);
             }
             if let Err(e) = timed(self.reap_dead()).await {
                 warn!(error = %e, "reaping failed");
@@ -271,12 +285,15 @@ impl RedisBackend {
         Ok((added, removed))
     }
 
-    /// Refreshes `last_seen` of the sockets that talked, every quarter of `--idle-after`, in one
-    /// pipeline: state filters read from Redis are exact to within that.
+    /// Refreshes `last_seen` and the counters of the sockets that talked or were written to,
+    /// every quarter of `--idle-after`, in one pipeline: state filters and counters read from
+    /// Redis are exact to within that.
     async fn touch_loop(self: Arc<Self>) {
         let mut ticker = tokio::time::interval((self.idle_after / 4).max(Duration::from_millis(250)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut written: HashMap<crate::socket::SocketId, i64> = HashMap::new();
+        // What was last written per socket: (`last_seen`, messages out).
+        let mut written: HashMap<crate::socket::SocketId, (i64, u64)> = HashMap::new();
+        let touch_sha = Script::new(TOUCH_LUA).get_hash().to_owned();
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => break,
@@ -287,12 +304,15 @@ impl RedisBackend {
             let live: HashSet<crate::socket::SocketId> = sockets.iter().map(|s| s.id).collect();
             written.retain(|id, _| live.contains(id));
             let mut pipe = redis::pipe();
+            // Loaded in the same pipeline, so a Redis that restarted empty still has it.
+            pipe.cmd("SCRIPT").arg("LOAD").arg(TOUCH_LUA).ignore();
             let mut changed = Vec::new();
             for s in &sockets {
-                let seen = s.last_seen_ms();
-                if written.get(&s.id).is_none_or(|w| *w < seen) && seen > s.connected_at_ms {
-                    pipe.cmd("HSET").arg(self.keys.socket(&s.id_str)).arg("last_seen").arg(seen).ignore();
-                    changed.push((s.id, seen));
+                let now = (s.last_seen_ms(), s.messages_out.load(Ordering::Relaxed));
+                let before = written.get(&s.id).copied().unwrap_or((s.connected_at_ms, 0));
+                if now != before {
+                    touch(&mut pipe, &touch_sha, &self.keys.socket(&s.id_str), s);
+                    changed.push((s.id, now));
                 }
             }
             if changed.is_empty() {
@@ -358,9 +378,7 @@ impl RedisBackend {
                             };
                             let Some(message) = message else { break };
                             if message.get_channel_name() == control {
-                                // Any message on the control channel, even one typed by hand
-                                // in redis-cli, means "re-read the registry".
-                                self.registry.send_modify(|v| *v += 1);
+                                self.on_control(message.get_payload_bytes());
                                 continue;
                             }
                             self.on_bus(message.get_payload_bytes());
@@ -376,6 +394,21 @@ impl RedisBackend {
                 () = self.stop.cancelled() => return,
                 () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
             }
+        }
+    }
+
+    /// Handles a message on the control channel: runtime settings from another node are
+    /// applied; anything else, even a message typed by hand in `redis-cli`, means "re-read the
+    /// registry".
+    fn on_control(&self, payload: &[u8]) {
+        match BusMessage::decode(payload) {
+            Ok(BusMessage::Runtime { origin, patch }) => {
+                if origin != self.node {
+                    info!(from = %origin, "runtime settings changed by another node");
+                    let _ = self.runtime.send(patch);
+                }
+            }
+            _ => self.registry.send_modify(|v| *v += 1),
         }
     }
 
@@ -403,10 +436,10 @@ impl RedisBackend {
                     this.publish(&this.keys.node_channel(&reply_to), BusMessage::receipt(request, receipt)).await
                 });
             }
-            BusMessage::Receipt { request, status, detail } => {
+            BusMessage::Receipt { request, status, detail, refused } => {
                 let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
                 if let Some(tx) = waiting {
-                    let _ = tx.send(bus::receipt_from_wire(status, detail));
+                    let _ = tx.send(bus::receipt_from_wire(status, detail, refused));
                 }
             }
             BusMessage::Broadcast { origin, scope, selector, payload } if origin != self.node => {
@@ -418,7 +451,7 @@ impl RedisBackend {
                     (_, None) => {}
                 }
             }
-            BusMessage::Broadcast { .. } => {}
+            BusMessage::Broadcast { .. } | BusMessage::Runtime { .. } => {}
             BusMessage::Control { .. } => self.registry.send_modify(|v| *v += 1),
         }
     }
@@ -553,6 +586,57 @@ impl Backend for RedisBackend {
         self.registry.subscribe()
     }
 
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, BackendError> {
+        within(async {
+            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+            let beats: Vec<(String, i64)> =
+                conn.zrange_withscores(self.keys.nodes(), 0, -1).await.map_err(unavailable)?;
+            let mut pipe = redis::pipe();
+            for (node, _) in &beats {
+                pipe.hgetall(self.keys.node(node));
+            }
+            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut *conn).await.map_err(unavailable)?;
+            let now = unix_ms();
+            let mut nodes: Vec<NodeRecord> =
+                beats.into_iter().zip(hashes).map(|((id, beat), h)| node_record(id, now - beat, &h)).collect();
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(nodes)
+        })
+        .await
+    }
+
+    async fn sockets(&self, query: &SocketQuery) -> Result<SocketPage, BackendError> {
+        within(async {
+            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+            list_sockets(&mut conn, &self.keys, query).await.map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn socket(&self, id: SocketId, idle_after: Duration) -> Result<Option<SocketRecord>, BackendError> {
+        within(async {
+            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
+            let id = id.to_string();
+            let hash: HashMap<String, String> = conn.hgetall(self.keys.socket(&id)).await.map_err(unavailable)?;
+            Ok(SocketRecord::from_hash(&id, &hash, idle_after))
+        })
+        .await
+    }
+
+    async fn publish_runtime(&self, patch: &RuntimePatch) -> Result<(), BackendError> {
+        let message = BusMessage::Runtime { origin: self.node.clone(), patch: patch.clone() };
+        within(async { self.publish(&self.keys.control_channel(), message).await.map(|_| ()).map_err(unavailable) })
+            .await
+    }
+
+    fn runtime_changes(&self) -> broadcast::Receiver<RuntimePatch> {
+        self.runtime.subscribe()
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.records.max_capacity() - self.records.capacity()
+    }
+
     fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Acquire)
     }
@@ -612,4 +696,103 @@ async fn within<T>(op: impl Future<Output = Result<T, BackendError>>) -> Result<
 
 fn unavailable(e: redis::RedisError) -> BackendError {
     BackendError::Unavailable(e.to_string())
+}
+
+/// Refreshes a socket's `last_seen` and counters in its hash, if the hash is there (a socket
+/// whose record was not written yet, or was just removed, is left to the record writer).
+fn touch(pipe: &mut redis::Pipeline, sha: &str, key: &str, s: &SocketState) {
+    let fields = [
+        ("last_seen", s.last_seen_ms().to_string()),
+        ("messages_in", s.messages_in.load(Ordering::Relaxed).to_string()),
+        ("bytes_in", s.bytes_in.load(Ordering::Relaxed).to_string()),
+        ("messages_out", s.messages_out.load(Ordering::Relaxed).to_string()),
+        ("bytes_out", s.bytes_out.load(Ordering::Relaxed).to_string()),
+    ];
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha).arg(1).arg(key);
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    pipe.add_command(cmd).ignore();
+}
+
+/// A node's record from its `K:nodes` heartbeat age and its `K:node:{node}` hash.
+fn node_record(id: String, heartbeat_age_ms: i64, h: &HashMap<String, String>) -> NodeRecord {
+    let text = |k: &str| h.get(k).cloned().unwrap_or_default();
+    NodeRecord {
+        id,
+        listen: text("listen"),
+        admin: text("admin"),
+        started_at: h.get("started_at").and_then(|v| v.parse().ok()).unwrap_or(0),
+        version: text("version"),
+        sockets: h.get("sockets").and_then(|v| v.parse().ok()).unwrap_or(0),
+        heartbeat_age_ms,
+        draining: h.get("draining").is_some_and(|v| v == "1"),
+    }
+}
+
+/// A page of sockets from `K:sockets` (ordered by `connected_at`, then id: id order, since an
+/// id's timestamp is its `connected_at`), their records read in one pipeline per batch.
+async fn list_sockets(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    query: &SocketQuery,
+) -> Result<SocketPage, redis::RedisError> {
+    // The position: after (`min`, `after`). `skip` passes over entries of score `min` up to
+    // `after` when a whole batch holds nothing else (many sockets in one millisecond).
+    let (mut min, mut after) = match query.after {
+        Some(id) => (Some(id.unix_ms()), Some(id.to_string())),
+        None => (None, None),
+    };
+    let mut skip = 0;
+    let mut page = Vec::new();
+    let mut scanned = 0;
+    let mut last_scanned: Option<String> = None;
+    loop {
+        let batch: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(keys.sockets())
+            .arg(min.map_or_else(|| "-inf".to_owned(), |m| m.to_string()))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(skip)
+            .arg(LIST_BATCH)
+            .arg("WITHSCORES")
+            .query_async(&mut **conn)
+            .await?;
+        let exhausted = batch.len() < LIST_BATCH;
+        let batch_last = batch.last().cloned();
+        let fresh: Vec<String> = batch
+            .into_iter()
+            .filter(|(id, score)| min.is_none_or(|m| *score > m) || after.as_ref().is_none_or(|a| id > a))
+            .map(|(id, _)| id)
+            .collect();
+        let mut pipe = redis::pipe();
+        for id in &fresh {
+            pipe.hgetall(keys.socket(id));
+        }
+        let hashes: Vec<HashMap<String, String>> =
+            if fresh.is_empty() { Vec::new() } else { pipe.query_async(&mut **conn).await? };
+        let progressed = !fresh.is_empty();
+        for (id, hash) in fresh.into_iter().zip(hashes) {
+            if page.len() == query.limit || (query.filtered() && scanned == view::SCAN_BUDGET) {
+                return Ok(SocketPage { sockets: page, next_cursor: last_scanned });
+            }
+            scanned += 1;
+            if let Some(record) = SocketRecord::from_hash(&id, &hash, query.idle_after)
+                && query.matches(&record)
+            {
+                page.push(record);
+            }
+            last_scanned = Some(id);
+        }
+        let Some((last_id, last_score)) = batch_last.filter(|_| !exhausted) else {
+            return Ok(SocketPage { sockets: page, next_cursor: None });
+        };
+        if progressed {
+            (min, after, skip) = (Some(last_score), Some(last_id), 0);
+        } else {
+            skip += LIST_BATCH;
+        }
+    }
 }

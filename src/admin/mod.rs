@@ -1,0 +1,132 @@
+//! The admin HTTP API (axum), on every node (DESIGN §5). Cluster-wide answers are read from the
+//! backend (Redis in cluster mode), never by asking every node; commands go through the same
+//! dispatcher as upstreams' commands.
+//!
+//! - `GET /healthz`, `GET /readyz` (no token needed), `GET /metrics` (Prometheus text)
+//! - `GET /v1/nodes`
+//! - `GET /v1/sockets`, `GET|DELETE /v1/sockets/{id}`, `POST /v1/sockets/{id}/messages`,
+//!   `PATCH /v1/sockets/{id}/labels`, `POST /v1/broadcast`
+//! - `GET|POST /v1/upstreams`, `DELETE /v1/upstreams/{id}`
+//! - `GET|PATCH /v1/runtime`, `POST /v1/drain`
+//! - `GET /v1/openapi.json`: generated from the handlers below (utoipa), so it lists exactly the
+//!   routes served.
+//!
+//! Every error is JSON `{ "error": "…" }`; bodies are limited to twice `--max-frame` (plus room
+//! for JSON), requests to [`REQUEST_TIMEOUT`], and at most [`MAX_CONCURRENT`] run at once.
+
+mod auth;
+pub mod error;
+mod ops;
+mod sockets;
+mod upstreams;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, middleware};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+use tracing::{info, warn};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::Node;
+
+/// Longest a request may take, body included; a slower one is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most requests served at once; more wait (and time out).
+pub const MAX_CONCURRENT: usize = 256;
+/// Room for JSON around a payload in a request body.
+const BODY_SLACK: usize = 64 << 10;
+
+/// What every handler gets. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node serving the API.
+    node: Node,
+    /// `--admin-token`.
+    token: Option<Arc<str>>,
+    /// The OpenAPI document, rendered once.
+    openapi: Arc<str>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "PersistentParadoxPlex admin API", description = "The operator's interface of a PersistentParadoxPlex node: cluster-wide sockets, commands, upstreams, runtime settings."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme the protected routes name.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API's routes and its OpenAPI document, from one list of handlers.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi, Router<AppState>) {
+    let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::nodes))
+        .routes(routes!(sockets::list))
+        .routes(routes!(sockets::get, sockets::close))
+        .routes(routes!(sockets::send))
+        .routes(routes!(sockets::labels))
+        .routes(routes!(sockets::broadcast))
+        .routes(routes!(upstreams::list, upstreams::add))
+        .routes(routes!(upstreams::remove))
+        .routes(routes!(ops::runtime, ops::patch_runtime))
+        .routes(routes!(ops::drain))
+        .routes(routes!(ops::openapi));
+    let public = OpenApiRouter::new().routes(routes!(ops::healthz)).routes(routes!(ops::readyz));
+    let (protected, mut api) = protected.split_for_parts();
+    let (public, public_api) = public.split_for_parts();
+    api.merge(public_api);
+    (protected, api, public)
+}
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The admin API of `node`, ready to serve.
+pub fn app(node: Node) -> Router {
+    let (protected, api, public) = routes();
+    let openapi: Arc<str> = api.to_pretty_json().unwrap_or_default().into();
+    let token = node.config().admin_token.as_deref().map(Arc::from);
+    let body_limit = node.config().max_frame.saturating_mul(2).saturating_add(BODY_SLACK);
+    let state = AppState { node, token, openapi };
+    let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    protected
+        .merge(public)
+        .fallback(ops::not_found)
+        .with_state(state)
+        .layer(middleware::map_response(error::json_errors))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
+        .layer(DefaultBodyLimit::max(body_limit))
+}
+
+/// Serves the admin API of `node` on `listener` until `stop` is cancelled.
+pub async fn serve(node: Node, listener: TcpListener, stop: CancellationToken) {
+    let addr = listener.local_addr().ok();
+    if node.config().admin_insecure && node.config().admin_token.is_none() {
+        warn!("--admin-insecure: the admin API is served without a token");
+    }
+    info!(admin = ?addr, "admin API listening");
+    let app = app(node);
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+        warn!(error = %e, "admin API stopped");
+    }
+}

@@ -1,0 +1,227 @@
+//! Sockets: the cluster-wide listing, one socket, and the commands (close, send, labels,
+//! broadcast), carried out by the same dispatcher as upstreams' commands.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, RawQuery, State},
+    http::StatusCode,
+    response::Response,
+};
+use base64::Engine;
+use serde::Deserialize;
+
+use super::{
+    AppState,
+    error::{Accepted, ApiError, ErrorBody, receipt_response},
+};
+use crate::{
+    cluster::view::{self, SocketPage, SocketQuery, SocketRecord, SocketStateFilter},
+    command::{Broadcast, Command, Scope},
+    socket::{CloseReason, Labels, SocketId, validate_labels},
+};
+
+/// Parses a socket id from the path.
+fn socket_id(id: &str) -> Result<SocketId, ApiError> {
+    id.parse().map_err(|_| ApiError::bad_request(format!("`{}` is not a socket id (a UUID)", clip(id))))
+}
+
+/// At most 64 characters of a peer's text, for an error message.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Lists the cluster's sockets, in connect order, a page at a time.
+#[utoipa::path(get, path = "/v1/sockets", tag = "sockets", security(("bearer" = [])), params(
+    ("node" = Option<String>, Query, description = "Only this node's sockets"),
+    ("state" = Option<SocketStateFilter>, Query, description = "`active` or `inactive` (by `--idle-after` of the node answering)"),
+    ("label" = Option<Vec<String>>, Query, description = "`name=value`; repeat for more, all must match"),
+    ("limit" = Option<usize>, Query, description = "Sockets per page, 1 to 1000 (default 100)"),
+    ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+), responses(
+    (status = 200, body = SocketPage, description = "With filters a page may hold fewer than `limit` sockets: go on while `next_cursor` is not null"),
+    (status = 400, body = ErrorBody),
+    (status = 503, body = ErrorBody, description = "Redis is not reachable"),
+))]
+pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<SocketPage>, ApiError> {
+    let mut query = parse_query(raw.as_deref().unwrap_or(""))?;
+    query.idle_after = state.node.settings().idle_after();
+    Ok(Json(state.node.backend().sockets(&query).await?))
+}
+
+/// Parses `/v1/sockets`' query (by hand: `label` may repeat).
+fn parse_query(raw: &str) -> Result<SocketQuery, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw).map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let mut q = SocketQuery { limit: view::DEFAULT_PAGE, ..SocketQuery::default() };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "node" => q.node = Some(v),
+            "state" => {
+                q.state = Some(match v.as_str() {
+                    "active" => SocketStateFilter::Active,
+                    "inactive" => SocketStateFilter::Inactive,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "state `{}` is not `active` or `inactive`",
+                            clip(&v)
+                        )));
+                    }
+                });
+            }
+            "label" => {
+                let Some((name, value)) = v.split_once('=').filter(|(n, _)| !n.is_empty()) else {
+                    return Err(ApiError::bad_request(format!("label `{}` is not `name=value`", clip(&v))));
+                };
+                q.labels.insert(name.to_owned(), value.to_owned());
+            }
+            "limit" => {
+                q.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=view::MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {}", view::MAX_PAGE)))?;
+            }
+            "cursor" => {
+                let id = v.parse().map_err(|_| ApiError::bad_request(format!("cursor `{}` is not valid", clip(&v))))?;
+                q.after = Some(id);
+            }
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{}`", clip(other)))),
+        }
+    }
+    Ok(q)
+}
+
+/// One socket, wherever it lives (exact when this node holds it; else from Redis).
+#[utoipa::path(get, path = "/v1/sockets/{id}", tag = "sockets", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Socket id")), responses(
+    (status = 200, body = SocketRecord),
+    (status = 400, body = ErrorBody),
+    (status = 404, body = ErrorBody),
+    (status = 503, body = ErrorBody, description = "Redis is not reachable"),
+))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<SocketRecord>, ApiError> {
+    let id = socket_id(&id)?;
+    let node = &state.node;
+    let idle_after = node.settings().idle_after();
+    if let Some(s) = node.sockets().get(id) {
+        return Ok(Json(SocketRecord::local(node.node_id(), &s, idle_after)));
+    }
+    let found = node.backend().socket(id, idle_after).await?;
+    found.map(Json).ok_or_else(|| ApiError::not_found(format!("no socket {id}")))
+}
+
+/// Closes a socket (reason `admin`), wherever it lives; its queued messages are written first.
+#[utoipa::path(delete, path = "/v1/sockets/{id}", tag = "sockets", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Socket id")), responses(
+    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
+))]
+pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let socket = socket_id(&id)?;
+    tracing::info!(socket.id = %socket, "admin: close");
+    let command = Command::Close { socket, reason: CloseReason::Admin, detail: "closed by an admin".to_owned() };
+    Ok(receipt_response(state.node.execute(&command).await))
+}
+
+/// Writes the request body (the payload bytes) to a socket, wherever it lives.
+#[utoipa::path(post, path = "/v1/sockets/{id}/messages", tag = "sockets", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Socket id")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The payload bytes"),
+    responses(
+    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "The socket is closing, or its write queue is full"),
+    (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),
+    (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
+))]
+pub async fn send(State(state): State<AppState>, Path(id): Path<String>, payload: Bytes) -> Result<Response, ApiError> {
+    let socket = socket_id(&id)?;
+    check_size(&state, payload.len())?;
+    Ok(receipt_response(state.node.execute(&Command::Send { socket, payload }).await))
+}
+
+fn check_size(state: &AppState, len: usize) -> Result<(), ApiError> {
+    let max = state.node.config().max_frame;
+    if len > max {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the payload is {len} bytes; --max-frame is {max}"),
+        });
+    }
+    Ok(())
+}
+
+/// `PATCH /v1/sockets/{id}/labels`' query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceParam {
+    /// Replace all labels instead of merging (in a merge, an empty value removes a label).
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// Merges (or replaces) a socket's labels, wherever it lives.
+#[utoipa::path(patch, path = "/v1/sockets/{id}/labels", tag = "sockets", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Socket id"), ReplaceParam),
+    request_body(content = std::collections::HashMap<String, String>, description = "Label name → value"),
+    responses(
+    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "The result would exceed the label limits"),
+    (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
+))]
+pub async fn labels(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ReplaceParam>,
+    Json(labels): Json<Labels>,
+) -> Result<Response, ApiError> {
+    let socket = socket_id(&id)?;
+    validate_labels(&labels).map_err(ApiError::bad_request)?;
+    Ok(receipt_response(state.node.execute(&Command::SetLabels { socket, labels, replace: q.replace }).await))
+}
+
+/// `POST /v1/broadcast`'s body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastBody {
+    /// `all` (default), `active` or `inactive`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Labels that must all match.
+    #[serde(default)]
+    pub selector: Labels,
+    /// The payload as UTF-8 text.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// The payload as base64 (arbitrary bytes), instead of `payload`.
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+}
+
+/// Writes a payload to every matching socket of the cluster.
+#[utoipa::path(post, path = "/v1/broadcast", tag = "sockets", security(("bearer" = [])), request_body = BroadcastBody,
+    responses(
+    (status = 202, body = Accepted), (status = 400, body = ErrorBody),
+    (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),
+    (status = 503, body = ErrorBody, description = "It reached only this node"),
+))]
+pub async fn broadcast(State(state): State<AppState>, Json(body): Json<BroadcastBody>) -> Result<Response, ApiError> {
+    let scope = match body.scope.as_deref().unwrap_or("all") {
+        "all" => Scope::All,
+        "active" => Scope::Active,
+        "inactive" => Scope::Inactive,
+        other => return Err(ApiError::bad_request(format!("scope `{}` is not all, active or inactive", clip(other)))),
+    };
+    let payload = match (body.payload, body.payload_base64) {
+        (Some(text), None) => Bytes::from(text),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map(Bytes::from)
+            .map_err(|e| ApiError::bad_request(format!("payload_base64 is not base64: {e}")))?,
+        _ => return Err(ApiError::bad_request("give exactly one of `payload` and `payload_base64`")),
+    };
+    check_size(&state, payload.len())?;
+    tracing::info!(?scope, bytes = payload.len(), "admin: broadcast");
+    let command = Command::Broadcast(Broadcast { scope, selector: body.selector, payload });
+    Ok(receipt_response(state.node.execute(&command).await))
+}

@@ -1,0 +1,126 @@
+//! The shared upstream registry: list (with this node's view of each), add, remove.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+};
+
+/// Longest upstream id.
+const MAX_ID: usize = 128;
+
+/// An upstream as this node sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UpstreamView {
+    /// Its id in the registry.
+    pub id: String,
+    /// Its gRPC URI.
+    pub uri: String,
+    /// Health says SERVING (as this node sees it).
+    pub ready: bool,
+    /// This node's `Connect` stream to it is open.
+    pub open: bool,
+    /// The last error this node saw on its stream or health check.
+    pub last_error: Option<String>,
+    /// Events this node handed to it.
+    pub messages_sent: u64,
+}
+
+/// `GET /v1/upstreams`' answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Upstreams {
+    /// The registry, by id.
+    pub upstreams: Vec<UpstreamView>,
+}
+
+/// The cluster's upstream registry, with each upstream's state as this node sees it.
+#[utoipa::path(get, path = "/v1/upstreams", tag = "upstreams", security(("bearer" = [])), responses(
+    (status = 200, body = Upstreams),
+    (status = 503, body = ErrorBody, description = "Redis is not reachable"),
+))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Upstreams>, ApiError> {
+    let registry = state.node.backend().upstreams().await?;
+    let pool = state.node.upstreams();
+    let upstreams = registry
+        .into_iter()
+        .map(|e| {
+            let seen = pool.get(&e.id).filter(|u| u.uri == e.uri);
+            UpstreamView {
+                ready: seen.as_ref().is_some_and(|u| u.is_ready()),
+                open: seen.as_ref().is_some_and(|u| u.is_open()),
+                last_error: seen.as_ref().and_then(|u| u.last_error()),
+                messages_sent: seen.map_or(0, |u| u.messages_sent.load(std::sync::atomic::Ordering::Relaxed)),
+                id: e.id,
+                uri: e.uri,
+            }
+        })
+        .collect();
+    Ok(Json(Upstreams { upstreams }))
+}
+
+/// `POST /v1/upstreams`' body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUpstream {
+    /// Its id (letters, digits, `.`, `_`, `-`, `:`); default: the URI's `host:port`. An
+    /// existing id is re-pointed.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Its gRPC URI, `http://host:port`.
+    pub uri: String,
+}
+
+/// `POST /v1/upstreams`' answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UpstreamEntryView {
+    /// Its id.
+    pub id: String,
+    /// Its URI.
+    pub uri: String,
+}
+
+/// Adds an upstream to the cluster's registry; every node starts streaming to it.
+#[utoipa::path(post, path = "/v1/upstreams", tag = "upstreams", security(("bearer" = [])), request_body = NewUpstream,
+    responses(
+    (status = 201, body = UpstreamEntryView), (status = 400, body = ErrorBody),
+    (status = 503, body = ErrorBody, description = "Redis is not reachable"),
+))]
+pub async fn add(
+    State(state): State<AppState>,
+    Json(body): Json<NewUpstream>,
+) -> Result<(StatusCode, Json<UpstreamEntryView>), ApiError> {
+    if let Some(id) = &body.id
+        && (id.is_empty()
+            || id.len() > MAX_ID
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+    {
+        return Err(ApiError::bad_request(format!(
+            "an upstream id is 1 to {MAX_ID} letters, digits, '.', '_', '-' or ':'"
+        )));
+    }
+    tracing::info!(uri = %body.uri, "admin: add upstream");
+    let entry = state.node.add_upstream(body.id, body.uri).await?;
+    Ok((StatusCode::CREATED, Json(UpstreamEntryView { id: entry.id, uri: entry.uri })))
+}
+
+/// Removes an upstream from the cluster's registry; every node stops streaming to it (its queued
+/// events go to the others).
+#[utoipa::path(delete, path = "/v1/upstreams/{id}", tag = "upstreams", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Upstream id")), responses(
+    (status = 204, description = "Removed"), (status = 404, body = ErrorBody),
+    (status = 503, body = ErrorBody, description = "Redis is not reachable"),
+))]
+pub async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    tracing::info!(upstream = %id, "admin: remove upstream");
+    if state.node.remove_upstream(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no upstream `{}`", id.chars().take(64).collect::<String>())))
+    }
+}

@@ -1,0 +1,71 @@
+//! Logging: `tracing` with a filter (`RUST_LOG` syntax) that the admin API can change at run time.
+
+use std::sync::Mutex;
+
+use tracing_subscriber::{EnvFilter, Layer, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt};
+
+use crate::config::LogFormat;
+
+/// Changes the process's log filter.
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// The log filter of the process: what it is now, and how to change it.
+pub struct LogFilter {
+    /// The filter in force, as written.
+    current: Mutex<String>,
+    /// Swaps the filter of the installed subscriber; `None` when no subscriber of ours is
+    /// installed (a node embedded in tests or another program): the filter is then only kept.
+    reload: Option<Reload>,
+}
+
+impl std::fmt::Debug for LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogFilter").field("current", &self.current()).finish()
+    }
+}
+
+impl LogFilter {
+    /// A filter that is only kept, for a node whose process installed its own subscriber.
+    pub fn detached(filter: &str) -> Self {
+        Self { current: Mutex::new(filter.to_owned()), reload: None }
+    }
+
+    /// The filter in force.
+    pub fn current(&self) -> String {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the filter.
+    ///
+    /// # Errors
+    /// A message when `filter` is not valid `RUST_LOG` syntax; nothing changes then.
+    pub fn set(&self, filter: &str) -> Result<(), String> {
+        let parsed = parse(filter)?;
+        if let Some(reload) = &self.reload {
+            reload(parsed)?;
+        }
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = filter.to_owned();
+        tracing::info!(filter, "log filter changed");
+        Ok(())
+    }
+}
+
+fn parse(filter: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder().parse(filter).map_err(|e| format!("log filter `{filter}` is not valid: {e}"))
+}
+
+/// Installs the process's subscriber, writing to stderr in `format`, filtered by `RUST_LOG`
+/// (default `info`); returns the handle that changes the filter.
+pub fn init(format: LogFormat) -> LogFilter {
+    let initial = std::env::var("RUST_LOG").ok().filter(|f| parse(f).is_ok()).unwrap_or_else(|| "info".to_owned());
+    let (filter, handle) = reload::Layer::<EnvFilter, Registry>::new(parse(&initial).unwrap_or_default());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    let reload: Reload =
+        Box::new(move |f| handle.reload(f).map_err(|e| format!("could not change the log filter: {e}")));
+    LogFilter { current: Mutex::new(initial), reload: Some(reload) }
+}
