@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -11,6 +11,7 @@ use std::{
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::{
     config::{self, Balance, Config},
@@ -32,6 +33,9 @@ pub struct Settings {
     max_connections: AtomicUsize,
     /// The log filter (`RUST_LOG` syntax).
     log: Arc<LogFilter>,
+    /// Cancelled (and replaced) when `idle_timeout` changes, so sockets waiting on the old
+    /// deadline wake up and take the new one.
+    idle_changed: Mutex<CancellationToken>,
 }
 
 impl Settings {
@@ -43,6 +47,7 @@ impl Settings {
             balance: AtomicU8::new(0),
             max_connections: AtomicUsize::new(config.max_connections),
             log,
+            idle_changed: Mutex::default(),
         };
         s.set_idle_after(config.idle_after);
         s.set_idle_timeout(config.idle_timeout.0);
@@ -68,10 +73,18 @@ impl Settings {
         }
     }
 
-    /// Changes `idle_timeout`.
+    /// Changes `idle_timeout`; sockets waiting on the old deadline wake up.
     pub fn set_idle_timeout(&self, d: Option<Duration>) {
         let ms = d.map_or(0, |d| d.as_millis().max(1) as u64);
         self.idle_timeout_ms.store(ms, Ordering::Relaxed);
+        let mut token = self.idle_changed.lock().unwrap_or_else(|e| e.into_inner());
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+
+    /// Resolves when `idle_timeout` changes after this call.
+    pub fn idle_changed(&self) -> WaitForCancellationFutureOwned {
+        self.idle_changed.lock().unwrap_or_else(|e| e.into_inner()).clone().cancelled_owned()
     }
 
     /// How inbound events are spread over upstreams.

@@ -147,6 +147,9 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
     // Built once: building it per read would register and unregister a waiter every time.
     let closing = socket.closing.cancelled();
     tokio::pin!(closing);
+    // Likewise built once, and again only after `--idle-timeout` changed at run time.
+    let idle_changed = ctx.settings.idle_changed();
+    tokio::pin!(idle_changed);
     loop {
         let deadline = ctx.settings.idle_timeout().map(|t| idle_deadline(socket, t));
         tokio::select! {
@@ -156,6 +159,10 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
                 if ctx.settings.idle_timeout().is_some_and(|t| idle_deadline(socket, t) <= Instant::now()) {
                     return CloseReason::Idle;
                 }
+                continue;
+            }
+            () = &mut idle_changed => {
+                idle_changed.set(ctx.settings.idle_changed());
                 continue;
             }
             ready = read.readable() => if ready.is_err() { return CloseReason::ClientError },
