@@ -23,7 +23,8 @@ pub const BYTES_IN: &str = "ppp_bytes_in_total";
 /// Counter: outbound payload bytes.
 pub const BYTES_OUT: &str = "ppp_bytes_out_total";
 /// Counter: messages or events not delivered. Label `reason`: `slow_consumer`, `socket_closing`,
-/// `receipt_queue_full`, `upstream_gone`, `no_upstream`, `truncated_frame`.
+/// `receipt_queue_full`, `upstream_gone`, `no_upstream`, `truncated_frame`, `record_queue_full`,
+/// `bad_bus_message`.
 pub const MESSAGES_REFUSED: &str = "ppp_messages_refused_total";
 /// Counter: commands carried out. Labels `command`, `status` (`ok`, `unknown_socket`, `failed`).
 pub const COMMANDS: &str = "ppp_commands_total";
