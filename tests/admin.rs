@@ -375,3 +375,38 @@ async fn the_node_refuses_a_public_admin_listener_without_a_token() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     ppp::Node::start(insecure, listener).await.expect("--admin-insecure accepts the risk");
 }
+
+#[tokio::test]
+async fn slow_clients_and_large_bodies_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_up, admin) = standalone(true).await;
+    let addr = admin.base.trim_start_matches("http://").to_owned();
+
+    // A body that never finishes: 408 after the request timeout, as JSON.
+    let slow_body = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head =
+            "POST /v1/broadcast HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 4096];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut answer)).await.expect("an answer in time").unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    // Headers that never finish: the connection is closed after the header timeout.
+    let slow_headers = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest)).await.expect("closed in time").ok();
+    };
+    let (answer, ()) = tokio::join!(slow_body, slow_headers);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("{\"error\":"), "{answer}");
+
+    // Over the body limit (2 × --max-frame + 64 KiB), and over --max-frame.
+    let huge = "x".repeat(3 << 20);
+    admin.json(Method::POST, "/v1/broadcast", json!({ "payload": huge })).await.expect(413);
+    let large = "x".repeat((1 << 20) + 1);
+    admin.json(Method::POST, "/v1/broadcast", json!({ "payload": large })).await.expect(413);
+    admin.get("/healthz").await.expect(200);
+}

@@ -12,7 +12,8 @@
 //!   routes served.
 //!
 //! Every error is JSON `{ "error": "…" }`; bodies are limited to twice `--max-frame` (plus room
-//! for JSON), requests to [`REQUEST_TIMEOUT`], and at most [`MAX_CONCURRENT`] run at once.
+//! for JSON), headers to [`HEADER_TIMEOUT`], requests to [`REQUEST_TIMEOUT`], connections to
+//! [`MAX_CONNECTIONS`], and at most [`MAX_CONCURRENT`] requests run at once.
 
 mod auth;
 pub mod error;
@@ -23,7 +24,12 @@ mod upstreams;
 use std::{sync::Arc, time::Duration};
 
 use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, middleware};
-use tokio::net::TcpListener;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tracing::{info, warn};
@@ -39,6 +45,12 @@ use crate::Node;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most requests served at once; more wait (and time out).
 pub const MAX_CONCURRENT: usize = 256;
+/// Most admin connections open at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Longest a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Room for JSON around a payload in a request body.
 const BODY_SLACK: usize = 64 << 10;
 
@@ -112,21 +124,54 @@ pub fn app(node: Node) -> Router {
         .merge(public)
         .fallback(ops::not_found)
         .with_state(state)
-        .layer(middleware::map_response(error::json_errors))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        // Outermost, so that the timeout's answer is JSON too.
+        .layer(middleware::map_response(error::json_errors))
 }
 
-/// Serves the admin API of `node` on `listener` until `stop` is cancelled.
+/// Serves the admin API of `node` on `listener` until `stop` is cancelled, then lets requests
+/// in flight finish (up to [`REQUEST_TIMEOUT`]).
+///
+/// HTTP/1.1 through hyper directly rather than `axum::serve`, for what a server facing operators'
+/// networks needs and `axum::serve` lacks: a header read timeout (a client that trickles its
+/// headers is cut off after [`HEADER_TIMEOUT`]) and a cap on open connections.
 pub async fn serve(node: Node, listener: TcpListener, stop: CancellationToken) {
-    let addr = listener.local_addr().ok();
     if node.config().admin_insecure && node.config().admin_token.is_none() {
         warn!("--admin-insecure: the admin API is served without a token");
     }
-    info!(admin = ?addr, "admin API listening");
+    info!(admin = ?listener.local_addr().ok(), "admin API listening");
     let app = app(node);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-        warn!(error = %e, "admin API stopped");
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!("admin API: {MAX_CONNECTIONS} connections open; connection refused");
+            continue;
+        };
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(REQUEST_TIMEOUT, graceful.shutdown()).await.is_err() {
+        warn!("admin API: requests still running at shutdown were cut off");
     }
 }
