@@ -74,12 +74,16 @@ async fn demo(mut config: config::Config, log: Arc<LogFilter>) -> Result<(), Box
     let listeners = bind(&config).await?;
     let port = listeners.downstream.local_addr()?.port();
     let admin = listeners.admin.as_ref().map(TcpListener::local_addr).transpose()?;
-    println!("PersistentParadoxPlex demo: a standalone node with the echo upstream at {upstream_uri}.");
-    println!("Connect with:  nc 127.0.0.1 {port}   (type a line; try /help, /whoami, /label user=ada, /broadcast hi)");
+    // Not `println!`: a closed stdout must not take the demo down.
+    let mut intro = format!(
+        "PersistentParadoxPlex demo: a standalone node with the echo upstream at {upstream_uri}.\n\
+         Connect with:  nc 127.0.0.1 {port}   (type a line; try /help, /whoami, /label user=ada, /broadcast hi)\n"
+    );
     if let Some(admin) = admin {
-        println!("Admin API:     curl http://{admin}/v1/sockets");
+        intro.push_str(&format!("Admin API:     curl http://{admin}/v1/sockets\n"));
     }
-    println!("Stop with Ctrl-C.");
+    intro.push_str("Stop with Ctrl-C.\n");
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), intro.as_bytes());
     ppp::run(config, listeners, log, shutdown).await?;
     Ok(())
 }

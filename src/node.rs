@@ -93,8 +93,12 @@ struct Inner {
     drain_begun: std::sync::atomic::AtomicBool,
     /// Cancelled once a drain has started.
     draining: CancellationToken,
-    /// Cancelled once the drain is over.
+    /// Cancelled once the drain is over (the admin API has stopped too).
     drained: CancellationToken,
+    /// Stops the admin API, at the end of the drain.
+    admin_stop: CancellationToken,
+    /// The admin API's task, awaited at the end of the drain so its last answers go out.
+    admin_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where the admin API is bound, if this node serves it.
     admin_addr: Option<SocketAddr>,
 }
@@ -194,6 +198,8 @@ impl Node {
                 drain_begun: std::sync::atomic::AtomicBool::new(false),
                 draining: CancellationToken::new(),
                 drained: CancellationToken::new(),
+                admin_stop: CancellationToken::new(),
+                admin_task: std::sync::Mutex::new(None),
                 admin_addr,
             }),
         };
@@ -216,7 +222,8 @@ impl Node {
         node.spawn_runtime_watch();
         if let Some(admin) = listeners.admin {
             // Not on the tracker: the admin API answers through the drain and stops after it.
-            tokio::spawn(admin::serve(node.clone(), admin, node.inner.drained.clone()));
+            let task = tokio::spawn(admin::serve(node.clone(), admin, node.inner.admin_stop.clone()));
+            *node.inner.admin_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
         let stop = node.inner.stop_accepting.clone();
         let tracker = node.inner.tracker.clone();
@@ -449,6 +456,11 @@ impl Node {
         }
         self.inner.backend.leave().await;
         info!("drained");
+        self.inner.admin_stop.cancel();
+        let admin = self.inner.admin_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         self.inner.drained.cancel();
     }
 

@@ -101,25 +101,51 @@ fn the_binary_exits_with_a_clear_message_on_bad_config() {
     assert!(stderr.contains("unknown key `bogus`"), "{stderr}");
 }
 
-/// The README's first command: `ppp demo` serves a node with the echo upstream, and stops
-/// cleanly on SIGTERM.
-#[test]
-fn the_demo_echoes_and_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader, Write};
+/// Starts `ppp demo` on free ports; returns the child, its stdout (keep it open: the demo
+/// writes to it) and the socket and admin ports.
+fn demo() -> (std::process::Child, impl std::io::BufRead, u16, u16) {
+    use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let port = loop {
+    let (mut port, mut admin) = (None, None);
+    while port.is_none() || admin.is_none() {
         let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "the demo printed no port");
-        if let Some(rest) = line.split("nc 127.0.0.1 ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse::<u16>().unwrap();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the demo printed no ports");
+        let after = |marker: &str| {
+            line.split(marker).nth(1).map(|rest| rest.split(['/', ' ']).next().unwrap().trim().to_owned())
+        };
+        if let Some(p) = after("nc 127.0.0.1 ") {
+            port = Some(p.parse::<u16>().unwrap());
         }
-    };
+        if let Some(a) = after("curl http://127.0.0.1:") {
+            admin = Some(a.parse::<u16>().unwrap());
+        }
+    }
+    (child, stdout, port.unwrap(), admin.unwrap())
+}
+
+/// One HTTP/1.1 request to the admin API; returns the whole answer.
+fn http(port: u16, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The README's first command: `ppp demo` serves a node with the echo upstream and the admin
+/// API, and stops cleanly on SIGTERM.
+#[test]
+fn the_demo_echoes_serves_the_admin_api_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Write};
+    let (mut child, _stdout, port, admin) = demo();
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -130,6 +156,9 @@ fn the_demo_echoes_and_stops_on_sigterm() {
     let mut echo = String::new();
     reader.read_line(&mut echo).unwrap();
     assert_eq!(echo, "hello demo\n");
+    let id = welcome.split_whitespace().nth(3).unwrap().trim_end_matches('.');
+    let listing = http(admin, "GET", "/v1/sockets");
+    assert!(listing.starts_with("HTTP/1.1 200") && listing.contains(id), "{listing}");
     // SIGTERM: the node drains (closing our socket) and exits 0.
     let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
@@ -139,12 +168,35 @@ fn the_demo_echoes_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// `POST /v1/drain` drains the node like SIGTERM, and the process exits 0.
+#[test]
+fn a_drain_through_the_admin_api_ends_the_process() {
+    let (mut child, _stdout, port, admin) = demo();
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let answer = http(admin, "POST", "/v1/drain");
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut &stream, &mut rest);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// `--log-format json` writes one JSON object per line, with the node's fields.
 #[test]
 fn json_logs_are_one_object_per_line() {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
-        .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--node-id", "json-node"])
+        .args([
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "json-node",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
