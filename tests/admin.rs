@@ -333,10 +333,9 @@ async fn with_a_token_everything_but_health_needs_it() {
     let config = ppp::config::Config { admin_token: Some("s3cret".into()), ..test_config(&[&up]) };
     let admin = AdminNode::start(config).await;
     let doc = admin.get("/v1/openapi.json").await.expect(200).clone();
-    let anonymous =
-        AdminNode { token: None, http: reqwest::Client::new(), base: admin.base.clone(), node: admin.node.clone() };
-    let wrong = AdminNode { token: Some("s3cres".into()), ..anonymous_clone(&anonymous) };
-    let short = AdminNode { token: Some("s".into()), ..anonymous_clone(&anonymous) };
+    let anonymous = admin.with_token(None);
+    let wrong = admin.with_token(Some("s3cres"));
+    let short = admin.with_token(Some("s"));
     for route in documented(&doc) {
         let (method, path) = route.split_once(' ').unwrap();
         let path = path.replace("{id}", "00000000-0000-7000-8000-000000000000");
@@ -359,10 +358,6 @@ async fn with_a_token_everything_but_health_needs_it() {
             assert_ne!(answer.status, 401, "{route} refused the right token");
         }
     }
-}
-
-fn anonymous_clone(a: &AdminNode) -> AdminNode {
-    AdminNode { token: a.token.clone(), http: a.http.clone(), base: a.base.clone(), node: a.node.clone() }
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use super::{
     error::{Accepted, ApiError, ErrorBody, receipt_response},
 };
 use crate::{
-    cluster::view::{self, SocketPage, SocketQuery, SocketRecord, SocketStateFilter},
+    cluster::view::{self, Activity, SocketPage, SocketQuery, SocketRecord},
     command::{Broadcast, Command, Scope},
     socket::{CloseReason, Labels, SocketId, validate_labels},
 };
@@ -34,7 +34,7 @@ fn clip(s: &str) -> String {
 /// Lists the cluster's sockets, in connect order, a page at a time.
 #[utoipa::path(get, path = "/v1/sockets", tag = "sockets", security(("bearer" = [])), params(
     ("node" = Option<String>, Query, description = "Only this node's sockets"),
-    ("state" = Option<SocketStateFilter>, Query, description = "`active` or `inactive` (by `--idle-after` of the node answering)"),
+    ("state" = Option<Activity>, Query, description = "`active` or `inactive` (by `--idle-after` of the node answering)"),
     ("label" = Option<Vec<String>>, Query, description = "`name=value`; repeat for more, all must match"),
     ("limit" = Option<usize>, Query, description = "Sockets per page, 1 to 1000 (default 100)"),
     ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
@@ -59,8 +59,8 @@ fn parse_query(raw: &str) -> Result<SocketQuery, ApiError> {
             "node" => q.node = Some(v),
             "state" => {
                 q.state = Some(match v.as_str() {
-                    "active" => SocketStateFilter::Active,
-                    "inactive" => SocketStateFilter::Inactive,
+                    "active" => Activity::Active,
+                    "inactive" => Activity::Inactive,
                     _ => {
                         return Err(ApiError::bad_request(format!(
                             "state `{}` is not `active` or `inactive`",

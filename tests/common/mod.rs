@@ -501,6 +501,12 @@ impl AdminNode {
         Self { node, base, token, http: reqwest::Client::new() }
     }
 
+    /// The same node, asked with another token (or none).
+    pub fn with_token(&self, token: Option<&str>) -> Self {
+        let token = token.map(str::to_owned);
+        Self { node: self.node.clone(), base: self.base.clone(), token, http: self.http.clone() }
+    }
+
     /// A request to `path` (with the token, if any).
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.base)).timeout(DEADLINE);
