@@ -85,36 +85,43 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The API's routes and its OpenAPI document, from one list of handlers.
-fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi, Router<AppState>) {
-    let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(ops::metrics))
-        .routes(routes!(ops::nodes))
-        .routes(routes!(sockets::list))
-        .routes(routes!(sockets::get, sockets::close))
-        .routes(routes!(sockets::send))
-        .routes(routes!(sockets::labels))
-        .routes(routes!(sockets::broadcast))
-        .routes(routes!(upstreams::list, upstreams::add))
-        .routes(routes!(upstreams::remove))
-        .routes(routes!(ops::runtime, ops::patch_runtime))
-        .routes(routes!(ops::drain))
-        .routes(routes!(ops::openapi));
-    let public = OpenApiRouter::new().routes(routes!(ops::healthz)).routes(routes!(ops::readyz));
-    let (protected, mut api) = protected.split_for_parts();
-    let (public, public_api) = public.split_for_parts();
-    api.merge(public_api);
-    (protected, api, public)
+/// The API's routes and its OpenAPI document, built from one list of handlers, so the document
+/// lists exactly the routes served.
+struct Routes {
+    /// Routes behind the bearer token.
+    protected: Router<AppState>,
+    /// `/healthz` and `/readyz`.
+    public: Router<AppState>,
+    /// The document of both.
+    api: utoipa::openapi::OpenApi,
 }
 
-/// The OpenAPI document of the API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().1
+impl Routes {
+    fn new() -> Self {
+        let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
+            .routes(routes!(ops::metrics))
+            .routes(routes!(ops::nodes))
+            .routes(routes!(sockets::list))
+            .routes(routes!(sockets::get, sockets::close))
+            .routes(routes!(sockets::send))
+            .routes(routes!(sockets::labels))
+            .routes(routes!(sockets::broadcast))
+            .routes(routes!(upstreams::list, upstreams::add))
+            .routes(routes!(upstreams::remove))
+            .routes(routes!(ops::runtime, ops::patch_runtime))
+            .routes(routes!(ops::drain))
+            .routes(routes!(ops::openapi));
+        let public = OpenApiRouter::new().routes(routes!(ops::healthz)).routes(routes!(ops::readyz));
+        let (protected, mut api) = protected.split_for_parts();
+        let (public, public_api) = public.split_for_parts();
+        api.merge(public_api);
+        Self { protected, public, api }
+    }
 }
 
 /// The admin API of `node`, ready to serve.
 pub fn app(node: Node) -> Router {
-    let (protected, api, public) = routes();
+    let Routes { protected, public, api } = Routes::new();
     let openapi: Arc<str> = api.to_pretty_json().unwrap_or_default().into();
     let token = node.config().admin_token.as_deref().map(Arc::from);
     let body_limit = node.config().max_frame.saturating_mul(2).saturating_add(BODY_SLACK);
