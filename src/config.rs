@@ -79,6 +79,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a standalone node together with the example echo upstream, in one process.
     Demo,
+    /// Exit 0 when the node whose admin API is at `--admin-listen` is ready (`GET /readyz`), 1
+    /// otherwise: the container health check.
+    Ready,
 }
 
 /// How inbound events are spread over upstreams.

@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => return fail(&e),
     };
+    if let Some(Command::Ready) = cli.command {
+        return ready(cli.config.admin_listen);
+    }
     let log = Arc::new(logging::init(cli.config.log_format));
     if let Err(e) = cli.config.validate() {
         return fail(&e);
@@ -33,11 +36,29 @@ fn main() -> ExitCode {
         match cli.command {
             None => node(cli.config, log).await,
             Some(Command::Demo) => demo(cli.config, log).await,
+            Some(Command::Ready) => Ok(()),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&*e),
+    }
+}
+
+/// `ppp ready`: exit 0 when the node is ready, else 1 (not 2: Docker reserves 2 in health
+/// checks). Needs no valid node configuration, only where the admin API is.
+fn ready(admin: std::net::SocketAddr) -> ExitCode {
+    let probe = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(ppp::admin::probe::ready(admin)));
+    match probe {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ppp: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -174,12 +174,23 @@ fn a_drain_through_the_admin_api_ends_the_process() {
     let (mut child, _stdout, port, admin) = demo();
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    // `ppp ready`, the container health check, asks /readyz; 0.0.0.0 is asked on loopback.
+    let ready = |addr: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
+            .args(["ready", "--admin-listen", &addr])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(ready(format!("0.0.0.0:{admin}")), Some(0));
     let answer = http(admin, "POST", "/v1/drain");
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     let mut rest = Vec::new();
     let _ = std::io::Read::read_to_end(&mut &stream, &mut rest);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+    assert_eq!(ready(format!("127.0.0.1:{admin}")), Some(1), "exit 1 (Docker reserves 2)");
 }
 
 /// `--log-format json` writes one JSON object per line, with the node's fields.

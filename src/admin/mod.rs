@@ -18,6 +18,7 @@
 mod auth;
 pub mod error;
 mod ops;
+pub mod probe;
 mod sockets;
 mod upstreams;
 

@@ -1,0 +1,45 @@
+//! `ppp ready`: asks a node's own `/readyz`, for container health checks (the runtime image holds
+//! no curl).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Longest the whole probe may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks `GET /readyz` of the admin API bound to `admin` (an unspecified address such as
+/// `0.0.0.0` is asked on loopback).
+///
+/// # Errors
+/// Why the node is not ready: it did not answer, or answered something other than 200.
+pub async fn ready(admin: SocketAddr) -> Result<(), String> {
+    let target = match admin.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), admin.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), admin.port()),
+        _ => admin,
+    };
+    let ask = async {
+        let mut stream = TcpStream::connect(target).await.map_err(|e| format!("{target}: {e}"))?;
+        let request = format!("GET /readyz HTTP/1.1\r\nhost: {target}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        // The status line and the short JSON body fit in far less.
+        stream.take(4096).read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
+        let answer = String::from_utf8_lossy(&answer);
+        let status = answer.lines().next().unwrap_or_default();
+        if status.split_whitespace().nth(1) == Some("200") {
+            Ok(())
+        } else {
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+            Err(format!("not ready: {status} {body}"))
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, ask).await.unwrap_or_else(|_| Err(format!("{target} did not answer in time")))
+}
