@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, clippy, unit, integration and property
-# tests. Installs what the tests need when it is missing. Used by `.ci/run` and by developers.
+# tests, the Python example upstream's smoke test, and the docker-compose cluster test (when a
+# Docker engine answers). Installs what the tests need when it is missing. Used by `.ci/run` and
+# by developers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,8 @@ apt_install() {
 need cargo || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 need cc || apt_install gcc
 need redis-server || apt_install redis-server
+need curl || apt_install curl
+need strip || apt_install binutils
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -24,3 +28,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
+echo "== examples/python: the Python upstream against a real node"
+bash examples/python/smoke_test.sh
+echo "== tests/compose: the docker-compose cluster in real containers (skipped without Docker)"
+bash tests/compose/run.sh

@@ -1,0 +1,1 @@
+"""Python code generated from the repository's proto/ppp/ (see generate.sh)."""
