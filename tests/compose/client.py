@@ -74,6 +74,15 @@ def cross(a_address: str, b_address: str) -> None:
     a, b = Line(a_address), Line(b_address)
     a.send("echo-check")
     a.read_until("echo-check")
+    # Messages are spread round-robin over the two upstreams: both languages answer.
+    answers = set()
+    for _ in range(20):
+        a.send("/whoami")
+        answers.add("python" if "(python)" in a.read_until("you are") else "rust")
+        if len(answers) == 2:
+            break
+    if len(answers) != 2:
+        raise SystemExit(f"only the {answers} upstream answered")
     b_id = b.whoami()
     a.send(f"/to {b_id} hello-from-a")
     b.read_until("hello-from-a")
@@ -81,7 +90,7 @@ def cross(a_address: str, b_address: str) -> None:
     a.send("/broadcast hey-everyone")
     a.read_until("hey-everyone")
     b.read_until("hey-everyone")
-    print("cross-node send and broadcast: ok", flush=True)
+    print("echo from the Rust and the Python upstream, cross-node send and broadcast: ok", flush=True)
 
 
 if __name__ == "__main__":
