@@ -414,8 +414,17 @@ fn parse_from_no_env() -> Result<Config, clap::Error> {
 /// # Errors
 /// A message for clap when the text is not a duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}` is not a duration like 500ms, 10s, 2m: {e}"))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 500ms, 10s, 2m: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("`{text}` is longer than the longest duration allowed, 10 years"));
+    }
+    Ok(d)
 }
+
+/// The longest duration any setting takes: far beyond any sensible value, and small enough that
+/// no arithmetic on times (unix milliseconds as `i64`, `Instant + Duration`) can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Parses a duration that may be switched off with `off` (or `0`).
 ///

@@ -62,7 +62,7 @@ impl Settings {
 
     /// Changes `idle_after`.
     pub fn set_idle_after(&self, d: Duration) {
-        self.idle_after_ms.store(d.as_millis().max(1) as u64, Ordering::Relaxed);
+        self.idle_after_ms.store(millis(d).max(1), Ordering::Relaxed);
     }
 
     /// Sockets inactive this long are closed; `None` never.
@@ -75,7 +75,7 @@ impl Settings {
 
     /// Changes `idle_timeout`; sockets waiting on the old deadline wake up.
     pub fn set_idle_timeout(&self, d: Option<Duration>) {
-        let ms = d.map_or(0, |d| d.as_millis().max(1) as u64);
+        let ms = d.map_or(0, |d| millis(d).max(1));
         self.idle_timeout_ms.store(ms, Ordering::Relaxed);
         let mut token = self.idle_changed.lock().unwrap_or_else(|e| e.into_inner());
         token.cancel();
@@ -156,6 +156,12 @@ impl Settings {
         }
         Ok(self.view())
     }
+}
+
+/// Milliseconds, saturating (settings are validated to at most `config::MAX_DURATION`; this only
+/// makes sure nothing can wrap).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn balance_name(b: Balance) -> String {

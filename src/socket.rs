@@ -296,7 +296,7 @@ impl SocketState {
 
     /// Whether the socket sent a message within `idle_after` of `now_ms`.
     pub fn is_active(&self, now_ms: i64, idle_after: Duration) -> bool {
-        now_ms - self.last_seen_ms() < idle_after.as_millis() as i64
+        now_ms - self.last_seen_ms() < i64::try_from(idle_after.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Queues a payload for the writer. A full queue closes the socket as a slow consumer: it

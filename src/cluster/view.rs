@@ -139,7 +139,11 @@ impl SocketRecord {
 }
 
 fn state(last_seen: i64, idle_after: Duration) -> Activity {
-    if unix_ms() - last_seen < idle_after.as_millis() as i64 { Activity::Active } else { Activity::Inactive }
+    if unix_ms() - last_seen < i64::try_from(idle_after.as_millis()).unwrap_or(i64::MAX) {
+        Activity::Active
+    } else {
+        Activity::Inactive
+    }
 }
 
 /// A page of sockets.

@@ -151,12 +151,12 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
     let idle_changed = ctx.settings.idle_changed();
     tokio::pin!(idle_changed);
     loop {
-        let deadline = ctx.settings.idle_timeout().map(|t| idle_deadline(socket, t));
+        let deadline = ctx.settings.idle_timeout().and_then(|t| idle_deadline(socket, t));
         tokio::select! {
             biased;
             () = &mut closing => return socket.close_reason().unwrap_or(CloseReason::Shutdown),
             () = sleep_until(deadline) => {
-                if ctx.settings.idle_timeout().is_some_and(|t| idle_deadline(socket, t) <= Instant::now()) {
+                if ctx.settings.idle_timeout().and_then(|t| idle_deadline(socket, t)).is_some_and(|d| d <= Instant::now()) {
                     return CloseReason::Idle;
                 }
                 continue;
@@ -236,10 +236,13 @@ fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> NodeEvent {
     NodeEvent { event: Some(Event::Data(data)) }
 }
 
-/// When the socket becomes idle for `timeout`, as a tokio instant.
-fn idle_deadline(socket: &SocketState, timeout: Duration) -> Instant {
+/// When the socket becomes idle for `timeout`, as a tokio instant; `None` when that is beyond
+/// what an `Instant` can hold (never).
+fn idle_deadline(socket: &SocketState, timeout: Duration) -> Option<Instant> {
     let silent_ms = (unix_ms() - socket.last_seen_ms()).max(0) as u64;
-    (Instant::now() + timeout).checked_sub(Duration::from_millis(silent_ms)).unwrap_or_else(Instant::now)
+    // `None` (never) if the deadline is beyond what `Instant` can hold.
+    let deadline = Instant::now().checked_add(timeout)?;
+    Some(deadline.checked_sub(Duration::from_millis(silent_ms)).unwrap_or_else(Instant::now))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

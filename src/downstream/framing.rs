@@ -1,12 +1,16 @@
 //! Framing: how a socket's bytes are cut into messages (`--framing`), and how outbound payloads are
 //! framed again.
 //!
-//! The decoders are tokio-util's codecs, wrapped so that every one reports an over-long frame the
-//! same way ([`FrameError::TooLarge`]) and none allocates for a length a peer merely claims: a
-//! length prefix above `--max-frame` is refused before any byte of the body is buffered.
+//! Lines are cut by tokio-util's `AnyDelimiterCodec`; length-prefixed frames by hand, because
+//! tokio-util's `LengthDelimitedCodec` reserves room for the whole claimed length as soon as it
+//! reads a prefix, so a peer sending prefixes and one body byte each could make the node reserve
+//! `--max-frame` per socket. Here nothing is reserved for a length a peer merely claims: the buffer
+//! grows one read at a time as bytes really arrive, and a prefix above `--max-frame` is refused
+//! before any byte of the body is buffered. Every decoder reports an over-long frame the same way
+//! ([`FrameError::TooLarge`]).
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, LengthDelimitedCodec};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
 use crate::config::Framing;
 
@@ -39,8 +43,6 @@ pub enum FrameDecoder {
     },
     /// A 4-byte big-endian length, then the bytes.
     LengthPrefixed {
-        /// tokio-util's codec, configured with the 4-byte big-endian prefix and `--max-frame`.
-        codec: LengthDelimitedCodec,
         /// `--max-frame`.
         max: usize,
     },
@@ -56,14 +58,7 @@ impl FrameDecoder {
                 codec: AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), max.saturating_add(1)),
                 max,
             },
-            Framing::LengthPrefixed => Self::LengthPrefixed {
-                codec: LengthDelimitedCodec::builder()
-                    .length_field_length(LENGTH_PREFIX_LEN)
-                    .big_endian()
-                    .max_frame_length(max)
-                    .new_codec(),
-                max,
-            },
+            Framing::LengthPrefixed => Self::LengthPrefixed { max },
             Framing::Raw => Self::Raw,
         }
     }
@@ -80,11 +75,18 @@ impl FrameDecoder {
                 Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Err(FrameError::TooLarge { max: *max }),
                 Err(AnyDelimiterCodecError::Io(e)) => Err(e.into()),
             },
-            Self::LengthPrefixed { codec, max } => match codec.decode(buf) {
-                Ok(frame) => Ok(frame.map(BytesMut::freeze)),
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(FrameError::TooLarge { max: *max }),
-                Err(e) => Err(e.into()),
-            },
+            Self::LengthPrefixed { max } => {
+                let Some(&[a, b, c, d]) = buf.get(..LENGTH_PREFIX_LEN) else { return Ok(None) };
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if len > *max {
+                    return Err(FrameError::TooLarge { max: *max });
+                }
+                if buf.len() < LENGTH_PREFIX_LEN + len {
+                    return Ok(None);
+                }
+                buf.advance(LENGTH_PREFIX_LEN);
+                Ok(Some(buf.split_to(len).freeze()))
+            }
             Self::Raw if buf.is_empty() => Ok(None),
             Self::Raw => Ok(Some(buf.split().freeze())),
         }

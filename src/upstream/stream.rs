@@ -149,7 +149,13 @@ async fn session(
     let Ok(guard) = tokio::time::timeout(QUEUE_HANDOVER_TIMEOUT, backlog.clone().lock_owned()).await else {
         return broken("the previous stream did not release the queue".to_owned());
     };
-    let outbound = outbound(ctx.hello.clone(), guard, ctx.finish.clone());
+    // Ends the node's side of the stream whenever this session ends, however it ends (the
+    // upstream's side broke, a command could not be decoded, the upstream was removed): the
+    // request stream then gives the queue back for the next session, and the upstream sees the
+    // end of the stream as the protocol promises.
+    let session_end = CancellationToken::new();
+    let _end_guard = session_end.clone().drop_guard();
+    let outbound = outbound(ctx.hello.clone(), guard, ctx.finish.clone(), session_end);
     let mut client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, client.connect(outbound));
     let response = tokio::select! {
@@ -194,30 +200,36 @@ async fn session(
 }
 
 /// The node's side of a stream: `hello`, then the backlog, then the queue as events arrive. When
-/// the node drains it ends after the last queued event. Holding the backlog's guard for the
-/// stream's life makes sure only one stream drains it; the guard returns when the stream is
-/// dropped.
+/// the node drains it ends after the last queued event; when `end` is cancelled (the session is
+/// over) it ends at once, leaving what is queued for the next stream. Holding the backlog's guard
+/// for the stream's life makes sure only one stream drains it; the guard returns when the stream
+/// ends or is dropped.
 fn outbound(
     hello: NodeHello,
     guard: OwnedMutexGuard<Backlog>,
     finish: CancellationToken,
+    end: CancellationToken,
 ) -> impl Stream<Item = NodeEvent> + Send + 'static {
     let hello = NodeEvent { event: Some(node_event::Event::Hello(hello)) };
-    let rest = stream::unfold((guard, finish), |(mut backlog, finish)| async move {
+    let rest = stream::unfold((guard, finish, end), |(mut backlog, finish, end)| async move {
+        if end.is_cancelled() {
+            return None;
+        }
         if let Some(event) = backlog.pending.pop_front() {
-            return Some((event, (backlog, finish)));
+            return Some((event, (backlog, finish, end)));
         }
         // Under load the queue is rarely empty: take what is there without building the
-        // cancellation future (which registers and unregisters a waiter every time).
+        // cancellation futures (which register and unregister a waiter every time).
         if let Ok(event) = backlog.rx.try_recv() {
-            return Some((event, (backlog, finish)));
+            return Some((event, (backlog, finish, end)));
         }
         let event = tokio::select! {
             biased;
+            () = end.cancelled() => None,
             event = backlog.rx.recv() => event,
             () = finish.cancelled() => backlog.rx.try_recv().ok(),
         };
-        event.map(|e| (e, (backlog, finish)))
+        event.map(|e| (e, (backlog, finish, end)))
     });
     stream::once(async { hello }).chain(rest)
 }

@@ -1,0 +1,7 @@
+//! `--framing lines`: any stream, cut anywhere (see `framing.rs`).
+
+#![no_main]
+
+mod framing;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| framing::run(ppp::config::Framing::Lines, data));
