@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod fault;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},

@@ -1,0 +1,268 @@
+//! The chaos harness (issue 6): a cluster of real `ppp` processes under continuous load, with a
+//! fault proxy on every link, and a checker of invariants.
+//!
+//! # Layout
+//! - [`process`]: the `redis-server` and the `ppp` child processes (kill -9, SIGTERM, SIGSTOP,
+//!   snapshots).
+//! - [`upstream`]: the recording, echoing upstream.
+//! - [`load`]: the load generator.
+//! - [`check`]: the checker and its report; [`state`], its Redis half.
+//! - this file: [`Cluster`], which wires them together: each node reaches Redis through its own
+//!   [`FaultProxy`] and each upstream through one [`FaultProxy`] shared by every node.
+
+pub mod check;
+pub mod load;
+pub mod process;
+pub mod state;
+pub mod upstream;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use self::{
+    check::{Events, Expect, Observed, Report},
+    load::Load,
+    process::{NodeProc, RedisProc},
+    upstream::EchoUpstream,
+};
+use super::fault::FaultProxy;
+
+/// The cluster's shape and its nodes' settings (short, so schedules are quick).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Node slots.
+    pub nodes: usize,
+    /// Upstreams.
+    pub upstreams: usize,
+    /// `--node-ttl`.
+    pub node_ttl: Duration,
+    /// `--resync-interval`.
+    pub resync_interval: Duration,
+    /// `--health-interval`.
+    pub health_interval: Duration,
+    /// `--drain-timeout`.
+    pub drain_timeout: Duration,
+    /// `--write-queue`.
+    pub write_queue: usize,
+    /// `--max-connections`, when not the default.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            upstreams: 2,
+            node_ttl: Duration::from_secs(3),
+            resync_interval: Duration::from_secs(3),
+            health_interval: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(4),
+            write_queue: 128,
+            max_connections: None,
+        }
+    }
+}
+
+/// A running cluster: Redis, upstreams, nodes, and the fault proxies between them.
+pub struct Cluster {
+    /// The schedule's name (directory, summary).
+    pub name: String,
+    /// Its settings.
+    pub options: Options,
+    /// Logs and Redis's data; removed when the test passes (unless `PPP_CHAOS_KEEP` is set).
+    dir: PathBuf,
+    /// The real `redis-server`.
+    pub redis: RedisProc,
+    /// Each node slot's link to Redis.
+    pub redis_links: Vec<FaultProxy>,
+    /// The upstreams.
+    pub upstreams: Vec<EchoUpstream>,
+    /// Each upstream's link (every node reaches it through this one).
+    pub upstream_links: Vec<FaultProxy>,
+    /// The node slots.
+    pub nodes: Vec<NodeProc>,
+    /// Each slot's current node id, shared with the load.
+    node_ids: Arc<Mutex<Vec<String>>>,
+    /// For the admin APIs.
+    http: reqwest::Client,
+}
+
+/// A duration as a flag value (`1500ms`).
+fn flag(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+impl Cluster {
+    /// Starts Redis, the upstreams, the proxies and the nodes, and waits until every node is
+    /// ready and streams to every upstream.
+    pub async fn start(name: &str, options: Options) -> Self {
+        let dir = std::env::temp_dir().join(format!("ppp-chaos-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let redis = RedisProc::start(&dir).await;
+        let mut upstreams = Vec::new();
+        let mut upstream_links = Vec::new();
+        for _ in 0..options.upstreams {
+            let up = EchoUpstream::start().await;
+            upstream_links.push(FaultProxy::start(up.addr).await);
+            upstreams.push(up);
+        }
+        let mut redis_links = Vec::new();
+        let mut nodes = Vec::new();
+        for slot in 0..options.nodes {
+            let link = FaultProxy::start(redis.addr()).await;
+            let mut args = vec![
+                "--redis".to_owned(),
+                format!("redis://{}", link.addr()),
+                "--node-ttl".to_owned(),
+                flag(options.node_ttl),
+                "--resync-interval".to_owned(),
+                flag(options.resync_interval),
+                "--health-interval".to_owned(),
+                flag(options.health_interval),
+                "--drain-timeout".to_owned(),
+                flag(options.drain_timeout),
+                "--write-queue".to_owned(),
+                options.write_queue.to_string(),
+            ];
+            for up in &upstream_links {
+                args.extend(["--upstream".to_owned(), format!("http://{}", up.addr())]);
+            }
+            if let Some(max) = options.max_connections {
+                args.extend(["--max-connections".to_owned(), max.to_string()]);
+            }
+            redis_links.push(link);
+            nodes.push(NodeProc::new(slot, args, &dir));
+        }
+        let node_ids = Arc::new(Mutex::new(vec![String::new(); options.nodes]));
+        let mut cluster = Self {
+            name: name.to_owned(),
+            options,
+            dir,
+            redis,
+            redis_links,
+            upstreams,
+            upstream_links,
+            nodes,
+            node_ids,
+            http: reqwest::Client::new(),
+        };
+        for slot in 0..cluster.nodes.len() {
+            cluster.spawn_node(slot);
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    fn spawn_node(&mut self, slot: usize) {
+        self.nodes[slot].spawn();
+        self.node_ids.lock().unwrap()[slot] = self.nodes[slot].id.clone();
+    }
+
+    /// Waits until every running node is ready and streams to every upstream.
+    pub async fn wait_ready(&mut self) {
+        let upstreams = self.upstreams.len();
+        for node in &mut self.nodes {
+            if node.is_running() {
+                node.wait_ready(&self.http, upstreams).await;
+            }
+        }
+    }
+
+    /// Starts `per_node` clients homed on each node, each sending `rate` messages a second.
+    pub fn load(&self, per_node: usize, rate: u32) -> Load {
+        Load::start(self.nodes.iter().map(|n| n.listen).collect(), self.node_ids.clone(), per_node, rate)
+    }
+
+    /// Kills a node with SIGKILL; returns the id it had.
+    pub fn kill_node(&mut self, slot: usize) -> String {
+        self.nodes[slot].kill();
+        self.nodes[slot].id.clone()
+    }
+
+    /// Starts a new incarnation in a slot (a new node id, the same ports) and waits until it
+    /// is ready.
+    pub async fn restart_node(&mut self, slot: usize) {
+        self.spawn_node(slot);
+        self.nodes[slot].wait_ready(&self.http, self.upstreams.len()).await;
+    }
+
+    /// Drains a node with SIGTERM and waits until it exits; returns the id it had.
+    pub async fn drain_node(&mut self, slot: usize) -> String {
+        let node = &mut self.nodes[slot];
+        node.terminate();
+        let status = node.wait_exit(self.options.drain_timeout + Duration::from_secs(10)).await;
+        assert!(status.success(), "node {} exited with {status} after its drain", node.id);
+        node.id.clone()
+    }
+
+    /// The nodes running now: id → `--listen` address.
+    pub fn live_nodes(&mut self) -> BTreeMap<String, String> {
+        self.nodes.iter_mut().filter_map(|n| n.is_running().then(|| (n.id.clone(), n.listen.to_string()))).collect()
+    }
+
+    /// A node's Prometheus counter or gauge (summed over its labels).
+    pub async fn metric(&self, slot: usize, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.nodes[slot].admin);
+        let text = self.http.get(url).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// [`Cluster::expect`], with Redis equal to the truth within that time of `lifted` (when
+    /// the schedule's last fault was lifted).
+    pub fn expect_since(&self, lifted: tokio::time::Instant) -> Expect {
+        Expect { healed: Some(lifted), ..self.expect() }
+    }
+
+    /// What every schedule allows unless it says otherwise: no node closes, an exact
+    /// `K:events`, Redis equal to the truth within `--resync-interval` (plus `--node-ttl` for a
+    /// dead node to be reaped, and a little for the last heartbeat) of the check's start.
+    pub fn expect(&self) -> Expect {
+        Expect {
+            grace: Duration::from_secs(2),
+            closing_nodes: Vec::new(),
+            events: Events::ExactlyOnce,
+            upstream_death_window: Duration::from_secs(2),
+            converge_within: self.options.resync_interval + self.options.node_ttl + Duration::from_secs(3),
+            healed: None,
+        }
+    }
+
+    /// Ends a run: stops sending, waits for the echoes, checks, closes the clients.
+    pub async fn finish(&mut self, load: Load, expect: &Expect) -> Report {
+        load.stop_sending();
+        load.settle(Duration::from_secs(10)).await;
+        let live_nodes = self.live_nodes();
+        // The nodes name each upstream by the `host:port` of its URI: here, its link's.
+        let upstreams = self.upstream_links.iter().map(|l| (l.addr().to_string(), format!("http://{}", l.addr())));
+        let observed = Observed {
+            name: &self.name,
+            conns: load.conns(),
+            records: self.upstreams.iter().map(EchoUpstream::records).collect(),
+            kills: self.upstreams.iter().map(|u| u.kills.clone()).collect(),
+            live_nodes,
+            upstreams: upstreams.collect(),
+        };
+        let report = check::check(observed, &mut self.redis.conn().await, expect).await;
+        load.finish().await;
+        println!("   logs: {}", self.dir.display());
+        report
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("PPP_CHAOS_KEEP").is_some() {
+            eprintln!("chaos `{}`: node logs and Redis data kept in {}", self.name, self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
