@@ -400,7 +400,6 @@ async fn a_connection_flood_past_max_connections_is_refused_and_disturbs_nobody(
 /// idempotent: a consumer of `K:events` sees the socket closed twice. (`records.rs` says each
 /// record's commands are idempotent; its `XADD` is not.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a lifecycle batch retried after a Redis timeout is written twice: duplicate K:events entries"]
 async fn k_events_are_written_once_across_a_redis_pause() {
     let options = Options { nodes: 1, ..Options::default() };
     let (mut cluster, load) = cluster_under_load("events-once", options).await;

@@ -1,10 +1,12 @@
 //! Lifecycle records: what a node writes to Redis when its sockets open, close or change labels.
 //!
 //! The data path hands records to a bounded queue and never waits. One task drains the queue and
-//! writes everything waiting in one pipelined round trip (MULTI-free: each record's commands are
-//! idempotent), so thousands of connects per second cost a handful of round trips. When Redis
-//! cannot be reached the records wait in the queue (bounded by [`RECORD_QUEUE`]; beyond it they
-//! are refused and counted, and the anti-entropy resync repairs the socket registry later).
+//! writes everything waiting as one batch, applied by `redis/records.lua` in one round trip, so
+//! thousands of connects per second cost a handful of round trips. A batch is applied exactly
+//! once even when it has to be sent again (the script keeps the last batch applied per node), so
+//! `K:events` never holds an event twice. When Redis cannot be reached the records wait in the
+//! queue (bounded by [`RECORD_QUEUE`]; beyond it they are refused and counted, and the
+//! anti-entropy resync repairs the socket registry later).
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,8 +23,8 @@ use crate::{metrics as m, socket::Labels};
 pub const RECORD_QUEUE: usize = 100_000;
 /// Most records written in one pipelined round trip.
 pub const RECORD_BATCH: usize = 2048;
-/// `redis/labels.lua`: replaces a socket's `label:*` fields in one step.
-const LABELS_LUA: &str = include_str!("../../../redis/labels.lua");
+/// `redis/records.lua`: applies one batch of records exactly once.
+const RECORDS_LUA: &str = include_str!("../../../redis/records.lua");
 /// Pause before retrying a batch Redis refused.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -70,21 +72,25 @@ pub struct RecordWriter {
     node: String,
     /// `--events-max`.
     events_max: u64,
-    /// `redis/labels.lua`.
-    labels_script: Script,
+    /// `redis/records.lua`.
+    script: Script,
+    /// This process's run id: with the batch sequence number, names a batch uniquely.
+    run: String,
 }
 
 impl RecordWriter {
     /// A writer and the sender the data path records into.
     pub fn new(conn: Arc<SharedConn>, keys: Keys, node: String, events_max: u64) -> (Self, mpsc::Sender<Record>) {
         let (tx, rx) = mpsc::channel(RECORD_QUEUE);
-        let labels_script = Script::new(LABELS_LUA);
-        (Self { rx, conn, keys, node, events_max, labels_script }, tx)
+        let script = Script::new(RECORDS_LUA);
+        let run = format!("{:016x}", rand::random::<u64>());
+        (Self { rx, conn, keys, node, events_max, script, run }, tx)
     }
 
     /// Writes records until `stop` is cancelled and the queue is empty.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
+        let mut seq: u64 = 0;
         loop {
             let first = tokio::select! {
                 biased;
@@ -99,7 +105,9 @@ impl RecordWriter {
                     Err(_) => break,
                 }
             }
-            while let Err(e) = self.write(&batch).await {
+            seq += 1;
+            // The same sequence number on every attempt: Redis applies the batch once.
+            while let Err(e) = self.write(seq, &batch).await {
                 warn!(error = %e, records = batch.len(), "could not write lifecycle records; retrying");
                 metrics::counter!(m::REDIS_ERRORS).increment(1);
                 tokio::select! {
@@ -111,55 +119,32 @@ impl RecordWriter {
         }
     }
 
-    /// Writes one batch in one pipelined round trip.
-    async fn write(&self, batch: &[Record]) -> Result<(), redis::RedisError> {
-        let mut pipe = redis::pipe();
-        let mut script_loaded = false;
+    /// Writes one batch in one round trip.
+    async fn write(&self, seq: u64, batch: &[Record]) -> Result<(), redis::RedisError> {
+        let mut apply = redis::cmd("EVALSHA");
+        apply.arg(self.script.get_hash()).arg(1).arg(self.keys.node(&self.node));
+        apply.arg(self.keys.base()).arg(&self.node).arg(&self.run).arg(seq).arg(self.events_max);
         for record in batch {
             match record {
                 Record::Opened { id, remote, local, connected_at } => {
-                    let socket = self.keys.socket(id);
-                    pipe.hset_multiple(
-                        &socket,
-                        &[
-                            ("node", self.node.as_str()),
-                            ("remote", remote),
-                            ("local", local),
-                            ("connected_at", &connected_at.to_string()),
-                            ("last_seen", &connected_at.to_string()),
-                        ],
-                    )
-                    .ignore();
-                    pipe.sadd(self.keys.node_sockets(&self.node), &**id).ignore();
-                    pipe.zadd(self.keys.sockets(), &**id, *connected_at).ignore();
-                    self.event(&mut pipe, "opened", id, *connected_at, "");
+                    apply.arg("o").arg(&**id).arg(remote).arg(local).arg(*connected_at);
                 }
                 Record::Closed { id, reason, at } => {
-                    pipe.del(self.keys.socket(id)).ignore();
-                    pipe.srem(self.keys.node_sockets(&self.node), &**id).ignore();
-                    pipe.zrem(self.keys.sockets(), &**id).ignore();
-                    self.event(&mut pipe, "closed", id, *at, reason);
+                    apply.arg("c").arg(&**id).arg(*reason).arg(*at);
                 }
                 Record::Labels { id, labels } => {
-                    if !script_loaded {
-                        // Loaded in the same pipeline, so a Redis that restarted empty still has it.
-                        pipe.cmd("SCRIPT").arg("LOAD").arg(LABELS_LUA).ignore();
-                        script_loaded = true;
-                    }
-                    pipe.cmd("EVALSHA").arg(self.labels_script.get_hash()).arg(1).arg(self.keys.socket(id));
+                    apply.arg("l").arg(&**id).arg(labels.len());
                     for (k, v) in labels.iter() {
-                        pipe.arg(k).arg(v);
+                        apply.arg(k).arg(v);
                     }
-                    pipe.ignore();
                 }
             }
         }
+        let mut pipe = redis::pipe();
+        // Loaded in the same round trip, so a Redis that restarted empty still has it.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(RECORDS_LUA).ignore();
+        pipe.add_command(apply).ignore();
         self.conn.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await }).await
-    }
-
-    /// Adds a `K:events` entry.
-    fn event(&self, pipe: &mut redis::Pipeline, kind: &str, socket: &str, at: i64, reason: &str) {
-        pipe.add_command(event(&self.keys, self.events_max, kind, socket, &self.node, at, reason)).ignore();
     }
 }
 

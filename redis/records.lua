@@ -1,0 +1,69 @@
+-- Applies one batch of a node's lifecycle records, exactly once, in one step.
+--
+-- A batch whose reply did not come back in time (Redis paused, its link black-holed) is sent
+-- again, on another connection; when Redis comes back it may run both copies. Each batch carries
+-- the writing process's run id and a sequence number, and the last one applied is kept in the
+-- node's hash, so the second copy (or a copy held up behind later batches) does nothing: every
+-- `opened` and `closed` event reaches K:events once.
+--
+-- KEYS[1]  K:node:{node} (fields `records_run`, `records_seq`: the last batch applied)
+-- ARGV[1]  K: (the key prefix)
+-- ARGV[2]  the node id
+-- ARGV[3]  the writing process's run id (random at start: a restarted node starts again at 1)
+-- ARGV[4]  the batch's sequence number (1, 2, ... within the run)
+-- ARGV[5]  --events-max (K:events is trimmed to about that many entries)
+-- ARGV[6…] the records, each a kind and its fields:
+--          'o', id, remote, local, connected_at   a socket opened
+--          'c', id, reason, at                    a socket closed
+--          'l', id, n, name1, value1, …           a socket's labels are now these n pairs
+local prefix, node, run, seq, events_max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local applied = redis.call('HMGET', KEYS[1], 'records_run', 'records_seq')
+if applied[1] == run and tonumber(applied[2] or '0') >= seq then
+  return 0
+end
+
+local node_sockets = prefix .. 'node:' .. node .. ':sockets'
+local function event(kind, socket, at, reason)
+  redis.call('XADD', prefix .. 'events', 'MAXLEN', '~', events_max, '*',
+    'type', kind, 'socket', socket, 'node', node, 'at', at, 'reason', reason)
+end
+
+local i = 6
+while i <= #ARGV do
+  local kind, id = ARGV[i], ARGV[i + 1]
+  local socket = prefix .. 'socket:' .. id
+  if kind == 'o' then
+    local connected_at = ARGV[i + 4]
+    redis.call('HSET', socket, 'node', node, 'remote', ARGV[i + 2], 'local', ARGV[i + 3],
+      'connected_at', connected_at, 'last_seen', connected_at)
+    redis.call('SADD', node_sockets, id)
+    redis.call('ZADD', prefix .. 'sockets', connected_at, id)
+    event('opened', id, connected_at, '')
+    i = i + 5
+  elseif kind == 'c' then
+    redis.call('DEL', socket)
+    redis.call('SREM', node_sockets, id)
+    redis.call('ZREM', prefix .. 'sockets', id)
+    event('closed', id, ARGV[i + 3], ARGV[i + 2])
+    i = i + 4
+  elseif kind == 'l' then
+    -- The complete labels replace the old ones in one step; nothing if the socket is gone.
+    local n = tonumber(ARGV[i + 2])
+    if redis.call('EXISTS', socket) == 1 then
+      for _, f in ipairs(redis.call('HKEYS', socket)) do
+        if string.sub(f, 1, 6) == 'label:' then
+          redis.call('HDEL', socket, f)
+        end
+      end
+      for j = 0, n - 1 do
+        redis.call('HSET', socket, 'label:' .. ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j])
+      end
+    end
+    i = i + 3 + 2 * n
+  else
+    return redis.error_reply('records.lua: unknown record kind ' .. tostring(kind))
+  end
+end
+
+redis.call('HSET', KEYS[1], 'records_run', run, 'records_seq', seq)
+return 1
