@@ -51,6 +51,12 @@ pub const NODES_REAPED: &str = "ppp_nodes_reaped_total";
 pub const REDIS_ERRORS: &str = "ppp_redis_errors_total";
 /// Counter: events moved from a broken upstream's queue to another upstream.
 pub const EVENTS_REROUTED: &str = "ppp_events_rerouted_total";
+/// Counter: events a broken stream had taken but the upstream may not have received, handed out
+/// again (an upstream may see them twice). Label `upstream`.
+pub const EVENTS_REPLAYED: &str = "ppp_events_replayed_total";
+/// Counter: events that left the replay window unconfirmed because it was full (a stream that
+/// breaks now could lose them). Label `upstream`.
+pub const REPLAY_WINDOW_OVERFLOW: &str = "ppp_replay_window_overflow_total";
 
 use std::{sync::OnceLock, time::Duration};
 

@@ -1,6 +1,9 @@
 //! Readiness: the standard gRPC health protocol, polled every `--health-interval`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -29,9 +32,13 @@ pub async fn run(upstream: Arc<Upstream>, channel: Channel, interval: Duration, 
         }
         let request = HealthCheckRequest { service: UPSTREAM_SERVICE.to_owned() };
         let started = std::time::Instant::now();
+        // Any answer proves the upstream received everything the stream sent before the check
+        // on this connection: those events leave the replay window.
+        let streamed = upstream.streamed.load(Ordering::Acquire);
         let answer = tokio::time::timeout(timeout, client.check(request)).await;
         if matches!(answer, Ok(Ok(_))) {
             latency.record(started.elapsed().as_secs_f64());
+            upstream.confirmed.fetch_max(streamed, Ordering::AcqRel);
         }
         let verdict = match answer {
             Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => Ok(()),

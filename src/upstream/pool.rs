@@ -36,6 +36,11 @@ pub struct Upstream {
     pub stop: CancellationToken,
     /// Events handed to it.
     pub messages_sent: AtomicU64,
+    /// Events its `Connect` streams have taken so far: numbers them for the replay window.
+    pub streamed: AtomicU64,
+    /// Every event numbered up to this reached the upstream: a health check sent after it on the
+    /// same connection was answered (HTTP/2 frames arrive in order).
+    pub confirmed: AtomicU64,
     /// The last error seen on its stream or health check, for operators.
     last_error: Mutex<Option<String>>,
     /// The pool's change signal.
@@ -177,6 +182,8 @@ impl UpstreamPool {
             open: AtomicBool::new(false),
             stop: CancellationToken::new(),
             messages_sent: AtomicU64::new(0),
+            streamed: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
             last_error: Mutex::new(None),
             changed: self.inner.changed.clone(),
         });

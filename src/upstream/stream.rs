@@ -2,8 +2,19 @@
 //! carry out the commands that come back, and reopen it with capped exponential backoff and
 //! jitter when it breaks. Events that could not be handed to a broken stream go to the next
 //! usable upstream.
+//!
+//! **Replay.** gRPC says nothing about what the upstream received of a stream that breaks, and
+//! the protocol has no acknowledgements. So the events a stream took are kept (the *replay
+//! window*) until a health check sent after them on the same HTTP/2 connection is answered, which
+//! proves they arrived (frames arrive in order). When a stream breaks, the events still in the
+//! window go out again, to the next usable upstream: delivery is at least once, and an upstream
+//! may see an event twice after a crash or a network cut (documented in `docs/protocol.md`).
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use futures_util::{Stream, StreamExt, stream};
 use rand::Rng;
@@ -37,6 +48,10 @@ pub const MAX_COMMAND_BYTES: usize = 16 << 20;
 const REMOTE_QUEUE: usize = 4096;
 /// How long a new stream waits for the previous one to give the queue back.
 const QUEUE_HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most events kept unconfirmed per upstream for replay (about 200 bytes each plus payloads);
+/// beyond it the oldest leave the window unconfirmed, counted in
+/// `ppp_replay_window_overflow_total`.
+pub const REPLAY_WINDOW: usize = 65_536;
 
 /// What a stream task needs from its node.
 #[derive(Clone)]
@@ -62,6 +77,42 @@ pub struct StreamContext {
 struct Backlog {
     rx: mpsc::Receiver<NodeEvent>,
     pending: VecDeque<NodeEvent>,
+    /// Events the current stream took, numbered, that no answered health check has confirmed
+    /// yet: the replay window.
+    unconfirmed: VecDeque<(u64, NodeEvent)>,
+}
+
+impl Backlog {
+    /// Notes that the stream takes `event`: it stays in the replay window until confirmed.
+    /// Receipts are not kept: they belong to this upstream's commands and mean nothing to
+    /// another.
+    fn streamed(&mut self, upstream: &Upstream, event: &NodeEvent) {
+        if matches!(event.event, Some(node_event::Event::Result(_))) {
+            return;
+        }
+        // One stream at a time takes events, so this counter has one writer.
+        let n = upstream.streamed.fetch_add(1, Ordering::AcqRel) + 1;
+        let confirmed = upstream.confirmed.load(Ordering::Acquire);
+        while self.unconfirmed.front().is_some_and(|(k, _)| *k <= confirmed) {
+            self.unconfirmed.pop_front();
+        }
+        if self.unconfirmed.len() >= REPLAY_WINDOW {
+            self.unconfirmed.pop_front();
+            metrics::counter!(m::REPLAY_WINDOW_OVERFLOW, "upstream" => upstream.id.clone()).increment(1);
+        }
+        self.unconfirmed.push_back((n, event.clone()));
+    }
+
+    /// Puts the events of the replay window back in front of the queue, for the next stream or
+    /// another upstream; returns how many.
+    fn replay(&mut self) -> usize {
+        let replay = std::mem::take(&mut self.unconfirmed);
+        let n = replay.len();
+        for (_, event) in replay.into_iter().rev() {
+            self.pending.push_front(event);
+        }
+        n
+    }
 }
 
 /// How a stream ended.
@@ -106,13 +157,18 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
     let span = info_span!("health", upstream = %upstream.id);
     let health = health::run(upstream.clone(), channel.clone(), ctx.health_interval, health_stop);
     ctx.tracker.spawn(health.instrument(span));
-    let backlog = Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new() }));
+    let backlog = Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new(), unconfirmed: VecDeque::new() }));
     let mut backoff = Backoff::default();
     loop {
         let outcome = session(&upstream, &channel, &backlog, &ctx).await;
         upstream.set_open(false);
         match outcome {
-            Outcome::Stopped | Outcome::Finished => break,
+            // The node ended its side and the upstream ended its own after reading everything.
+            Outcome::Finished => {
+                backlog.lock().await.unconfirmed.clear();
+                break;
+            }
+            Outcome::Stopped => break,
             Outcome::Broken { error, opened } => {
                 warn!(error = %error, "upstream stream broken");
                 metrics::counter!(m::UPSTREAM_RECONNECTS, "upstream" => upstream.id.clone()).increment(1);
@@ -146,16 +202,18 @@ async fn session(
     ctx: &StreamContext,
 ) -> Outcome {
     let broken = |error: String| Outcome::Broken { error, opened: false };
-    let Ok(guard) = tokio::time::timeout(QUEUE_HANDOVER_TIMEOUT, backlog.clone().lock_owned()).await else {
+    let Ok(mut guard) = tokio::time::timeout(QUEUE_HANDOVER_TIMEOUT, backlog.clone().lock_owned()).await else {
         return broken("the previous stream did not release the queue".to_owned());
     };
+    // What the previous stream left unconfirmed, if the reroute could not take it: first in line.
+    guard.replay();
     // Ends the node's side of the stream whenever this session ends, however it ends (the
     // upstream's side broke, a command could not be decoded, the upstream was removed): the
     // request stream then gives the queue back for the next session, and the upstream sees the
     // end of the stream as the protocol promises.
     let session_end = CancellationToken::new();
     let _end_guard = session_end.clone().drop_guard();
-    let outbound = outbound(ctx.hello.clone(), guard, ctx.finish.clone(), session_end);
+    let outbound = outbound(ctx.hello.clone(), guard, upstream.clone(), ctx.finish.clone(), session_end);
     let mut client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, client.connect(outbound));
     let response = tokio::select! {
@@ -207,29 +265,34 @@ async fn session(
 fn outbound(
     hello: NodeHello,
     guard: OwnedMutexGuard<Backlog>,
+    upstream: Arc<Upstream>,
     finish: CancellationToken,
     end: CancellationToken,
 ) -> impl Stream<Item = NodeEvent> + Send + 'static {
     let hello = NodeEvent { event: Some(node_event::Event::Hello(hello)) };
-    let rest = stream::unfold((guard, finish, end), |(mut backlog, finish, end)| async move {
-        if end.is_cancelled() {
-            return None;
+    let rest = stream::unfold((guard, finish, end), move |(mut backlog, finish, end)| {
+        let upstream = upstream.clone();
+        async move {
+            if end.is_cancelled() {
+                return None;
+            }
+            let event = match backlog.pending.pop_front() {
+                Some(event) => event,
+                // Under load the queue is rarely empty: take what is there without building the
+                // cancellation futures (which register and unregister a waiter every time).
+                None => match backlog.rx.try_recv() {
+                    Ok(event) => event,
+                    Err(_) => tokio::select! {
+                        biased;
+                        () = end.cancelled() => None,
+                        event = backlog.rx.recv() => event,
+                        () = finish.cancelled() => backlog.rx.try_recv().ok(),
+                    }?,
+                },
+            };
+            backlog.streamed(&upstream, &event);
+            Some((event, (backlog, finish, end)))
         }
-        if let Some(event) = backlog.pending.pop_front() {
-            return Some((event, (backlog, finish, end)));
-        }
-        // Under load the queue is rarely empty: take what is there without building the
-        // cancellation futures (which register and unregister a waiter every time).
-        if let Ok(event) = backlog.rx.try_recv() {
-            return Some((event, (backlog, finish, end)));
-        }
-        let event = tokio::select! {
-            biased;
-            () = end.cancelled() => None,
-            event = backlog.rx.recv() => event,
-            () = finish.cancelled() => backlog.rx.try_recv().ok(),
-        };
-        event.map(|e| (e, (backlog, finish, end)))
     });
     stream::once(async { hello }).chain(rest)
 }
@@ -298,6 +361,11 @@ async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, router: &Ro
         warn!("could not reroute: the stream still holds the queue");
         return;
     };
+    let replayed = backlog.replay();
+    if replayed > 0 {
+        warn!(events = replayed, "handing out again the events the upstream may not have received");
+        metrics::counter!(m::EVENTS_REPLAYED, "upstream" => upstream.id.clone()).increment(replayed as u64);
+    }
     while let Ok(event) = backlog.rx.try_recv() {
         backlog.pending.push_back(event);
     }
