@@ -80,6 +80,9 @@ struct Backlog {
     /// Events the current stream took, numbered, that no answered health check has confirmed
     /// yet: the replay window.
     unconfirmed: VecDeque<(u64, NodeEvent)>,
+    /// `ppp_replay_window_overflow_total` for this upstream, looked up once: under a saturating
+    /// load it is touched for every event.
+    overflow: metrics::Counter,
 }
 
 impl Backlog {
@@ -98,7 +101,7 @@ impl Backlog {
         }
         if self.unconfirmed.len() >= REPLAY_WINDOW {
             self.unconfirmed.pop_front();
-            metrics::counter!(m::REPLAY_WINDOW_OVERFLOW, "upstream" => upstream.id.clone()).increment(1);
+            self.overflow.increment(1);
         }
         self.unconfirmed.push_back((n, event.clone()));
     }
@@ -157,7 +160,9 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
     let span = info_span!("health", upstream = %upstream.id);
     let health = health::run(upstream.clone(), channel.clone(), ctx.health_interval, health_stop);
     ctx.tracker.spawn(health.instrument(span));
-    let backlog = Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new(), unconfirmed: VecDeque::new() }));
+    let overflow = metrics::counter!(m::REPLAY_WINDOW_OVERFLOW, "upstream" => upstream.id.clone());
+    let backlog =
+        Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new(), unconfirmed: VecDeque::new(), overflow }));
     let mut backoff = Backoff::default();
     loop {
         let outcome = session(&upstream, &channel, &backlog, &ctx).await;
