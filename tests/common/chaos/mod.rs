@@ -7,12 +7,14 @@
 //! - [`upstream`]: the recording, echoing upstream.
 //! - [`load`]: the load generator.
 //! - [`check`]: the checker and its report; [`state`], its Redis half.
+//! - [`soak`]: the soak's random fault schedule and its samples of memory and descriptors.
 //! - this file: [`Cluster`], which wires them together: each node reaches Redis through its own
 //!   [`FaultProxy`] and each upstream through one [`FaultProxy`] shared by every node.
 
 pub mod check;
 pub mod load;
 pub mod process;
+pub mod soak;
 pub mod state;
 pub mod upstream;
 
@@ -232,6 +234,7 @@ impl Cluster {
             upstream_death_window: Duration::from_secs(2),
             converge_within: self.options.resync_interval + self.options.node_ttl + Duration::from_secs(3),
             healed: None,
+            may_duplicate: false,
         }
     }
 

@@ -197,6 +197,12 @@ impl NodeProc {
         }
     }
 
+    /// The current incarnation's process id, while it was not seen to exit (for the soak's
+    /// `/proc` samples).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills it with SIGKILL and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
