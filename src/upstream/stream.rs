@@ -106,13 +106,15 @@ impl Backlog {
         self.unconfirmed.push_back((n, event.clone()));
     }
 
-    /// Puts the events of the replay window back in front of the queue, for the next stream or
-    /// another upstream; returns how many.
-    fn replay(&mut self) -> usize {
+    /// Puts the events of the replay window that are still unconfirmed back in front of the
+    /// queue, for the next stream or another upstream; returns how many.
+    fn replay(&mut self, upstream: &Upstream) -> usize {
+        let confirmed = upstream.confirmed.load(Ordering::Acquire);
         let replay = std::mem::take(&mut self.unconfirmed);
-        let n = replay.len();
-        for (_, event) in replay.into_iter().rev() {
+        let mut n = 0;
+        for (_, event) in replay.into_iter().rev().take_while(|(k, _)| *k > confirmed) {
             self.pending.push_front(event);
+            n += 1;
         }
         n
     }
@@ -211,14 +213,14 @@ async fn session(
         return broken("the previous stream did not release the queue".to_owned());
     };
     // What the previous stream left unconfirmed, if the reroute could not take it: first in line.
-    guard.replay();
+    guard.replay(upstream);
     // Ends the node's side of the stream whenever this session ends, however it ends (the
     // upstream's side broke, a command could not be decoded, the upstream was removed): the
     // request stream then gives the queue back for the next session, and the upstream sees the
     // end of the stream as the protocol promises.
     let session_end = CancellationToken::new();
     let _end_guard = session_end.clone().drop_guard();
-    let outbound = outbound(ctx.hello.clone(), guard, upstream.clone(), ctx.finish.clone(), session_end);
+    let outbound = outbound(ctx.hello.clone(), guard, upstream.clone(), ctx.finish.clone(), session_end.clone());
     let mut client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, client.connect(outbound));
     let response = tokio::select! {
@@ -239,7 +241,7 @@ async fn session(
     loop {
         let message = tokio::select! {
             biased;
-            () = &mut stopped => return Outcome::Stopped,
+            () = &mut stopped => return removed(upstream, inbound, ctx, &remote, &session_end).await,
             m = inbound.message() => m,
         };
         match message {
@@ -261,6 +263,36 @@ async fn session(
         }
     }
 }
+
+/// The upstream was removed: end the node's side of the stream and give the upstream
+/// [`REMOVAL_GRACE`] to read what it was sent and end its own side (carrying out its last
+/// commands meanwhile), as when the node drains. If it does, everything the stream took arrived
+/// and nothing is replayed; if it does not, the replay window is handed out again.
+async fn removed(
+    upstream: &Upstream,
+    mut inbound: tonic::Streaming<proto::UpstreamCommand>,
+    ctx: &StreamContext,
+    remote: &mpsc::Sender<(Option<String>, Command)>,
+    session_end: &CancellationToken,
+) -> Outcome {
+    session_end.cancel();
+    let finished = async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(command)) => handle_command(upstream, command, &ctx.dispatcher, remote).await,
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    match tokio::time::timeout(REMOVAL_GRACE, finished).await {
+        Ok(true) => Outcome::Finished,
+        _ => Outcome::Stopped,
+    }
+}
+
+/// How long a removed upstream has to end its side of the stream.
+const REMOVAL_GRACE: Duration = Duration::from_secs(2);
 
 /// The node's side of a stream: `hello`, then the backlog, then the queue as events arrive. When
 /// the node drains it ends after the last queued event; when `end` is cancelled (the session is
@@ -366,7 +398,7 @@ async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, router: &Ro
         warn!("could not reroute: the stream still holds the queue");
         return;
     };
-    let replayed = backlog.replay();
+    let replayed = backlog.replay(upstream);
     if replayed > 0 {
         warn!(events = replayed, "handing out again the events the upstream may not have received");
         metrics::counter!(m::EVENTS_REPLAYED, "upstream" => upstream.id.clone()).increment(replayed as u64);

@@ -84,7 +84,7 @@ pub struct TestUpstream {
     health: HealthReporter,
     /// The server's own runtime on its own thread, so killing it drops every connection at
     /// once, as when a process dies: (stop signal, thread).
-    server: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+    server: Option<ServerHandle>,
 }
 
 struct RecordingService(Arc<Recorder>);
@@ -129,27 +129,8 @@ impl TestUpstream {
     }
 
     fn serve(&mut self, listener: std::net::TcpListener) {
-        let health = tonic_health::pb::health_server::HealthServer::new(
-            tonic_health::server::HealthService::from_health_reporter(self.health.clone()),
-        );
         let service = UpstreamServer::new(RecordingService(self.recorder.clone()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                let server = Server::builder()
-                    .add_service(health)
-                    .add_service(service)
-                    .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
-                tokio::select! {
-                    _ = server => {}
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime drops every connection task: the sockets close at once.
-        });
-        self.server = Some((stop, thread));
+        self.server = Some(serve_upstream(listener, &self.health, service));
     }
 
     /// Its URI for `--upstream`.
@@ -295,6 +276,38 @@ pub fn send_cmd(socket: &str, payload: impl Into<Bytes>) -> UpstreamCommand {
         command_id: String::new(),
         command: Some(Command::Send(proto::Send { socket_id: socket.to_owned(), payload: payload.into() })),
     }
+}
+
+/// A running upstream server: send on the sender, then join the thread, to stop it.
+pub type ServerHandle = (tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>);
+
+/// Serves `service` and the health service of `health` on `listener`, on a runtime thread of its
+/// own. Stopping it drops the runtime, so every connection closes at once, as when an upstream
+/// process dies.
+pub fn serve_upstream<S: Upstream>(
+    listener: std::net::TcpListener,
+    health: &HealthReporter,
+    service: UpstreamServer<S>,
+) -> ServerHandle {
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health.clone()),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            let server = Server::builder()
+                .add_service(health)
+                .add_service(service)
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
+            tokio::select! {
+                _ = server => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    (stop, thread)
 }
 
 /// A command with a `command_id`.

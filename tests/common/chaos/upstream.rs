@@ -21,12 +21,9 @@ use ppp::{
         upstream_server::{Upstream, UpstreamServer},
     },
 };
-use tokio::{net::TcpListener, sync::mpsc, time::Instant};
+use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{
-    Request, Response, Status, Streaming,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{Request, Response, Status, Streaming};
 use tonic_health::server::HealthReporter;
 
 /// Commands an upstream's stream may hold for a node that does not read them; beyond it the
@@ -88,7 +85,7 @@ pub struct EchoUpstream {
     health: HealthReporter,
     /// The server's own runtime on its own thread, so killing it drops every connection at
     /// once: (stop signal, thread).
-    server: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+    server: Option<crate::common::ServerHandle>,
     /// When it was killed, each time.
     pub kills: Vec<Instant>,
 }
@@ -158,27 +155,8 @@ impl EchoUpstream {
     }
 
     fn serve(&mut self, listener: std::net::TcpListener) {
-        let health = tonic_health::pb::health_server::HealthServer::new(
-            tonic_health::server::HealthService::from_health_reporter(self.health.clone()),
-        );
         let service = UpstreamServer::new(Service(self.log.clone()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                let server = Server::builder()
-                    .add_service(health)
-                    .add_service(service)
-                    .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
-                tokio::select! {
-                    _ = server => {}
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime drops every connection task: the sockets close at once.
-        });
-        self.server = Some((stop, thread));
+        self.server = Some(crate::common::serve_upstream(listener, &self.health, service));
     }
 
     /// Kills it: every connection drops at once, as when the process dies.
