@@ -1,0 +1,92 @@
+//! The cluster as the admin API reads it from Redis: the nodes (`K:nodes` and each
+//! `K:node:{node}`) and a page of sockets (`K:sockets` and each `K:socket:{id}`), never by asking
+//! other nodes.
+
+use std::collections::HashMap;
+
+use super::keys::Keys;
+use crate::cluster::view::{self, NodeRecord, SocketPage, SocketQuery, SocketRecord};
+
+/// Socket ids fetched from `K:sockets` per round trip while listing.
+const LIST_BATCH: usize = 500;
+
+/// A node's record from its `K:nodes` heartbeat age and its `K:node:{node}` hash.
+pub fn node_record(id: String, heartbeat_age_ms: i64, h: &HashMap<String, String>) -> NodeRecord {
+    let text = |k: &str| h.get(k).cloned().unwrap_or_default();
+    NodeRecord {
+        id,
+        listen: text("listen"),
+        admin: text("admin"),
+        started_at: h.get("started_at").and_then(|v| v.parse().ok()).unwrap_or(0),
+        version: text("version"),
+        sockets: h.get("sockets").and_then(|v| v.parse().ok()).unwrap_or(0),
+        heartbeat_age_ms,
+        draining: h.get("draining").is_some_and(|v| v == "1"),
+    }
+}
+
+/// A page of sockets from `K:sockets` (ordered by `connected_at`, then id: id order, since an
+/// id's timestamp is its `connected_at`), their records read in one pipeline per batch.
+pub async fn sockets(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    query: &SocketQuery,
+) -> Result<SocketPage, redis::RedisError> {
+    // The position: after (`min`, `after`). `skip` passes over entries of score `min` up to
+    // `after` when a whole batch holds nothing else (many sockets in one millisecond).
+    let (mut min, mut after) = match query.after {
+        Some(id) => (Some(id.unix_ms()), Some(id.to_string())),
+        None => (None, None),
+    };
+    let mut skip = 0;
+    let mut page = Vec::new();
+    let mut scanned = 0;
+    let mut last_scanned: Option<String> = None;
+    loop {
+        let batch: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(keys.sockets())
+            .arg(min.map_or_else(|| "-inf".to_owned(), |m| m.to_string()))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(skip)
+            .arg(LIST_BATCH)
+            .arg("WITHSCORES")
+            .query_async(&mut **conn)
+            .await?;
+        let exhausted = batch.len() < LIST_BATCH;
+        let batch_last = batch.last().cloned();
+        let fresh: Vec<String> = batch
+            .into_iter()
+            .filter(|(id, score)| min.is_none_or(|m| *score > m) || after.as_ref().is_none_or(|a| id > a))
+            .map(|(id, _)| id)
+            .collect();
+        let mut pipe = redis::pipe();
+        for id in &fresh {
+            pipe.hgetall(keys.socket(id));
+        }
+        let hashes: Vec<HashMap<String, String>> =
+            if fresh.is_empty() { Vec::new() } else { pipe.query_async(&mut **conn).await? };
+        let progressed = !fresh.is_empty();
+        for (id, hash) in fresh.into_iter().zip(hashes) {
+            if page.len() == query.limit || (query.filtered() && scanned == view::SCAN_BUDGET) {
+                return Ok(SocketPage { sockets: page, next_cursor: last_scanned });
+            }
+            scanned += 1;
+            if let Some(record) = SocketRecord::from_hash(&id, &hash, query.idle_after)
+                && query.matches(&record)
+            {
+                page.push(record);
+            }
+            last_scanned = Some(id);
+        }
+        let Some((last_id, last_score)) = batch_last.filter(|_| !exhausted) else {
+            return Ok(SocketPage { sockets: page, next_cursor: None });
+        };
+        if progressed {
+            (min, after, skip) = (Some(last_score), Some(last_id), 0);
+        } else {
+            skip += LIST_BATCH;
+        }
+    }
+}
