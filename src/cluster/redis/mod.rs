@@ -1,7 +1,7 @@
 //! The cluster backend on Redis (DESIGN §4).
 //!
 //! - [`keys`]: every key and channel name.
-//! - [`records`]: lifecycle records, queued and written in pipelined batches.
+//! - [`records`]: lifecycle records, queued and applied in batches, each exactly once.
 //! - [`bus`]: pub/sub messages between nodes (MessagePack).
 //! - [`counter`]: the shared round-robin counter, leased in blocks.
 //! - [`listing`]: the cluster's nodes and sockets as the admin API reads them.
