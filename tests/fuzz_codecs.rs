@@ -506,57 +506,34 @@ fn decode_bus(bytes: &[u8]) -> Result<BusMessage, String> {
     decoded
 }
 
-/// The parts of a decoded bus message that the subscriber hands on, taken as it does.
-fn take_apart(m: BusMessage) {
-    match m {
-        BusMessage::Command { command, .. } => {
-            if let Ok(c) = command.into_command() {
-                let _ = c.socket().map(|s| s.unix_ms());
-            }
-        }
-        BusMessage::Receipt { status, detail, refused, .. } => {
-            let _ = bus::receipt_from_wire(status, detail, refused);
-        }
-        BusMessage::Broadcast { scope, selector, payload, .. } => {
-            let _ = bus::broadcast_from_wire(scope, selector, payload);
-        }
-        // A node applies another's runtime settings after validating them again.
-        BusMessage::Runtime { patch, .. } => {
-            let settings = Settings::new(&Config::default(), Arc::new(LogFilter::detached("info")));
-            let _ = settings.apply(&patch);
-        }
-        BusMessage::Control { .. } => {}
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn any_bytes_on_the_bus_are_refused_or_decoded_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(m) = decode_bus(&bytes) {
-            take_apart(m);
+            codecs::take_apart(m);
         }
     }
 
     #[test]
     fn any_messagepack_value_on_the_bus_is_refused_or_decoded_without_panic(v in mp_value()) {
         if let Ok(m) = decode_bus(&v.bytes()) {
-            take_apart(m);
+            codecs::take_apart(m);
         }
     }
 
     #[test]
     fn nearly_right_bus_messages_are_refused_or_carried_out_without_panic(v in nearly_right_bus_message()) {
         if let Ok(m) = decode_bus(&v.bytes()) {
-            take_apart(m);
+            codecs::take_apart(m);
         }
     }
 
     #[test]
     fn structured_but_wrong_bus_messages_never_panic(v in wrong_bus_message()) {
         if let Ok(m) = decode_bus(&v.bytes()) {
-            take_apart(m);
+            codecs::take_apart(m);
         }
     }
 
@@ -570,7 +547,7 @@ proptest! {
     ) {
         let bytes = m.encode();
         prop_assert_eq!(&decode_bus(&bytes).unwrap(), &m);
-        take_apart(m);
+        codecs::take_apart(m);
         let _ = decode_bus(&bytes[..cut.index(bytes.len() + 1)]);
         let mut mutant = bytes.clone();
         for (at, b) in &flips {
@@ -581,7 +558,7 @@ proptest! {
             mutant.insert(at.index(mutant.len() + 1), b);
         }
         if let Ok(m) = decode_bus(&mutant) {
-            take_apart(m);
+            codecs::take_apart(m);
         }
     }
 

@@ -4,34 +4,13 @@
 
 #![no_main]
 
-use std::sync::Arc;
+#[path = "../../tests/codecs/mod.rs"]
+mod codecs;
 
-use ppp::{
-    cluster::redis::bus::{self, BusMessage},
-    config::Config,
-    logging::LogFilter,
-    settings::Settings,
-};
+use ppp::cluster::redis::bus::BusMessage;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(message) = BusMessage::decode(data) else { return };
     assert_eq!(BusMessage::decode(&message.encode()).as_ref(), Ok(&message), "what decodes re-encodes to itself");
-    match message {
-        BusMessage::Command { command, .. } => {
-            if let Ok(c) = command.into_command() {
-                let _ = c.socket().map(|s| s.unix_ms());
-            }
-        }
-        BusMessage::Receipt { status, detail, refused, .. } => {
-            let _ = bus::receipt_from_wire(status, detail, refused);
-        }
-        BusMessage::Broadcast { scope, selector, payload, .. } => {
-            let _ = bus::broadcast_from_wire(scope, selector, payload);
-        }
-        BusMessage::Runtime { patch, .. } => {
-            let settings = Settings::new(&Config::default(), Arc::new(LogFilter::detached("info")));
-            let _ = settings.apply(&patch);
-        }
-        BusMessage::Control { .. } => {}
-    }
+    codecs::take_apart(message);
 });

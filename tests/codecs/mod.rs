@@ -1,4 +1,4 @@
-//! The framing properties, shared by `tests/fuzz_codecs.rs` (proptest, run by CI) and the
+//! The framing properties (and how a decoded bus message is taken apart), shared by `tests/fuzz_codecs.rs` (proptest, run by CI) and the
 //! cargo-fuzz targets in `fuzz/` (which include this file by path).
 //!
 //! [`feed`] drives a [`FrameDecoder`] the way a socket's reader does (a read, then decode until
@@ -11,10 +11,15 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use ppp::{
-    config::Framing,
+    cluster::redis::bus::{self, BusMessage},
+    config::{Config, Framing},
     downstream::framing::{FrameDecoder, FrameError, LENGTH_PREFIX_LEN},
+    logging::LogFilter,
+    settings::Settings,
 };
 
 /// What became of a stream: the frames the node forwarded, and whether it closed the socket with
@@ -196,4 +201,27 @@ pub fn check_against_model(framing: Framing, max: usize, stream: &[u8], cuts: &[
         return;
     }
     assert_eq!(got, model(framing, max, stream, eof), "cut at {cuts:?}");
+}
+
+/// The parts of a decoded bus message that the subscriber hands on, taken as it does.
+pub fn take_apart(m: BusMessage) {
+    match m {
+        BusMessage::Command { command, .. } => {
+            if let Ok(c) = command.into_command() {
+                let _ = c.socket().map(|s| s.unix_ms());
+            }
+        }
+        BusMessage::Receipt { status, detail, refused, .. } => {
+            let _ = bus::receipt_from_wire(status, detail, refused);
+        }
+        BusMessage::Broadcast { scope, selector, payload, .. } => {
+            let _ = bus::broadcast_from_wire(scope, selector, payload);
+        }
+        // A node applies another's runtime settings after validating them again.
+        BusMessage::Runtime { patch, .. } => {
+            let settings = Settings::new(&Config::default(), Arc::new(LogFilter::detached("info")));
+            let _ = settings.apply(&patch);
+        }
+        BusMessage::Control { .. } => {}
+    }
 }

@@ -260,7 +260,7 @@ impl Drop for TestUpstream {
 }
 
 /// A non-blocking std listener (handed to the upstream's own runtime).
-fn bind(addr: SocketAddr) -> std::net::TcpListener {
+pub fn bind(addr: SocketAddr) -> std::net::TcpListener {
     let listener = std::net::TcpListener::bind(addr).unwrap();
     listener.set_nonblocking(true).unwrap();
     listener

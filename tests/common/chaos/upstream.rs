@@ -145,7 +145,7 @@ impl EchoUpstream {
     /// Starts one on a free port, serving and healthy.
     pub async fn start() -> Self {
         // Not port 0: it comes back on the same port after a kill (see `free_port`).
-        let listener = bind(SocketAddr::from(([127, 0, 0, 1], super::process::free_port())));
+        let listener = crate::common::bind(SocketAddr::from(([127, 0, 0, 1], super::process::free_port())));
         let addr = listener.local_addr().unwrap();
         let health = HealthReporter::new();
         health.set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving).await;
@@ -170,7 +170,7 @@ impl EchoUpstream {
 
     /// Serves again on the same port, with the same log.
     pub fn restart(&mut self) {
-        self.serve(bind(self.addr));
+        self.serve(crate::common::bind(self.addr));
     }
 
     /// Everything received so far.
@@ -190,11 +190,4 @@ impl Drop for EchoUpstream {
             let _ = stop.send(());
         }
     }
-}
-
-/// A non-blocking std listener (handed to the upstream's own runtime).
-fn bind(addr: SocketAddr) -> std::net::TcpListener {
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    listener
 }
