@@ -127,6 +127,9 @@ pub enum InvalidCommand {
     /// A scope value outside the `Scope` enum.
     #[error("unknown broadcast scope {0}")]
     BadScope(i32),
+    /// An `Ack`: it belongs to the stream it came on, not to a socket (the stream handles it).
+    #[error("an ack is not a command for a socket")]
+    Ack,
 }
 
 impl Command {
@@ -151,6 +154,7 @@ impl Command {
             Some(upstream_command::Command::SetLabels(l)) => {
                 parse_id(&l.socket_id).map(|socket| Self::SetLabels { socket, labels: l.labels, replace: l.replace })
             }
+            Some(upstream_command::Command::Ack(_)) => Err(InvalidCommand::Ack),
         };
         (id, parsed)
     }

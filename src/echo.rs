@@ -13,9 +13,16 @@
 //!
 //! It is stateless about sockets: who is talking comes with every `data` event (`labels`).
 //! The only state is per stream: which `command_id` belongs to which socket, to report receipts.
+//! It acknowledges what it processed (`Ack`), so that after a broken stream only what it had not
+//! processed comes again, and it serves both `Connect` and `ConnectBatch`.
 //! `examples/echo_upstream.rs` serves it; `ppp demo` runs it in-process.
 
-use std::{collections::HashMap, future::Future, pin::Pin};
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use tokio::{net::TcpListener, sync::mpsc};
@@ -28,7 +35,7 @@ use tonic::{
 use crate::{
     UPSTREAM_SERVICE,
     proto::{
-        self, NodeEvent, UpstreamCommand,
+        self, NodeEvent, NodeEventBatch, UpstreamCommand, UpstreamCommandBatch,
         node_event::Event,
         upstream_command::Command,
         upstream_server::{Upstream, UpstreamServer},
@@ -52,27 +59,137 @@ impl EchoUpstream {
     }
 }
 
+/// Acks on `Connect` go out after this many processed events, or [`ACK_AFTER`] after the first
+/// unacknowledged one, whichever comes first. One small message covers hundreds of events, so
+/// acking costs next to nothing, and a crash leaves at most that much to be redelivered.
+const ACK_EVERY: u64 = 256;
+/// See [`ACK_EVERY`].
+const ACK_AFTER: Duration = Duration::from_millis(50);
+
+/// Commands waiting to be written to one stream (backpressure: a full channel stops the reader).
+const OUT_QUEUE: usize = 4096;
+
 #[tonic::async_trait]
 impl Upstream for EchoUpstream {
     type ConnectStream = Pin<Box<dyn Stream<Item = Result<UpstreamCommand, Status>> + Send>>;
+    type ConnectBatchStream = Pin<Box<dyn Stream<Item = Result<UpstreamCommandBatch, Status>> + Send>>;
 
     async fn connect(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(4096);
-        let mut session = Session { greet: self.greet, pending: HashMap::new(), next_id: 0 };
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let mut session = Session::new(self.greet);
         tokio::spawn(async move {
             let mut out = Vec::new();
+            let mut acks = Acks::default();
             // The stream ends when the node ends its side; dropping `tx` then ends ours.
-            while let Ok(Some(event)) = inbound.message().await {
-                session.handle(event, &mut out);
-                for command in out.drain(..) {
-                    if tx.send(Ok(command)).await.is_err() {
-                        return;
+            loop {
+                let due = acks.deadline();
+                let event = tokio::select! {
+                    m = inbound.message() => match m {
+                        Ok(Some(event)) => event,
+                        _ => return,
+                    },
+                    () = sleep_until(due), if due.is_some() => {
+                        out.extend(acks.take());
+                        if send_all(&tx, &mut out).await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
+                };
+                acks.processed(event.event_seq);
+                session.handle(event, &mut out);
+                if acks.unacked() >= ACK_EVERY {
+                    out.extend(acks.take());
+                }
+                if send_all(&tx, &mut out).await.is_err() {
+                    return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn connect_batch(
+        &self,
+        request: Request<Streaming<NodeEventBatch>>,
+    ) -> Result<Response<Self::ConnectBatchStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let mut session = Session::new(self.greet);
+        tokio::spawn(async move {
+            let mut acks = Acks::default();
+            while let Ok(Some(batch)) = inbound.message().await {
+                let mut commands = Vec::new();
+                for event in batch.events {
+                    acks.processed(event.event_seq);
+                    session.handle(event, &mut commands);
+                }
+                // An ack per batch rides in the batch: it costs no message of its own.
+                commands.extend(acks.take());
+                if tx.send(Ok(UpstreamCommandBatch { commands })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends every command of `out` (emptying it), in order.
+async fn send_all(
+    tx: &mpsc::Sender<Result<UpstreamCommand, Status>>,
+    out: &mut Vec<UpstreamCommand>,
+) -> Result<(), mpsc::error::SendError<Result<UpstreamCommand, Status>>> {
+    for command in out.drain(..) {
+        tx.send(Ok(command)).await?;
+    }
+    Ok(())
+}
+
+/// Sleeps until `deadline` (never when there is none).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a stream has processed and acknowledged.
+#[derive(Debug, Default)]
+struct Acks {
+    /// The `event_seq` of the last event processed.
+    processed: u64,
+    /// The `event_seq` of the last ack sent.
+    acked: u64,
+    /// When the oldest processed event not yet acknowledged was processed.
+    since: Option<Instant>,
+}
+
+impl Acks {
+    fn processed(&mut self, event_seq: u64) {
+        self.processed = self.processed.max(event_seq);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn unacked(&self) -> u64 {
+        self.processed - self.acked
+    }
+
+    /// When the next ack is due, if anything waits for one.
+    fn deadline(&self) -> Option<Instant> {
+        self.since.map(|t| t + ACK_AFTER)
+    }
+
+    /// The ack for everything processed so far, if anything is unacknowledged.
+    fn take(&mut self) -> Option<UpstreamCommand> {
+        self.since = None;
+        if self.processed == self.acked {
+            return None;
+        }
+        self.acked = self.processed;
+        let ack = Command::Ack(proto::Ack { event_seq: self.acked });
+        Some(UpstreamCommand { command_id: String::new(), command: Some(ack) })
     }
 }
 
@@ -85,6 +202,10 @@ struct Session {
 }
 
 impl Session {
+    fn new(greet: bool) -> Self {
+        Self { greet, pending: HashMap::new(), next_id: 0 }
+    }
+
     fn handle(&mut self, event: NodeEvent, out: &mut Vec<UpstreamCommand>) {
         match event.event {
             Some(Event::Opened(o)) if self.greet => {

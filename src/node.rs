@@ -163,6 +163,8 @@ impl Node {
                 node_id: node_id.clone(),
                 cluster: config.cluster.clone(),
                 version: crate::VERSION.to_owned(),
+                run_id: uuid::Uuid::now_v7().to_string(),
+                started_at_unix_ms: crate::socket::unix_ms(),
             },
             dispatcher: dispatcher.clone(),
             router: router.clone(),

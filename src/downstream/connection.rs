@@ -97,6 +97,7 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
                 socket_id: socket.id_str.to_string(),
                 reason: reason.to_string(),
             })),
+            ..NodeEvent::default()
         };
         let forward = ctx.router.forward(closed, Some(&socket), None);
         if tokio::time::timeout(CLOSED_EVENT_TIMEOUT, forward).await.is_err() {
@@ -121,8 +122,12 @@ fn opened_event(node_id: &str, socket: &SocketState) -> NodeEvent {
         local_addr: socket.local_addr.to_string(),
         connected_at_unix_ms: socket.connected_at_ms,
         labels: (*socket.labels()).clone(),
+        tls_server_name: String::new(),
     };
-    NodeEvent { event: Some(Event::Opened(SocketOpened { socket: Some(info) })) }
+    NodeEvent {
+        event: Some(Event::Opened(SocketOpened { socket: Some(info), resumed: false })),
+        ..NodeEvent::default()
+    }
 }
 
 /// Hands an event to an upstream, waiting as needed, unless the socket closes first.
@@ -233,7 +238,7 @@ fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> NodeEvent {
     hot.messages_in.increment(1);
     hot.bytes_in.increment(payload.len() as u64);
     let data = SocketData { socket_id: socket.id_str.to_string(), seq, payload, labels: (*socket.labels()).clone() };
-    NodeEvent { event: Some(Event::Data(data)) }
+    NodeEvent { event: Some(Event::Data(data)), ..NodeEvent::default() }
 }
 
 /// When the socket becomes idle for `timeout`, as a tokio instant; `None` when that is beyond

@@ -4,11 +4,13 @@
 //! - [`pool`]: the upstreams, their queues and their state (ready, open).
 //! - [`stream`]: the task that keeps one `Connect` stream open, feeds it and carries out the
 //!   commands that come back.
-//! - [`health`]: the task that polls `grpc.health.v1.Health/Check` for readiness.
+//! - [`window`]: the replay window: what a stream wrote and the upstream has not confirmed.
+//! - [`health`]: the task that polls `grpc.health.v1.Health/Check` for readiness and liveness.
 
 pub mod health;
 pub mod pool;
 pub mod stream;
+pub mod window;
 
 /// Checks that an upstream URI is one the node can dial: `http://host:port` or `https://host:port`.
 ///

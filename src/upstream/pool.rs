@@ -13,6 +13,7 @@ use std::sync::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::window::Delivery;
 use crate::proto::NodeEvent;
 
 /// Capacity of each upstream's event queue. When every usable upstream's queue is full the node
@@ -36,11 +37,12 @@ pub struct Upstream {
     pub stop: CancellationToken,
     /// Events handed to it.
     pub messages_sent: AtomicU64,
-    /// Events its `Connect` streams have taken so far: numbers them for the replay window.
-    pub streamed: AtomicU64,
-    /// Every event numbered up to this reached the upstream: a health check sent after it on the
-    /// same connection was answered (HTTP/2 frames arrive in order).
-    pub confirmed: AtomicU64,
+    /// How far it confirmed what its streams wrote (acks, health checks): the replay window's
+    /// state.
+    pub delivery: Delivery,
+    /// Bumped when the health checks find the upstream dead (no answer at all, several times in
+    /// a row): its stream is then given up and reopened, so what it held goes elsewhere.
+    lost: watch::Sender<u64>,
     /// The last error seen on its stream or health check, for operators.
     last_error: Mutex<Option<String>>,
     /// The pool's change signal.
@@ -94,6 +96,16 @@ impl Upstream {
         if self.open.swap(open, Ordering::AcqRel) != open {
             self.changed.send_modify(|v| *v += 1);
         }
+    }
+
+    /// The health checks found the upstream dead: its stream gives up.
+    pub fn set_lost(&self) {
+        self.lost.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that changes when the health checks find the upstream dead.
+    pub fn lost(&self) -> watch::Receiver<u64> {
+        self.lost.subscribe()
     }
 
     /// Hands an event over without waiting; gives it back when the queue is full.
@@ -182,8 +194,8 @@ impl UpstreamPool {
             open: AtomicBool::new(false),
             stop: CancellationToken::new(),
             messages_sent: AtomicU64::new(0),
-            streamed: AtomicU64::new(0),
-            confirmed: AtomicU64::new(0),
+            delivery: Delivery::default(),
+            lost: watch::Sender::new(0),
             last_error: Mutex::new(None),
             changed: self.inner.changed.clone(),
         });

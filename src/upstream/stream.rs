@@ -3,44 +3,52 @@
 //! jitter when it breaks. Events that could not be handed to a broken stream go to the next
 //! usable upstream.
 //!
-//! **Replay.** gRPC says nothing about what the upstream received of a stream that breaks, and
-//! the protocol has no acknowledgements. So the events a stream took are kept (the *replay
-//! window*) until a health check sent after them on the same HTTP/2 connection is answered, which
-//! proves they arrived (frames arrive in order). When a stream breaks, the events still in the
-//! window go out again, to the next usable upstream: delivery is at least once, and an upstream
-//! may see an event twice after a crash or a network cut (documented in `docs/protocol.md`).
+//! **Open without headers.** The stream counts as open as soon as the call is accepted (the
+//! transport takes its first message, `hello`): the node never waits for response headers, which
+//! some servers (grpcio, grpc-go) send only with their first message. A dead or hung upstream is
+//! found by the health checks ([`super::health`]) and by HTTP/2 keepalive.
+//!
+//! **Replay.** Every event a stream writes carries its `event_seq` and stays in the replay window
+//! ([`super::window`]) until the upstream acknowledges it, or, for an upstream that never acks,
+//! until a health check sent after it is answered. When a stream breaks, what is unconfirmed goes
+//! out again, flagged `redelivered`, to the next usable upstream: delivery is at least once.
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
 use rand::Rng;
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{health, pool::Upstream};
+use super::{
+    health,
+    pool::Upstream,
+    window::{Kept, ReplayWindow},
+};
 use crate::{
     command::{Command, Dispatcher, Receipt},
     metrics as m,
-    proto::{self, CommandResult, NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient},
+    proto::{self, CommandResult, NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient, upstream_command},
     routing::Router,
 };
 
-/// Longest wait for an upstream to answer `Connect`.
+/// Longest wait for the TCP (and HTTP/2) connection to an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// First reconnect delay; doubles per failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// HTTP/2 keepalive ping interval: how liveness of a quiet upstream is checked.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive: a ping after this long without a frame from the upstream. Stock gRPC
+/// servers (grpc-core in Python, C++, Ruby; grpc-go; grpc-java) by default accept at most one
+/// ping per 5 minutes while they send nothing, and end the connection (`GOAWAY too_many_pings`)
+/// after a few more; any answer they send (a health check's, a command) resets that count. So the
+/// node pings no more often than that, whatever `--health-interval` is, and finds a hung upstream
+/// sooner through the health checks, which have deadlines.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(300);
 /// How long a keepalive ping may go unanswered before the connection is dead.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest command an upstream may send (a payload plus a little), in bytes.
 pub const MAX_COMMAND_BYTES: usize = 16 << 20;
 /// Commands for other nodes' sockets waiting on one stream; when full, the stream stops reading
@@ -48,10 +56,6 @@ pub const MAX_COMMAND_BYTES: usize = 16 << 20;
 const REMOTE_QUEUE: usize = 4096;
 /// How long a new stream waits for the previous one to give the queue back.
 const QUEUE_HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most events kept unconfirmed per upstream for replay (about 200 bytes each plus payloads);
-/// beyond it the oldest leave the window unconfirmed, counted in
-/// `ppp_replay_window_overflow_total`.
-pub const REPLAY_WINDOW: usize = 65_536;
 
 /// What a stream task needs from its node.
 #[derive(Clone)]
@@ -71,50 +75,27 @@ pub struct StreamContext {
 }
 
 /// The events waiting for an upstream: its queue, and those taken from the queue while the
-/// stream was down and not yet rerouted. `pending` holds at most what the queue held: while the
-/// stream is down the upstream is not usable, so nothing new is queued for it but receipts for
-/// its own commands, and those stop with its stream.
+/// stream was down and not yet rerouted. `pending` holds at most what the queue held plus one
+/// replay window: while the stream is down the upstream is not usable, so nothing new is queued
+/// for it but receipts for its own commands, and those stop with its stream.
 struct Backlog {
     rx: mpsc::Receiver<NodeEvent>,
     pending: VecDeque<NodeEvent>,
-    /// Events the current stream took, numbered, that no answered health check has confirmed
-    /// yet: the replay window.
-    unconfirmed: VecDeque<(u64, NodeEvent)>,
+    /// Events the current stream wrote that the upstream has not confirmed.
+    window: ReplayWindow,
     /// `ppp_replay_window_overflow_total` for this upstream, looked up once: under a saturating
     /// load it is touched for every event.
     overflow: metrics::Counter,
 }
 
 impl Backlog {
-    /// Notes that the stream takes `event`: it stays in the replay window until confirmed.
-    /// Receipts are not kept: they belong to this upstream's commands and mean nothing to
-    /// another.
-    fn streamed(&mut self, upstream: &Upstream, event: &NodeEvent) {
-        if matches!(event.event, Some(node_event::Event::Result(_))) {
-            return;
-        }
-        // One stream at a time takes events, so this counter has one writer.
-        let n = upstream.streamed.fetch_add(1, Ordering::AcqRel) + 1;
-        let confirmed = upstream.confirmed.load(Ordering::Acquire);
-        while self.unconfirmed.front().is_some_and(|(k, _)| *k <= confirmed) {
-            self.unconfirmed.pop_front();
-        }
-        if self.unconfirmed.len() >= REPLAY_WINDOW {
-            self.unconfirmed.pop_front();
-            self.overflow.increment(1);
-        }
-        self.unconfirmed.push_back((n, event.clone()));
-    }
-
     /// Puts the events of the replay window that are still unconfirmed back in front of the
-    /// queue, for the next stream or another upstream; returns how many.
+    /// queue, flagged `redelivered`, for the next stream or another upstream; returns how many.
     fn replay(&mut self, upstream: &Upstream) -> usize {
-        let confirmed = upstream.confirmed.load(Ordering::Acquire);
-        let replay = std::mem::take(&mut self.unconfirmed);
-        let mut n = 0;
-        for (_, event) in replay.into_iter().rev().take_while(|(k, _)| *k > confirmed) {
+        let again = self.window.take_unconfirmed(&upstream.delivery);
+        let n = again.len();
+        for event in again.into_iter().rev() {
             self.pending.push_front(event);
-            n += 1;
         }
         n
     }
@@ -164,7 +145,7 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
     ctx.tracker.spawn(health.instrument(span));
     let overflow = metrics::counter!(m::REPLAY_WINDOW_OVERFLOW, "upstream" => upstream.id.clone());
     let backlog =
-        Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new(), unconfirmed: VecDeque::new(), overflow }));
+        Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new(), window: ReplayWindow::default(), overflow }));
     let mut backoff = Backoff::default();
     loop {
         let outcome = session(&upstream, &channel, &backlog, &ctx).await;
@@ -172,7 +153,7 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
         match outcome {
             // The node ended its side and the upstream ended its own after reading everything.
             Outcome::Finished => {
-                backlog.lock().await.unconfirmed.clear();
+                backlog.lock().await.window.clear();
                 break;
             }
             Outcome::Stopped => break,
@@ -214,26 +195,40 @@ async fn session(
     };
     // What the previous stream left unconfirmed, if the reroute could not take it: first in line.
     guard.replay(upstream);
+    upstream.delivery.new_stream();
     // Ends the node's side of the stream whenever this session ends, however it ends (the
     // upstream's side broke, a command could not be decoded, the upstream was removed): the
     // request stream then gives the queue back for the next session, and the upstream sees the
     // end of the stream as the protocol promises.
     let session_end = CancellationToken::new();
     let _end_guard = session_end.clone().drop_guard();
-    let outbound = outbound(ctx.hello.clone(), guard, upstream.clone(), ctx.finish.clone(), session_end.clone());
+    let (accepted_tx, accepted) = oneshot::channel();
+    let outbound = outbound(ctx.hello.clone(), guard, upstream.clone(), ctx, session_end.clone(), accepted_tx);
     let mut client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, client.connect(outbound));
-    let response = tokio::select! {
-        r = connect => r,
-        () = upstream.stop.cancelled() => return Outcome::Stopped,
+    let mut lost = upstream.lost();
+    let call = client.connect(outbound);
+    tokio::pin!(call, accepted);
+    let mut accepted_seen = false;
+    // The response (its headers) may come late: with some servers only with their first command.
+    // Meanwhile the stream is open as soon as the transport took `hello`.
+    let response = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            r = &mut accepted, if !accepted_seen => {
+                accepted_seen = true;
+                if r.is_ok() {
+                    mark_open(upstream);
+                }
+            }
+            () = upstream.stop.cancelled() => return Outcome::Stopped,
+            _ = lost.changed() => return broken("the upstream answers no health check".to_owned()),
+        }
     };
     let mut inbound = match response {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return broken(format!("connect failed: {}", status.message())),
-        Err(_) => return broken(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
+        Ok(response) => response.into_inner(),
+        Err(status) => return broken(format!("connect failed: {}", status.message())),
     };
-    upstream.set_open(true);
-    info!("upstream stream open");
+    mark_open(upstream);
     let (remote, remote_rx) = mpsc::channel(REMOTE_QUEUE);
     ctx.tracker.spawn(remote_commands(upstream.clone(), remote_rx, ctx.dispatcher.clone()).in_current_span());
     let stopped = upstream.stop.cancelled();
@@ -242,6 +237,9 @@ async fn session(
         let message = tokio::select! {
             biased;
             () = &mut stopped => return removed(upstream, inbound, ctx, &remote, &session_end).await,
+            _ = lost.changed() => {
+                return Outcome::Broken { error: "the upstream answers no health check".to_owned(), opened: true };
+            }
             m = inbound.message() => m,
         };
         match message {
@@ -261,6 +259,14 @@ async fn session(
                 return Outcome::Broken { error: format!("stream error: {}", status.message()), opened: true };
             }
         }
+    }
+}
+
+/// The stream is open: the router may hand the upstream events (once it is also ready).
+fn mark_open(upstream: &Upstream) {
+    if !upstream.is_open() {
+        upstream.set_open(true);
+        info!("upstream stream open");
     }
 }
 
@@ -294,44 +300,69 @@ async fn removed(
 /// How long a removed upstream has to end its side of the stream.
 const REMOVAL_GRACE: Duration = Duration::from_secs(2);
 
-/// The node's side of a stream: `hello`, then the backlog, then the queue as events arrive. When
-/// the node drains it ends after the last queued event; when `end` is cancelled (the session is
-/// over) it ends at once, leaving what is queued for the next stream. Holding the backlog's guard
-/// for the stream's life makes sure only one stream drains it; the guard returns when the stream
-/// ends or is dropped.
+/// The node's side of a stream: `hello`, then the backlog, then the queue as events arrive, each
+/// numbered (`event_seq`) and kept in the replay window. `accepted` is told when the transport
+/// takes `hello`: the call is accepted. When the node drains it ends after the last queued event;
+/// when `end` is cancelled (the session is over) it ends at once, leaving what is queued for the
+/// next stream. Holding the backlog's guard for the stream's life makes sure only one stream
+/// drains it; the guard returns when the stream ends or is dropped.
 fn outbound(
     hello: NodeHello,
     guard: OwnedMutexGuard<Backlog>,
     upstream: Arc<Upstream>,
-    finish: CancellationToken,
+    ctx: &StreamContext,
     end: CancellationToken,
+    accepted: oneshot::Sender<()>,
 ) -> impl Stream<Item = NodeEvent> + Send + 'static {
-    let hello = NodeEvent { event: Some(node_event::Event::Hello(hello)) };
-    let rest = stream::unfold((guard, finish, end), move |(mut backlog, finish, end)| {
+    let hello = NodeEvent { event: Some(node_event::Event::Hello(hello)), event_seq: 1, redelivered: false };
+    let first = stream::once(async move {
+        let _ = accepted.send(());
+        hello
+    });
+    let state = (guard, ctx.finish.clone(), end, 2u64);
+    let rest = stream::unfold(state, move |(mut backlog, finish, end, event_seq)| {
         let upstream = upstream.clone();
         async move {
             if end.is_cancelled() {
                 return None;
             }
-            let event = match backlog.pending.pop_front() {
-                Some(event) => event,
-                // Under load the queue is rarely empty: take what is there without building the
-                // cancellation futures (which register and unregister a waiter every time).
-                None => match backlog.rx.try_recv() {
-                    Ok(event) => event,
-                    Err(_) => tokio::select! {
-                        biased;
-                        () = end.cancelled() => None,
-                        event = backlog.rx.recv() => event,
-                        () = finish.cancelled() => backlog.rx.try_recv().ok(),
-                    }?,
-                },
-            };
-            backlog.streamed(&upstream, &event);
-            Some((event, (backlog, finish, end)))
+            if backlog.window.must_wait(&upstream.delivery) {
+                // An acknowledging upstream is a whole window behind: wait for its acks
+                // (backpressure) rather than let events go unconfirmed.
+                tokio::select! {
+                    () = end.cancelled() => return None,
+                    () = backlog.window.wait_for_room(&upstream.delivery) => {}
+                }
+            }
+            let mut event = next_event(&mut backlog, &finish, &end).await?;
+            event.event_seq = event_seq;
+            let backlog_ref = &mut *backlog;
+            if backlog_ref.window.keep(&upstream.delivery, event_seq, &event) == Kept::Overflowed {
+                backlog_ref.overflow.increment(1);
+            }
+            Some((event, (backlog, finish, end, event_seq + 1)))
         }
     });
-    stream::once(async { hello }).chain(rest)
+    first.chain(rest)
+}
+
+/// The next event for the stream: what waits in the backlog first, then the queue. `None` when
+/// the session ends, or when the node drains and the queue is empty.
+async fn next_event(backlog: &mut Backlog, finish: &CancellationToken, end: &CancellationToken) -> Option<NodeEvent> {
+    if let Some(event) = backlog.pending.pop_front() {
+        return Some(event);
+    }
+    // Under load the queue is rarely empty: take what is there without building the
+    // cancellation futures (which register and unregister a waiter every time).
+    match backlog.rx.try_recv() {
+        Ok(event) => Some(event),
+        Err(_) => tokio::select! {
+            biased;
+            () = end.cancelled() => None,
+            event = backlog.rx.recv() => event,
+            () = finish.cancelled() => backlog.rx.try_recv().ok(),
+        },
+    }
 }
 
 /// Carries out one command and, when it carries a `command_id`, queues its receipt. A command
@@ -343,6 +374,10 @@ async fn handle_command(
     dispatcher: &Dispatcher,
     remote: &mpsc::Sender<(Option<String>, Command)>,
 ) {
+    if let Some(upstream_command::Command::Ack(ack)) = &command.command {
+        upstream.delivery.ack(ack.event_seq);
+        return;
+    }
     let (command_id, parsed) = Command::from_proto(command);
     let receipt = match parsed {
         Ok(command) if command.socket().is_some() => match dispatcher.execute_local(&command) {
@@ -383,7 +418,7 @@ async fn remote_commands(
 fn send_receipt(upstream: &Upstream, command_id: Option<String>, receipt: Receipt) {
     let Some(command_id) = command_id else { return };
     let result = CommandResult { command_id, status: receipt.status as i32, detail: receipt.detail };
-    let event = NodeEvent { event: Some(node_event::Event::Result(result)) };
+    let event = NodeEvent { event: Some(node_event::Event::Result(result)), ..NodeEvent::default() };
     if upstream.try_hand(event).is_err() {
         warn!("receipt refused: the upstream's queue is full");
         metrics::counter!(m::MESSAGES_REFUSED, "reason" => "receipt_queue_full").increment(1);

@@ -92,6 +92,15 @@ struct RecordingService(Arc<Recorder>);
 #[tonic::async_trait]
 impl Upstream for RecordingService {
     type ConnectStream = ReceiverStream<Result<UpstreamCommand, Status>>;
+    type ConnectBatchStream = ReceiverStream<Result<ppp::proto::UpstreamCommandBatch, Status>>;
+
+    /// Not implemented, as in an upstream written before batches: the node falls back to `Connect`.
+    async fn connect_batch(
+        &self,
+        _request: Request<Streaming<ppp::proto::NodeEventBatch>>,
+    ) -> Result<Response<Self::ConnectBatchStream>, Status> {
+        Err(Status::unimplemented("ConnectBatch"))
+    }
 
     async fn connect(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
