@@ -14,7 +14,10 @@
 -- ARGV[5]  --events-max (K:events is trimmed to about that many entries)
 -- ARGV[6…] the records, each a kind and its fields:
 --          'o', id, remote, local, connected_at   a socket opened
---          'c', id, reason, at                    a socket closed
+--          'r', id, remote, local, connected_at   a socket the cluster reaped while its node was
+--                                                 cut off is announced again (`resumed`)
+--          'c', id, reason, at                    a socket closed (no event when the cluster
+--                                                 already recorded its `closed`: it was reaped)
 --          'l', id, n, name1, value1, …           a socket's labels are now these n pairs
 local prefix, node, run, seq, events_max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local applied = redis.call('HMGET', KEYS[1], 'records_run', 'records_seq')
@@ -23,28 +26,36 @@ if applied[1] == run and tonumber(applied[2] or '0') >= seq then
 end
 
 local node_sockets = prefix .. 'node:' .. node .. ':sockets'
-local function event(kind, socket, at, reason)
+local reaped = prefix .. 'node:' .. node .. ':reaped'
+local function event(kind, socket, at, reason, ...)
   redis.call('XADD', prefix .. 'events', 'MAXLEN', '~', events_max, '*',
-    'type', kind, 'socket', socket, 'node', node, 'at', at, 'reason', reason)
+    'type', kind, 'socket', socket, 'node', node, 'at', at, 'reason', reason, ...)
 end
 
 local i = 6
 while i <= #ARGV do
   local kind, id = ARGV[i], ARGV[i + 1]
   local socket = prefix .. 'socket:' .. id
-  if kind == 'o' then
+  if kind == 'o' or kind == 'r' then
     local connected_at = ARGV[i + 4]
     redis.call('HSET', socket, 'node', node, 'remote', ARGV[i + 2], 'local', ARGV[i + 3],
-      'connected_at', connected_at, 'last_seen', connected_at)
+      'connected_at', connected_at)
+    redis.call('HSETNX', socket, 'last_seen', connected_at)
     redis.call('SADD', node_sockets, id)
     redis.call('ZADD', prefix .. 'sockets', connected_at, id)
-    event('opened', id, connected_at, '')
+    if kind == 'o' then
+      event('opened', id, connected_at, '')
+    elseif redis.call('SREM', reaped, id) == 1 then
+      event('opened', id, connected_at, '', 'resumed', '1')
+    end
     i = i + 5
   elseif kind == 'c' then
     redis.call('DEL', socket)
     redis.call('SREM', node_sockets, id)
     redis.call('ZREM', prefix .. 'sockets', id)
-    event('closed', id, ARGV[i + 3], ARGV[i + 2])
+    if redis.call('SREM', reaped, id) == 0 then
+      event('closed', id, ARGV[i + 3], ARGV[i + 2])
+    end
     i = i + 4
   elseif kind == 'l' then
     -- The complete labels replace the old ones in one step; nothing if the socket is gone.

@@ -139,8 +139,9 @@ impl Node {
             config.admin_listen = addr;
         }
         let table = SocketTable::default();
+        let run_id = uuid::Uuid::now_v7().to_string();
         let redis = match config.redis {
-            Some(_) => Some(RedisBackend::connect(&config, &node_id, local_addr)?),
+            Some(_) => Some(RedisBackend::connect(&config, &node_id, &run_id, local_addr)?),
             None => None,
         };
         let backend: Arc<dyn Backend> = match &redis {
@@ -163,7 +164,7 @@ impl Node {
                 node_id: node_id.clone(),
                 cluster: config.cluster.clone(),
                 version: crate::VERSION.to_owned(),
-                run_id: uuid::Uuid::now_v7().to_string(),
+                run_id,
                 started_at_unix_ms: crate::socket::unix_ms(),
             },
             dispatcher: dispatcher.clone(),
@@ -222,6 +223,7 @@ impl Node {
         }
         node.spawn_registry_watch();
         node.spawn_runtime_watch();
+        node.spawn_announcements();
         if let Some(admin) = listeners.admin {
             // Not on the tracker: the admin API answers through the drain and stops after it.
             let task = tokio::spawn(admin::serve(node.clone(), admin, node.inner.admin_stop.clone()));
@@ -396,6 +398,30 @@ impl Node {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
+            }
+        });
+    }
+
+    /// Hands the lifecycle events the cluster asks for (a reaped node's `closed`, this node's
+    /// `resumed` `opened`) to the upstreams, like any event of a socket.
+    fn spawn_announcements(&self) {
+        let Some(mut announcements) = self.inner.backend.announcements() else { return };
+        let router = self.inner.stream_ctx.router.clone();
+        let finish = self.inner.stream_ctx.finish.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                let announcement = tokio::select! {
+                    () = finish.cancelled() => break,
+                    a = announcements.recv() => a,
+                };
+                let Some(announcement) = announcement else { break };
+                for (event, socket) in announcement.events {
+                    tokio::select! {
+                        () = finish.cancelled() => return,
+                        () = router.forward(event, socket.as_deref(), None) => {}
+                    }
+                }
+                let _ = announcement.handed.send(());
             }
         });
     }

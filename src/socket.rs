@@ -152,9 +152,17 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now (by this host's clock, shifted by
+/// `PPP_TEST_CLOCK_OFFSET_MS` when a test sets it to stand for a host whose clock is off).
 pub fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    now.saturating_add(clock_offset_ms())
+}
+
+/// The test-only clock offset (`PPP_TEST_CLOCK_OFFSET_MS`, read once; 0 unless set).
+fn clock_offset_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| std::env::var("PPP_TEST_CLOCK_OFFSET_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 /// Why a payload could not be queued for a socket.

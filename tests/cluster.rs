@@ -144,8 +144,12 @@ async fn a_dead_node_is_reaped_exactly_once_with_a_closed_event_per_socket() {
         let _: () = r.zadd("ppp:default:sockets", s, old).await.unwrap();
     }
     let up = TestUpstream::start(true).await;
-    let _n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    let _n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
+    let config = |id: &str| ppp::config::Config {
+        node_ttl: std::time::Duration::from_secs(2),
+        ..cluster_config(&redis, id, &[&up])
+    };
+    let _n1 = start_node(config("n1")).await;
+    let _n2 = start_node(config("n2")).await;
     eventually_async("ghost reaped", || async {
         redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "ghost").await.unwrap().is_none()
     })
@@ -164,6 +168,73 @@ async fn a_dead_node_is_reaped_exactly_once_with_a_closed_event_per_socket() {
     assert!(!r.exists::<_, bool>("ppp:default:socket:s1").await.unwrap());
     assert!(!r.exists::<_, bool>("ppp:default:node:ghost").await.unwrap());
     assert_eq!(r.zcard::<_, usize>("ppp:default:sockets").await.unwrap(), 0);
+    // The upstreams hear it too: one `closed` per socket, once across the cluster.
+    up.wait_for("closed at the upstream", |_| up.closed().len() >= 2).await;
+    let mut closed = up.closed();
+    closed.sort();
+    assert_eq!(closed, [("s1".to_owned(), "node_lost".to_owned()), ("s2".to_owned(), "node_lost".to_owned())]);
+    eventually_async("the reap job is done", || async {
+        redis.conn().await.zcard::<_, usize>("ppp:default:reaps").await.unwrap() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_that_moves_is_alive_however_old_its_clock_says_it_is() {
+    let redis = RedisServer::start().await;
+    let mut r = redis.conn().await;
+    let up = TestUpstream::start(true).await;
+    let config =
+        ppp::config::Config { node_ttl: std::time::Duration::from_secs(1), ..cluster_config(&redis, "n1", &[&up]) };
+    let _n1 = start_node(config).await;
+    // A node whose clock is a minute behind: every score it writes is a minute old, but it moves.
+    let _: () = r.sadd("ppp:default:node:skewed:sockets", "s1").await.unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        let behind = ppp::socket::unix_ms() - 60_000;
+        let _: () = r.zadd("ppp:default:nodes", "skewed", behind).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "skewed").await.unwrap().is_some(), "reaped alive");
+    assert!(up.closed().is_empty());
+    // It stops beating: dead one --node-ttl later by the watcher's own clock.
+    eventually_async("reaped once it stood still", || async {
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "skewed").await.unwrap().is_none()
+    })
+    .await;
+    up.wait_for("its socket's closed", |_| up.closed() == [("s1".to_owned(), "node_lost".to_owned())]).await;
+}
+
+#[tokio::test]
+async fn a_node_restarted_with_the_same_id_reaps_its_previous_run_first() {
+    let redis = RedisServer::start().await;
+    let mut r = redis.conn().await;
+    // The previous run of n1, killed a moment ago: still registered, with a fresh heartbeat.
+    let _: () = r.zadd("ppp:default:nodes", "n1", ppp::socket::unix_ms()).await.unwrap();
+    let _: () = r.hset("ppp:default:node:n1", "run_id", "the-old-run").await.unwrap();
+    for s in ["old1", "old2", "old3"] {
+        let _: () = r.sadd("ppp:default:node:n1:sockets", s).await.unwrap();
+        let _: () = r.hset(format!("ppp:default:socket:{s}"), "node", "n1").await.unwrap();
+    }
+    let up = TestUpstream::start(true).await;
+    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let _c = Client::connect(&node).await;
+    let new = up.wait_opened(1).await[0].clone();
+    up.wait_for("the old run's closed", |_| up.closed().len() >= 3).await;
+    let mut closed = up.closed();
+    closed.sort();
+    let lost = |s: &str| (s.to_owned(), "node_lost".to_owned());
+    assert_eq!(closed, [lost("old1"), lost("old2"), lost("old3")]);
+    redis.wait_exists("the new run's socket", &format!("ppp:default:socket:{new}")).await;
+    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    assert_eq!(members, [new]);
+    let run: String = r.hget("ppp:default:node:n1", "run_id").await.unwrap();
+    let hello = up.events().into_iter().find_map(|e| match e.event {
+        Some(proto::node_event::Event::Hello(h)) => Some(h),
+        _ => None,
+    });
+    assert_eq!(hello.map(|h| h.run_id), Some(run.clone()));
+    assert_ne!(run, "the-old-run");
 }
 
 #[tokio::test]
@@ -440,22 +511,39 @@ async fn a_node_reaped_while_cut_off_registers_again() {
     let id = up.wait_opened(1).await[0].clone();
     let key = format!("ppp:default:socket:{id}");
     redis.wait_exists("registered", &key).await;
-    // What another node's reaper does to a node it believes dead.
+    // What another node's reaper does to a node it believes dead: redis/reap.lua.
     let mut r = redis.conn().await;
-    let _: () = redis::pipe()
-        .zrem("ppp:default:nodes", "n1")
-        .del("ppp:default:node:n1")
-        .del("ppp:default:node:n1:sockets")
-        .del(&key)
-        .zrem("ppp:default:sockets", &id)
-        .query_async(&mut r)
+    let reaped: i64 = redis::Script::new(include_str!("../redis/reap.lua"))
+        .key("ppp:default:nodes")
+        .arg("ppp:default:")
+        .arg("n1")
+        .arg("")
+        .arg("")
+        .arg(ppp::socket::unix_ms())
+        .arg("elsewhere")
+        .arg(1000)
+        .arg("n1/test/1")
+        .invoke_async(&mut r)
         .await
         .unwrap();
+    assert_eq!(reaped, 1);
     eventually_async("registered again with its socket", || async {
         let mut r = redis.conn().await;
         r.exists::<_, bool>(&key).await.unwrap()
             && r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1").await.unwrap().is_some()
             && r.zscore::<_, _, Option<i64>>("ppp:default:sockets", &id).await.unwrap().is_some()
+    })
+    .await;
+    // The node itself announces the reaped job's closed (it reaps nobody, but it is a live node)
+    // and then, alive, its socket again: `opened` with `resumed`, at the upstream and in K:events.
+    let resumed = |events: &[proto::NodeEvent]| {
+        events.iter().any(|e| matches!(&e.event, Some(proto::node_event::Event::Opened(o)) if o.resumed))
+    };
+    up.wait_for("opened again, resumed", resumed).await;
+    assert_eq!(up.closed(), [(id.clone(), "node_lost".to_owned())]);
+    eventually_async("resumed in K:events", || async {
+        let events = redis.conn().await.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await;
+        events.unwrap().ids.iter().any(|e| e.get::<String>("resumed").as_deref() == Some("1"))
     })
     .await;
 }

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use crate::{
     command::{Broadcast, Command, Receipt},
+    proto::NodeEvent,
     settings::RuntimePatch,
     socket::{CloseReason, SocketId, SocketState},
 };
@@ -40,6 +41,17 @@ pub struct UpstreamEntry {
     pub id: String,
     /// Its gRPC URI (`http://host:port`).
     pub uri: String,
+}
+
+/// Lifecycle events the cluster gives this node to hand to its upstreams: the `closed` events of
+/// a dead node's sockets (this node reaps it), or the `opened` (`resumed`) events of its own
+/// sockets after the cluster reaped it while it was cut off.
+#[derive(Debug)]
+pub struct Announcement {
+    /// The events, each with its socket when it is one of this node's (sticky routing).
+    pub events: Vec<(NodeEvent, Option<Arc<SocketState>>)>,
+    /// Told once every event was handed to an upstream.
+    pub handed: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A shared counter for round-robin: every node draws from it, so the split over upstreams is
@@ -138,4 +150,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The node drained: flush what is queued and leave the cluster cleanly.
     async fn leave(&self) {}
+
+    /// The lifecycle events the cluster asks this node to hand to its upstreams; `Some` once (a
+    /// standalone node has none).
+    fn announcements(&self) -> Option<tokio::sync::mpsc::Receiver<Announcement>> {
+        None
+    }
 }

@@ -81,7 +81,7 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
         // Reader and writer run concurrently in this one task (one task per socket keeps an idle
         // socket small); each ends by closing the socket, which ends the other.
         let read_side = async {
-            let reason = match deliver(&ctx.router, &socket, opened_event(&ctx.node_id, &socket)).await {
+            let reason = match deliver(&ctx.router, &socket, opened_event(&ctx.node_id, &socket, false)).await {
                 Ok(()) => read_loop(&ctx, &socket, read).await,
                 Err(reason) => reason,
             };
@@ -113,8 +113,9 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
     .await;
 }
 
-/// The `opened` event for a socket.
-fn opened_event(node_id: &str, socket: &SocketState) -> NodeEvent {
+/// The `opened` event for a socket; `resumed` when it is announced again after the cluster
+/// reaped it while this node was cut off.
+pub fn opened_event(node_id: &str, socket: &SocketState, resumed: bool) -> NodeEvent {
     let info = SocketInfo {
         id: socket.id_str.to_string(),
         node_id: node_id.to_owned(),
@@ -124,10 +125,7 @@ fn opened_event(node_id: &str, socket: &SocketState) -> NodeEvent {
         labels: (*socket.labels()).clone(),
         tls_server_name: String::new(),
     };
-    NodeEvent {
-        event: Some(Event::Opened(SocketOpened { socket: Some(info), resumed: false })),
-        ..NodeEvent::default()
-    }
+    NodeEvent { event: Some(Event::Opened(SocketOpened { socket: Some(info), resumed })), ..NodeEvent::default() }
 }
 
 /// Hands an event to an upstream, waiting as needed, unless the socket closes first.

@@ -19,7 +19,8 @@ impl Keys {
         format!("{}nodes", self.base)
     }
 
-    /// `K:node:{node}` — hash: `listen`, `admin`, `started_at`, `version`, `sockets`, `draining`.
+    /// `K:node:{node}` — hash: `listen`, `admin`, `started_at`, `version`, `run_id`, `sockets`,
+    /// `draining`, `beats`.
     pub fn node(&self, node: &str) -> String {
         format!("{}node:{node}", self.base)
     }
@@ -27,6 +28,26 @@ impl Keys {
     /// `K:node:{node}:sockets` — set: the ids of the sockets the node holds.
     pub fn node_sockets(&self, node: &str) -> String {
         format!("{}node:{node}:sockets", self.base)
+    }
+
+    /// `K:node:{node}:reaped` — set: the node's sockets the cluster reaped (kept a day), so the
+    /// node, if it was only cut off, announces those it still holds again.
+    pub fn node_reaped(&self, node: &str) -> String {
+        format!("{}node:{node}:reaped", self.base)
+    }
+
+    /// `K:reaps` — sorted set: reap jobs (a dead node's sockets still to be announced `closed`
+    /// to the upstreams) → when they were created (unix ms).
+    pub fn reaps(&self) -> String {
+        format!("{}reaps", self.base)
+    }
+
+    /// `K:reap:{job}` — list, and `K:reap:{job}:owner`, `K:reap:{job}:sent`: one reap job (see
+    /// `redis/announce.lua`).
+    /// Returns (list, owner, sent).
+    pub fn reap_job(&self, job: &str) -> (String, String, String) {
+        let list = format!("{}reap:{job}", self.base);
+        (list.clone(), format!("{list}:owner"), format!("{list}:sent"))
     }
 
     /// `K:socket:{id}` — hash: `node`, `remote`, `local`, `connected_at`, `last_seen`, `label:{name}`.

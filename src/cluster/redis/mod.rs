@@ -5,13 +5,17 @@
 //! - [`bus`]: pub/sub messages between nodes (MessagePack).
 //! - [`counter`]: the shared round-robin counter, leased in blocks.
 //! - [`listing`]: the cluster's nodes and sockets as the admin API reads them.
-//! - this file: the backend itself: membership (heartbeat, reaping), the upstream registry,
-//!   commands for other nodes' sockets with their receipts, and the bus subscriber.
+//! - [`membership`]: the heartbeat, registration, and the reaper's judgement of death.
+//! - [`reaper`]: announcing a reaped node's `closed` events to the upstreams, once.
+//! - this file: the backend itself: the upstream registry, commands for other nodes' sockets
+//!   with their receipts, the bus subscriber, resync.
 
 pub mod bus;
 pub mod counter;
 pub mod keys;
 pub mod listing;
+pub mod membership;
+pub mod reaper;
 pub mod records;
 
 use std::{
@@ -50,8 +54,9 @@ use crate::{
     socket::{CloseReason, SocketId, SocketState, unix_ms},
 };
 
-/// How often a node refreshes its heartbeat and looks for dead nodes.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub use membership::HEARTBEAT;
+/// Reap announcements waiting for the node to hand them to its upstreams.
+const ANNOUNCE_QUEUE: usize = 4;
 /// How long a node waits for the owner's receipt of a command it forwarded.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Runtime settings changes held for the node to apply; more at once is an operator's loop.
@@ -99,7 +104,25 @@ pub struct RedisBackend {
     /// The background tasks.
     tracker: TaskTracker,
     /// `redis/reap.lua`.
-    reap: Script,
+    reap_script: Script,
+    /// This run's id (`NodeHello.run_id`, `run_id` in `K:node:{node}`).
+    run_id: String,
+    /// True once this run is registered (and its node id's previous run reaped).
+    registered: watch::Sender<bool>,
+    /// This run's heartbeats as counted in `K:node:{node}` (`beats`): a count that does not
+    /// follow on means Redis lost or rewound its data.
+    beats: AtomicU64,
+    /// The node was reaped while cut off and must announce its sockets again.
+    resume_pending: AtomicBool,
+    /// How long a reap batch handed to the upstreams is given to be confirmed (acknowledged, or
+    /// received per a health check) before it leaves the job.
+    confirm_wait: Duration,
+    /// A reap job is being announced by this node.
+    announcing: AtomicBool,
+    /// Where reap announcements go (the node hands them to its upstreams).
+    announce_tx: mpsc::Sender<super::Announcement>,
+    /// The receiving end, taken once by the node.
+    announce_rx: Mutex<Option<mpsc::Receiver<super::Announcement>>>,
     /// `--resync-interval`.
     resync_interval: Duration,
     /// `--idle-after`: `last_seen` is refreshed every quarter of it.
@@ -120,7 +143,7 @@ impl RedisBackend {
     ///
     /// # Errors
     /// [`BackendError::Invalid`] when the URL is not a Redis URL.
-    pub fn connect(config: &Config, node: &str, listen: SocketAddr) -> Result<Arc<Self>, BackendError> {
+    pub fn connect(config: &Config, node: &str, run_id: &str, listen: SocketAddr) -> Result<Arc<Self>, BackendError> {
         let url = config.redis.clone().unwrap_or_default();
         // `rediss://` goes through rustls, which needs a process-wide crypto provider; `Err`
         // means one is installed already, which is as good.
@@ -132,7 +155,16 @@ impl RedisBackend {
             .map_err(|e| invalid(&e))?;
         let keys = Keys::new(&config.redis_prefix, &config.cluster);
         let shared = Arc::new(SharedConn::new(pool.clone()));
-        let (writer, records) = RecordWriter::new(shared.clone(), keys.clone(), node.to_owned(), config.events_max);
+        let registered = watch::Sender::new(false);
+        let (writer, records) = RecordWriter::new(
+            shared.clone(),
+            keys.clone(),
+            node.to_owned(),
+            run_id.to_owned(),
+            config.events_max,
+            registered.subscribe(),
+        );
+        let (announce_tx, announce_rx) = mpsc::channel(ANNOUNCE_QUEUE);
         let backend = Arc::new(Self {
             counter: LeasedCounter::new(shared.clone(), keys.rr()),
             shared,
@@ -150,12 +182,21 @@ impl RedisBackend {
                 ("admin", config.admin_listen.to_string()),
                 ("started_at", unix_ms().to_string()),
                 ("version", crate::VERSION.to_owned()),
+                ("run_id", run_id.to_owned()),
             ],
             node_ttl: config.node_ttl,
             events_max: config.events_max,
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            reap: Script::new(REAP_LUA),
+            reap_script: Script::new(REAP_LUA),
+            run_id: run_id.to_owned(),
+            registered,
+            beats: AtomicU64::new(0),
+            resume_pending: AtomicBool::new(false),
+            announcing: AtomicBool::new(false),
+            confirm_wait: reaper::confirm_wait(config.health_interval),
+            announce_tx,
+            announce_rx: Mutex::new(Some(announce_rx)),
             resync_interval: config.resync_interval,
             idle_after: config.idle_after,
             resync_now: Notify::new(),
@@ -175,63 +216,6 @@ impl RedisBackend {
     /// Gives the backend the dispatcher that carries out commands arriving from other nodes.
     pub fn attach(&self, dispatcher: Dispatcher) {
         let _ = self.local.set(dispatcher);
-    }
-
-    /// Refreshes this node's heartbeat and record every [`HEARTBEAT`], and reaps dead nodes.
-    async fn heartbeat(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(HEARTBEAT);
-        loop {
-            tokio::select! {
-                () = self.stop.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
-            if let Err(e) = timed(self.beat()).await {
-                if self.reachable.swap(false, Ordering::AcqRel) {
-                    warn!(error = %e, "Redis unreachable; serving on, records queued");
-                }
-                metrics::counter!(m::REDIS_ERRORS).increment(1);
-                continue;
-            }
-            if !self.reachable.swap(true, Ordering::AcqRel) {
-                info!("Redis reachable");
-                metrics::counter!(m::REDIS_RECONNECTS).increment(1);
-            }
-            if let Err(e) = timed(self.reap_dead()).await {
-                warn!(error = %e, "reaping failed");
-            }
-        }
-    }
-
-    async fn beat(&self) -> Result<(), redis::RedisError> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
-        let sockets = self.local.get().map_or(0, Dispatcher::socket_count);
-        let mut fields = self.node_fields.clone();
-        fields.push(("sockets", sockets.to_string()));
-        let (added,): (usize,) = redis::pipe()
-            .zadd(self.keys.nodes(), &self.node, unix_ms())
-            .hset_multiple(self.keys.node(&self.node), &fields)
-            .ignore()
-            .query_async(&mut *conn)
-            .await?;
-        if added == 1 {
-            // New in K:nodes: the first beat, or the node was reaped while cut off, or Redis
-            // lost its data. Either way, seed the registry with what this node knows (without
-            // overwriting anything there) and register the whole socket set again now.
-            info!("registered in the cluster");
-            records::event(&self.keys, self.events_max, "node_up", "", &self.node, unix_ms(), "")
-                .exec_async(&mut *conn)
-                .await?;
-            let known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if !known.is_empty() {
-                let mut pipe = redis::pipe();
-                for e in &known {
-                    pipe.hset_nx(self.keys.upstreams(), &e.id, &e.uri).ignore();
-                }
-                pipe.query_async::<()>(&mut *conn).await?;
-            }
-            self.resync_now.notify_one();
-        }
-        Ok(())
     }
 
     /// Every `--resync-interval` (or at once when asked), makes this node's socket registry in
@@ -261,7 +245,9 @@ impl RedisBackend {
 
     /// One resync; returns how many sockets were added to and removed from Redis.
     async fn resync(&self) -> Result<(usize, usize), redis::RedisError> {
-        let Some(local) = self.local.get() else { return Ok((0, 0)) };
+        // Not before this run is registered: the socket set in Redis may still be a previous
+        // run's, which must be reaped (with its `closed` events), not repaired away.
+        let Some(local) = self.local.get().filter(|_| *self.registered.borrow()) else { return Ok((0, 0)) };
         let mut conn = self.pool.get().await.map_err(pool_error)?;
         let in_redis: HashSet<String> = conn.smembers(self.keys.node_sockets(&self.node)).await?;
         let truth = local.sockets();
@@ -328,34 +314,6 @@ impl RedisBackend {
                 Err(e) => debug!(error = %e, "could not refresh last_seen"),
             }
         }
-    }
-
-    /// Reaps every node whose heartbeat is older than `--node-ttl` (the Lua script makes sure
-    /// only one live node reaps each).
-    async fn reap_dead(&self) -> Result<(), redis::RedisError> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
-        let now = unix_ms();
-        let deadline = now - self.node_ttl.as_millis() as i64;
-        let dead: Vec<String> =
-            conn.zrangebyscore_limit(self.keys.nodes(), "-inf", format!("({deadline}"), 0, 16).await?;
-        for node in dead.into_iter().filter(|n| *n != self.node) {
-            let reaped: i64 = self
-                .reap
-                .key(self.keys.nodes())
-                .arg(self.keys.base())
-                .arg(&node)
-                .arg(deadline)
-                .arg(now)
-                .arg(&self.node)
-                .arg(self.events_max)
-                .invoke_async(&mut *conn)
-                .await?;
-            if reaped >= 0 {
-                info!(dead = %node, sockets = reaped, "reaped a dead node");
-                metrics::counter!(m::NODES_REAPED).increment(1);
-            }
-        }
-        Ok(())
     }
 
     /// Listens on this node's channel, the broadcast channel and the control channel, on a
@@ -478,6 +436,7 @@ impl Backend for RedisBackend {
             remote: socket.remote_addr.to_string(),
             local: socket.local_addr.to_string(),
             connected_at: socket.connected_at_ms,
+            resumed: false,
         });
     }
 
@@ -639,6 +598,10 @@ impl Backend for RedisBackend {
 
     fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Acquire)
+    }
+
+    fn announcements(&self) -> Option<mpsc::Receiver<super::Announcement>> {
+        self.announce_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     async fn draining(&self) {

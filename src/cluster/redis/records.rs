@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use deadpool_redis::Pool;
 use redis::Script;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -41,6 +41,8 @@ pub enum Record {
         local: String,
         /// Accept time, unix ms.
         connected_at: i64,
+        /// Announced again after the cluster reaped it while the node was cut off.
+        resumed: bool,
     },
     /// A socket of this node closed.
     Closed {
@@ -76,19 +78,33 @@ pub struct RecordWriter {
     script: Script,
     /// This process's run id: with the batch sequence number, names a batch uniquely.
     run: String,
+    /// True once this run is registered in the cluster (and a previous run with the same node id
+    /// reaped): nothing is written before.
+    registered: watch::Receiver<bool>,
 }
 
 impl RecordWriter {
     /// A writer and the sender the data path records into.
-    pub fn new(conn: Arc<SharedConn>, keys: Keys, node: String, events_max: u64) -> (Self, mpsc::Sender<Record>) {
+    pub fn new(
+        conn: Arc<SharedConn>,
+        keys: Keys,
+        node: String,
+        run: String,
+        events_max: u64,
+        registered: watch::Receiver<bool>,
+    ) -> (Self, mpsc::Sender<Record>) {
         let (tx, rx) = mpsc::channel(RECORD_QUEUE);
         let script = Script::new(RECORDS_LUA);
-        let run = format!("{:016x}", rand::random::<u64>());
-        (Self { rx, conn, keys, node, events_max, script, run }, tx)
+        (Self { rx, conn, keys, node, events_max, script, run, registered }, tx)
     }
 
-    /// Writes records until `stop` is cancelled and the queue is empty.
+    /// Writes records, once this run is registered, until `stop` is cancelled and the queue is
+    /// empty.
     pub async fn run(mut self, stop: CancellationToken) {
+        tokio::select! {
+            r = self.registered.wait_for(|r| *r) => if r.is_err() { return },
+            () = stop.cancelled() => return,
+        }
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         let mut seq: u64 = 0;
         loop {
@@ -126,8 +142,9 @@ impl RecordWriter {
         apply.arg(self.keys.base()).arg(&self.node).arg(&self.run).arg(seq).arg(self.events_max);
         for record in batch {
             match record {
-                Record::Opened { id, remote, local, connected_at } => {
-                    apply.arg("o").arg(&**id).arg(remote).arg(local).arg(*connected_at);
+                Record::Opened { id, remote, local, connected_at, resumed } => {
+                    let kind = if *resumed { "r" } else { "o" };
+                    apply.arg(kind).arg(&**id).arg(remote).arg(local).arg(*connected_at);
                 }
                 Record::Closed { id, reason, at } => {
                     apply.arg("c").arg(&**id).arg(*reason).arg(*at);

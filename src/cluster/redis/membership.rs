@@ -1,0 +1,228 @@
+//! Membership: the heartbeat, registration, and the reaper's judgement of death.
+//!
+//! Every [`HEARTBEAT`] a node writes its score in `K:nodes` and its record in `K:node:{node}`. A
+//! node is dead when this node has watched its score stay unchanged for `--node-ttl` **by this
+//! node's own clock** ([`Watch`]); time in which this node could not reach Redis does not count
+//! (the watch starts again when it is back). So neither clock skew between hosts, nor a Redis
+//! restored from an old snapshot, nor a failover that cut everyone off for a while gets a live
+//! node reaped. The reap itself is `redis/reap.lua`, atomic and once; announcing the dead node's
+//! `closed` events to the upstreams is [`super::reaper`]'s job.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use redis::AsyncCommands;
+use tracing::{info, warn};
+
+use super::{
+    RedisBackend,
+    records::{self, pool_error, timed},
+};
+use crate::{metrics as m, socket::unix_ms};
+
+/// How often a node refreshes its heartbeat and looks for dead nodes.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Dead nodes reaped per heartbeat at most.
+const REAP_PER_BEAT: usize = 16;
+
+/// Heartbeats as this node watched them: node id → (the score last seen, when this node first
+/// saw that score, by its own monotonic clock).
+#[derive(Debug, Default)]
+pub struct Watch {
+    seen: HashMap<String, (i64, Instant)>,
+}
+
+impl Watch {
+    /// Notes the heartbeats read now; returns the nodes (and their unchanged scores) that have
+    /// not beaten for `ttl` as this node saw it.
+    fn observe(&mut self, beats: Vec<(String, i64)>, ttl: Duration, now: Instant) -> Vec<(String, i64)> {
+        let mut dead = Vec::new();
+        let mut seen = HashMap::with_capacity(beats.len());
+        for (node, score) in beats {
+            let since = match self.seen.get(&node) {
+                Some((last, since)) if *last == score => *since,
+                _ => now,
+            };
+            if now.duration_since(since) >= ttl {
+                dead.push((node.clone(), score));
+            }
+            seen.insert(node, (score, since));
+        }
+        self.seen = seen;
+        dead
+    }
+
+    /// Forgets everything: this node could not see the cluster for a while, so no silence it
+    /// saw before counts.
+    fn restart(&mut self) {
+        self.seen.clear();
+    }
+}
+
+impl RedisBackend {
+    /// Refreshes this node's heartbeat and record every [`HEARTBEAT`], and reaps dead nodes.
+    pub(super) async fn heartbeat(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(HEARTBEAT);
+        let mut watch = Watch::default();
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            if let Err(e) = timed(self.beat()).await {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    warn!(error = %e, "Redis unreachable; serving on, records queued");
+                }
+                watch.restart();
+                metrics::counter!(m::REDIS_ERRORS).increment(1);
+                continue;
+            }
+            if !self.reachable.swap(true, Ordering::AcqRel) {
+                info!("Redis reachable");
+                metrics::counter!(m::REDIS_RECONNECTS).increment(1);
+            }
+            if let Err(e) = timed(self.reap_dead(&mut watch)).await {
+                warn!(error = %e, "reaping failed");
+                watch.restart();
+            }
+            self.resume_if_reaped().await;
+            self.reaper_tick();
+        }
+    }
+
+    /// One heartbeat. The first one of this run reaps the node's previous run if it is still
+    /// registered (a fixed `--node-id` restarted before it was reaped), so its sockets get their
+    /// `closed`, and only then lets the record writer start.
+    async fn beat(&self) -> Result<(), redis::RedisError> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        if !*self.registered.borrow() {
+            self.reap_previous_run(&mut conn).await?;
+        }
+        let sockets = self.local.get().map_or(0, crate::command::Dispatcher::socket_count);
+        let mut fields = self.node_fields.clone();
+        fields.push(("sockets", sockets.to_string()));
+        let (added, beats): (usize, u64) = redis::pipe()
+            .zadd(self.keys.nodes(), &self.node, unix_ms())
+            .hset_multiple(self.keys.node(&self.node), &fields)
+            .ignore()
+            .hincr(self.keys.node(&self.node), "beats", 1)
+            .query_async(&mut *conn)
+            .await?;
+        let expected = self.beats.fetch_add(1, Ordering::AcqRel) + 1;
+        if added == 1 {
+            self.registered_again(&mut conn).await?;
+        } else if beats != expected {
+            // Our record is not the one we wrote: Redis restarted, failed over or was restored
+            // from a snapshot. Repair the socket registry now rather than at the next resync.
+            info!(beats, expected, "the cluster state changed under this node; resyncing");
+            self.beats.store(beats, Ordering::Release);
+            self.resync_now.notify_one();
+        }
+        if !self.registered.send_replace(true) {
+            info!(run = %self.run_id, "registered in the cluster");
+        }
+        Ok(())
+    }
+
+    /// New in `K:nodes`: the first beat, or the node was reaped while cut off, or Redis lost its
+    /// data. Record `node_up`, seed the registry with what this node knows (without overwriting
+    /// anything there) and register the whole socket set again now.
+    async fn registered_again(&self, conn: &mut deadpool_redis::Connection) -> Result<(), redis::RedisError> {
+        if *self.registered.borrow() {
+            info!("registered in the cluster again");
+            self.resume_pending.store(true, Ordering::Release);
+        }
+        records::event(&self.keys, self.events_max, "node_up", "", &self.node, unix_ms(), "")
+            .exec_async(&mut **conn)
+            .await?;
+        let known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !known.is_empty() {
+            let mut pipe = redis::pipe();
+            for e in &known {
+                pipe.hset_nx(self.keys.upstreams(), &e.id, &e.uri).ignore();
+            }
+            pipe.query_async::<()>(&mut **conn).await?;
+        }
+        self.beats.store(1, Ordering::Release);
+        self.resync_now.notify_one();
+        Ok(())
+    }
+
+    /// Reaps this node's previous run, if a run with another id is still registered under this
+    /// node id.
+    async fn reap_previous_run(&self, conn: &mut deadpool_redis::Connection) -> Result<(), redis::RedisError> {
+        let previous: Option<String> = conn.hget(self.keys.node(&self.node), "run_id").await?;
+        let Some(previous) = previous.filter(|run| *run != self.run_id) else { return Ok(()) };
+        let reaped = self.reap(conn, &self.node, None, &previous).await?;
+        if reaped >= 0 {
+            info!(run = %previous, sockets = reaped, "reaped this node's previous run");
+            metrics::counter!(m::NODES_REAPED).increment(1);
+        }
+        Ok(())
+    }
+
+    /// Reaps every node whose heartbeat this node watched stay unchanged for `--node-ttl`.
+    async fn reap_dead(&self, watch: &mut Watch) -> Result<(), redis::RedisError> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        let beats: Vec<(String, i64)> = conn.zrange_withscores(self.keys.nodes(), 0, -1).await?;
+        let dead = watch.observe(beats, self.node_ttl, Instant::now());
+        for (node, score) in dead.into_iter().filter(|(n, _)| *n != self.node).take(REAP_PER_BEAT) {
+            let reaped = self.reap(&mut conn, &node, Some(score), "").await?;
+            if reaped >= 0 {
+                info!(dead = %node, sockets = reaped, "reaped a dead node");
+                metrics::counter!(m::NODES_REAPED).increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `redis/reap.lua` for `node` (its heartbeat must still be `watched`, when given; its
+    /// run must be `run`, when not empty). Returns the sockets reaped, or -1 when it was not
+    /// reaped (alive after all, or reaped by another node already).
+    async fn reap(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        node: &str,
+        watched: Option<i64>,
+        run: &str,
+    ) -> Result<i64, redis::RedisError> {
+        let now = unix_ms();
+        let job = format!("{node}/{}/{now}", if run.is_empty() { "-" } else { run });
+        self.reap_script
+            .key(self.keys.nodes())
+            .arg(self.keys.base())
+            .arg(node)
+            .arg(watched.map(|s| s.to_string()).unwrap_or_default())
+            .arg(run)
+            .arg(now)
+            .arg(&self.node)
+            .arg(self.events_max)
+            .arg(job)
+            .invoke_async(&mut **conn)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_dead_only_after_its_heartbeat_stood_still_for_the_ttl_by_the_watchers_clock() {
+        let ttl = Duration::from_secs(3);
+        let t0 = Instant::now();
+        let mut watch = Watch::default();
+        // A score far in the past (clock skew, an old snapshot) is not death: the watch starts now.
+        assert!(watch.observe(vec![("a".into(), 5)], ttl, t0).is_empty());
+        assert!(watch.observe(vec![("a".into(), 5)], ttl, t0 + Duration::from_secs(2)).is_empty());
+        assert_eq!(watch.observe(vec![("a".into(), 5)], ttl, t0 + ttl), [("a".to_owned(), 5)]);
+        // A beat moves the score: alive again.
+        assert!(watch.observe(vec![("a".into(), 6)], ttl, t0 + ttl).is_empty());
+        // Time the watcher could not see the cluster does not count.
+        watch.restart();
+        assert!(watch.observe(vec![("a".into(), 6)], ttl, t0 + ttl * 5).is_empty());
+    }
+}
