@@ -6,12 +6,17 @@
 -- node's hash, so the second copy (or a copy held up behind later batches) does nothing: every
 -- `opened` and `closed` event reaches K:events once.
 --
--- KEYS[1]  K:node:{node} (fields `records_run`, `records_seq`: the last batch applied)
+-- KEYS[1]  K:node:{node} (fields `records_run`, `records_seq`: the last batch applied;
+--          `records_reaped`: what it returned)
 -- ARGV[1]  K: (the key prefix)
 -- ARGV[2]  the node id
 -- ARGV[3]  the writing process's run id (random at start: a restarted node starts again at 1)
 -- ARGV[4]  the batch's sequence number (1, 2, ... within the run)
 -- ARGV[5]  --events-max (K:events is trimmed to about that many entries)
+-- Returns the ids of the closed sockets whose `closed` the cluster had recorded already (it reaped
+-- them while their node was cut off): their node does not announce them to the upstreams again.
+-- A copy already applied returns what the first copy returned.
+--
 -- ARGV[6…] the records, each a kind and its fields:
 --          'o', id, remote, local, connected_at   a socket opened
 --          'r', id, remote, local, connected_at   a socket the cluster reaped while its node was
@@ -20,9 +25,17 @@
 --                                                 already recorded its `closed`: it was reaped)
 --          'l', id, n, name1, value1, …           a socket's labels are now these n pairs
 local prefix, node, run, seq, events_max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local applied = redis.call('HMGET', KEYS[1], 'records_run', 'records_seq')
+local applied = redis.call('HMGET', KEYS[1], 'records_run', 'records_seq', 'records_reaped')
 if applied[1] == run and tonumber(applied[2] or '0') >= seq then
-  return 0
+  -- The answer the first copy got, for the writer that missed it (it retries only its last
+  -- batch).
+  local again = {}
+  if tonumber(applied[2]) == seq and applied[3] then
+    for id in string.gmatch(applied[3], '[^,]+') do
+      again[#again + 1] = id
+    end
+  end
+  return again
 end
 
 local node_sockets = prefix .. 'node:' .. node .. ':sockets'
@@ -32,6 +45,7 @@ local function event(kind, socket, at, reason, ...)
     'type', kind, 'socket', socket, 'node', node, 'at', at, 'reason', reason, ...)
 end
 
+local already_closed = {}
 local i = 6
 while i <= #ARGV do
   local kind, id = ARGV[i], ARGV[i + 1]
@@ -55,6 +69,8 @@ while i <= #ARGV do
     redis.call('ZREM', prefix .. 'sockets', id)
     if redis.call('SREM', reaped, id) == 0 then
       event('closed', id, ARGV[i + 3], ARGV[i + 2])
+    else
+      already_closed[#already_closed + 1] = id
     end
     i = i + 4
   elseif kind == 'l' then
@@ -76,5 +92,6 @@ while i <= #ARGV do
   end
 end
 
-redis.call('HSET', KEYS[1], 'records_run', run, 'records_seq', seq)
-return 1
+redis.call('HSET', KEYS[1], 'records_run', run, 'records_seq', seq,
+  'records_reaped', table.concat(already_closed, ','))
+return already_closed

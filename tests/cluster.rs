@@ -371,9 +371,11 @@ async fn redis_killed_and_restarted_empty_loses_no_socket_and_state_is_resynced(
     late.write(b"late\n").await;
     assert_eq!(late.line().await, "late");
     drop(early);
-    up.wait_for("early closed", |_| !up.closed().is_empty()).await;
 
     redis.restart().await;
+    // Its `closed` goes out once Redis has recorded it (so that, had the node been reaped
+    // meanwhile, upstreams would not hear two).
+    up.wait_for("early closed", |_| up.closed() == [(early_id.clone(), "client_closed".to_owned())]).await;
     let late_key = format!("ppp:default:socket:{late_id}");
     redis.wait_exists("late socket registered", &late_key).await;
     let mut r = redis.conn().await;
@@ -573,4 +575,65 @@ async fn a_slow_owner_node_does_not_hold_up_commands_for_local_sockets() {
     let results = up.results();
     assert!(results.iter().all(|r| r.status == Status::Failed as i32 && r.detail.contains("did not answer")));
     assert_eq!(results.iter().map(|r| r.command_id.as_str()).collect::<Vec<_>>(), ["mute-0", "mute-1", "mute-2"]);
+}
+
+/// A node cut off from Redis (not from its upstreams and clients) for longer than `--node-ttl`:
+/// another node reaps it and announces `closed` (`node_lost`) for its sockets. A socket that
+/// closed meanwhile must not get a second `closed` from the node itself; one still open is
+/// announced again (`opened`, `resumed`). Every life of a socket ends with exactly one `closed`.
+#[tokio::test]
+async fn a_node_cut_off_and_reaped_never_gets_a_socket_two_closed_events() {
+    use common::fault::{Fault, FaultProxy};
+    let redis = RedisServer::start().await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let up = TestUpstream::start(true).await;
+    let ttl = std::time::Duration::from_secs(2);
+    let cut_config = ppp::config::Config {
+        redis: Some(format!("redis://{}", proxy.addr())),
+        node_ttl: ttl,
+        ..cluster_config(&redis, "cut", &[&up])
+    };
+    let cut = start_node(cut_config).await;
+    let _reaper = start_node(ppp::config::Config { node_ttl: ttl, ..cluster_config(&redis, "reaper", &[&up]) }).await;
+    let mut stays = Client::connect(&cut).await;
+    let goes = Client::connect(&cut).await;
+    let ids = up.wait_opened(2).await;
+    eventually_async("both registered", || async {
+        redis.conn().await.scard::<_, usize>("ppp:default:node:cut:sockets").await.unwrap() == 2
+    })
+    .await;
+
+    proxy.set(Fault::BlackHole);
+    // Closed while cut off: its `closed` waits, since the node may be reaped meanwhile.
+    drop(goes);
+    eventually_async("reaped while cut off", || async {
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "cut").await.unwrap().is_none()
+    })
+    .await;
+    up.wait_for("node_lost for both", |_| up.closed().iter().filter(|(_, r)| r == "node_lost").count() == 2).await;
+    proxy.set(Fault::None);
+
+    let resumed = |events: &[proto::NodeEvent]| {
+        events.iter().any(|e| matches!(&e.event, Some(proto::node_event::Event::Opened(o)) if o.resumed))
+    };
+    up.wait_for("the open socket announced again", resumed).await;
+    stays.write(b"still here\n").await;
+    assert_eq!(stays.line().await, "still here");
+    // Give the released closed events a moment to (not) arrive twice.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let closed = up.closed();
+    for id in &ids {
+        let n = closed.iter().filter(|(s, _)| s == id).count();
+        assert_eq!(n, 1, "{id}: {closed:?}");
+    }
+    let reopened: Vec<String> = up
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Some(proto::node_event::Event::Opened(o)) if o.resumed => o.socket.map(|s| s.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reopened.len(), 1);
+    assert!(ids.contains(&reopened[0]));
 }

@@ -77,7 +77,9 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     fn socket_opened(&self, _socket: &SocketState) {}
 
-    fn socket_closed(&self, _socket: &SocketState, _reason: CloseReason) {}
+    fn socket_closed(&self, _socket: &SocketState, _reason: CloseReason) -> Option<super::ClosedRecorded> {
+        None
+    }
 
     fn labels_changed(&self, _socket: &SocketState) {}
 

@@ -54,6 +54,10 @@ pub struct Announcement {
     pub handed: tokio::sync::oneshot::Sender<()>,
 }
 
+/// Answers whether a socket's `closed` event still goes to the upstreams once the cluster has
+/// recorded it (see [`Backend::socket_closed`]).
+pub type ClosedRecorded = tokio::sync::oneshot::Receiver<bool>;
+
 /// A shared counter for round-robin: every node draws from it, so the split over upstreams is
 /// fair cluster-wide.
 pub trait Counter: Send + Sync + 'static {
@@ -68,8 +72,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Records that this node accepted a socket. Must not block.
     fn socket_opened(&self, socket: &SocketState);
 
-    /// Records that one of this node's sockets closed. Must not block.
-    fn socket_closed(&self, socket: &SocketState, reason: CloseReason);
+    /// Records that one of this node's sockets closed. Must not block. Returns where to wait
+    /// before handing the socket's `closed` event to the upstreams, when the cluster must record
+    /// it first: the receiver answers `true` once it is recorded (hand the event out), `false`
+    /// when the cluster had reaped the socket already and announced its `closed` (hand it out
+    /// no more), or closes when the record could not be written (hand it out). `None`: hand it
+    /// out now. So an upstream hears one `closed` per socket even when its node was cut off and
+    /// reaped meanwhile.
+    fn socket_closed(&self, socket: &SocketState, reason: CloseReason) -> Option<ClosedRecorded>;
 
     /// Records that a socket's labels changed. Must not block.
     fn labels_changed(&self, socket: &SocketState);

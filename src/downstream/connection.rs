@@ -91,7 +91,7 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
         let reason = socket.close_reason().unwrap_or(CloseReason::ClientClosed);
         debug!(%reason, "socket closed");
         metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
-        ctx.backend.socket_closed(&socket, reason);
+        let recorded = ctx.backend.socket_closed(&socket, reason);
         let closed = NodeEvent {
             event: Some(Event::Closed(SocketClosed {
                 socket_id: socket.id_str.to_string(),
@@ -99,10 +99,20 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
             })),
             ..NodeEvent::default()
         };
-        let forward = ctx.router.forward(closed, Some(&socket), None);
-        if tokio::time::timeout(CLOSED_EVENT_TIMEOUT, forward).await.is_err() {
-            warn!("no upstream took the closed event");
-            metrics::counter!(m::MESSAGES_REFUSED, "reason" => "no_upstream").increment(1);
+        // In a cluster, only once Redis has it: had the cluster reaped this node meanwhile, it
+        // announced this socket's `closed` itself, and upstreams hear it once.
+        let announce = match recorded {
+            Some(recorded) => recorded.await.unwrap_or(true),
+            None => true,
+        };
+        if announce {
+            let forward = ctx.router.forward(closed, Some(&socket), None);
+            if tokio::time::timeout(CLOSED_EVENT_TIMEOUT, forward).await.is_err() {
+                warn!("no upstream took the closed event");
+                metrics::counter!(m::MESSAGES_REFUSED, "reason" => "no_upstream").increment(1);
+            }
+        } else {
+            debug!("closed already announced by the cluster (the node was reaped while cut off)");
         }
         // Last, so that a drain, which waits for the table to empty before it ends the upstream
         // streams, never ends them before this `closed` event is queued.

@@ -420,11 +420,15 @@ impl RedisBackend {
         self.shared.run(|mut conn| async move { conn.publish(channel, message.encode()).await }).await
     }
 
-    fn record(&self, record: Record) {
+    /// Queues a lifecycle record; `false` when the queue is full (the record is lost: the
+    /// resync repairs the registry, but its `K:events` entry is missing).
+    fn record(&self, record: Record) -> bool {
         if self.records.try_send(record).is_err() {
             warn!("lifecycle record queue full; the resync will repair the registry");
             metrics::counter!(m::MESSAGES_REFUSED, "reason" => "record_queue_full").increment(1);
+            return false;
         }
+        true
     }
 }
 
@@ -440,8 +444,10 @@ impl Backend for RedisBackend {
         });
     }
 
-    fn socket_closed(&self, socket: &SocketState, reason: CloseReason) {
-        self.record(Record::Closed { id: socket.id_str.clone(), reason: reason.as_str(), at: unix_ms() });
+    fn socket_closed(&self, socket: &SocketState, reason: CloseReason) -> Option<super::ClosedRecorded> {
+        let (tx, rx) = oneshot::channel();
+        let record = Record::Closed { id: socket.id_str.clone(), reason: reason.as_str(), at: unix_ms(), recorded: tx };
+        self.record(record).then_some(rx)
     }
 
     fn labels_changed(&self, socket: &SocketState) {

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use deadpool_redis::Pool;
 use redis::Script;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -29,7 +29,7 @@ const RECORDS_LUA: &str = include_str!("../../../redis/records.lua");
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// One lifecycle record.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Record {
     /// A socket opened on this node.
     Opened {
@@ -52,6 +52,9 @@ pub enum Record {
         reason: &'static str,
         /// When, unix ms.
         at: i64,
+        /// Told, once the record is applied, whether the socket's `closed` event still goes to
+        /// the upstreams (`false`: the cluster had reaped the socket and announced it).
+        recorded: oneshot::Sender<bool>,
     },
     /// A socket's labels are now these.
     Labels {
@@ -123,20 +126,26 @@ impl RecordWriter {
             }
             seq += 1;
             // The same sequence number on every attempt: Redis applies the batch once.
-            while let Err(e) = self.write(seq, &batch).await {
-                warn!(error = %e, records = batch.len(), "could not write lifecycle records; retrying");
-                metrics::counter!(m::REDIS_ERRORS).increment(1);
+            let reaped = loop {
+                match self.write(seq, &batch).await {
+                    Ok(reaped) => break reaped,
+                    Err(e) => {
+                        warn!(error = %e, records = batch.len(), "could not write lifecycle records; retrying");
+                        metrics::counter!(m::REDIS_ERRORS).increment(1);
+                    }
+                }
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_PAUSE) => {}
                     () = stop.cancelled() => return,
                 }
-            }
-            batch.clear();
+            };
+            release_closed(&mut batch, &reaped);
         }
     }
 
-    /// Writes one batch in one round trip.
-    async fn write(&self, seq: u64, batch: &[Record]) -> Result<(), redis::RedisError> {
+    /// Writes one batch in one round trip; returns the ids of the sockets whose `closed` was not
+    /// recorded because the cluster had reaped them already.
+    async fn write(&self, seq: u64, batch: &[Record]) -> Result<Vec<String>, redis::RedisError> {
         let mut apply = redis::cmd("EVALSHA");
         apply.arg(self.script.get_hash()).arg(1).arg(self.keys.node(&self.node));
         apply.arg(self.keys.base()).arg(&self.node).arg(&self.run).arg(seq).arg(self.events_max);
@@ -146,7 +155,7 @@ impl RecordWriter {
                     let kind = if *resumed { "r" } else { "o" };
                     apply.arg(kind).arg(&**id).arg(remote).arg(local).arg(*connected_at);
                 }
-                Record::Closed { id, reason, at } => {
+                Record::Closed { id, reason, at, .. } => {
                     apply.arg("c").arg(&**id).arg(*reason).arg(*at);
                 }
                 Record::Labels { id, labels } => {
@@ -160,8 +169,20 @@ impl RecordWriter {
         let mut pipe = redis::pipe();
         // Loaded in the same round trip, so a Redis that restarted empty still has it.
         pipe.cmd("SCRIPT").arg("LOAD").arg(RECORDS_LUA).ignore();
-        pipe.add_command(apply).ignore();
-        self.conn.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await }).await
+        pipe.add_command(apply);
+        let (reaped,): (Vec<String>,) =
+            self.conn.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await?;
+        Ok(reaped)
+    }
+}
+
+/// Empties an applied batch, telling each closed socket whether its `closed` event still goes to
+/// the upstreams: not when the cluster had reaped it (and announced its `closed`).
+fn release_closed(batch: &mut Vec<Record>, reaped: &[String]) {
+    for record in batch.drain(..) {
+        if let Record::Closed { id, recorded, .. } = record {
+            let _ = recorded.send(!reaped.iter().any(|r| **r == *id));
+        }
     }
 }
 
