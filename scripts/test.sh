@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, clippy, unit, integration and property
-# tests, the Python example upstream's smoke test, and the docker-compose cluster test (when a
-# Docker engine answers). Installs what the tests need when it is missing. Used by `.ci/run` and
+# tests (with the interop tests against the stock Python and Go upstreams), the Python and Go
+# example upstreams' own tests, and the docker-compose cluster test (when a Docker engine answers). Installs what the tests need when it is missing. Used by `.ci/run` and
 # by developers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,16 @@ need cc || apt_install gcc
 need redis-server || apt_install redis-server
 need curl || apt_install curl
 need strip || apt_install binutils
+# The Go example upstream builds offline from Debian's Go packages (GOPATH mode); the 1.5
+# protobuf shim, not the 1.3 one apt would pick by default.
+gocode=/usr/share/gocode/src
+if ! need go || [[ ! -d $gocode/google.golang.org/grpc/health ]] \
+  || ! grep -qs google.golang.org/protobuf "$gocode/github.com/golang/protobuf/proto/proto.go"; then
+  apt_install golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+fi
+need python3 || apt_install python3 python3-venv
+# One venv for every Python upstream the tests start (tests/interop.rs, the smoke test).
+export PPP_PY_VENV=${PPP_PY_VENV:-$PWD/target/interop/venv}
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -30,5 +40,8 @@ echo "== cargo test"
 cargo test --all-targets --locked
 echo "== examples/python: the Python upstream against a real node"
 bash examples/python/smoke_test.sh
+echo "== examples/go: the Go upstream's own tests, and against a real node"
+bash examples/go/build.sh --test
+bash examples/go/smoke_test.sh
 echo "== tests/compose: the docker-compose cluster in real containers (skipped without Docker)"
 bash tests/compose/run.sh

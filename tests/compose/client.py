@@ -74,15 +74,16 @@ def cross(a_address: str, b_address: str) -> None:
     a, b = Line(a_address), Line(b_address)
     a.send("echo-check")
     a.read_until("echo-check")
-    # Messages are spread round-robin over the two upstreams: both languages answer.
+    # Messages are spread round-robin over the three upstreams: every language answers.
     answers = set()
-    for _ in range(20):
+    for _ in range(30):
         a.send("/whoami")
-        answers.add("python" if "(python)" in a.read_until("you are") else "rust")
-        if len(answers) == 2:
+        answer = a.read_until("you are")
+        answers.add("python" if "(python)" in answer else "go" if "(go)" in answer else "rust")
+        if len(answers) == 3:
             break
-    if len(answers) != 2:
-        raise SystemExit(f"only the {answers} upstream answered")
+    if len(answers) != 3:
+        raise SystemExit(f"only the {answers} upstreams answered")
     b_id = b.whoami()
     a.send(f"/to {b_id} hello-from-a")
     b.read_until("hello-from-a")
@@ -90,7 +91,7 @@ def cross(a_address: str, b_address: str) -> None:
     a.send("/broadcast hey-everyone")
     a.read_until("hey-everyone")
     b.read_until("hey-everyone")
-    print("echo from the Rust and the Python upstream, cross-node send and broadcast: ok", flush=True)
+    print("echo from the Rust, the Python and the Go upstream, cross-node send and broadcast: ok", flush=True)
 
 
 if __name__ == "__main__":

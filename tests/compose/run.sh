@@ -4,7 +4,7 @@
 # docker-compose.yml with only the images overridden (docker-compose.local.yml), and checks it
 # through real containers:
 #   - round-robin DNS (`balancer`) spreads 30 clients over all three nodes;
-#   - echo, cross-node send and broadcast work;
+#   - echo from each upstream (Rust, Python, Go), cross-node send and broadcast work;
 #   - node 1's admin API lists the sockets node 3 holds;
 #   - `docker kill` of a node gets it reaped within --node-ttl + 2 s;
 #   - a node cut off from Redis (`docker network disconnect`) for 20 s loses no socket and re-syncs;
@@ -145,6 +145,18 @@ ENTRYPOINT ["python3", "/app/upstream.py"]
 DOCKERFILE
 image ppp-test/python:local "$WORK/python"
 
+# Go: the static binary examples/go/build.sh makes from Debian's Go packages.
+mkdir -p "$WORK/go"
+bash examples/go/build.sh "$WORK/go/ppp-go-upstream" >&2
+cat >"$WORK/go/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY ppp-go-upstream /ppp-go-upstream
+USER 65532
+EXPOSE 50053
+ENTRYPOINT ["/ppp-go-upstream"]
+DOCKERFILE
+image ppp-test/go:local "$WORK/go"
+
 # --- the cluster ---------------------------------------------------------------------------------
 
 TOKEN=$(sed -n 's/^PPP_ADMIN_TOKEN=//p' ppp.env)
@@ -167,8 +179,8 @@ node_id() { admin 8001 /v1/nodes | python3 -c "import json,sys; print(next(n['id
 log "docker compose up"
 compose up -d --no-build >&2
 for n in node1 node2 node3; do until_ok 60 "$n healthy" healthy "$n"; done
-upstreams_ready() { [[ $(admin 8001 /v1/upstreams | grep -o '"ready":true' | wc -l) == 2 ]]; }
-until_ok 30 "both upstreams ready on node1" upstreams_ready
+upstreams_ready() { [[ $(admin 8001 /v1/upstreams | grep -o '"ready":true' | wc -l) == 3 ]]; }
+until_ok 30 "all three upstreams ready on node1" upstreams_ready
 log "cluster up: $(admin 8001 /v1/nodes | python3 -c 'import json,sys; print(", ".join(n["id"] for n in json.load(sys.stdin)["nodes"]))')"
 
 # 30 clients through the round-robin name, held open (and pinged every second) from a container.
