@@ -23,6 +23,9 @@ struct Args {
     /// Greet every socket when it opens.
     #[arg(long)]
     greet: bool,
+    /// Never acknowledge events (as an upstream written before acks did).
+    #[arg(long)]
+    no_ack: bool,
 }
 
 #[tokio::main]
@@ -34,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    echo::serve(listener, EchoUpstream::new(args.greet), shutdown).await?;
+    let upstream = EchoUpstream { greet: args.greet, no_ack: args.no_ack };
+    echo::serve(listener, upstream, shutdown).await?;
     Ok(())
 }

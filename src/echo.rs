@@ -50,12 +50,15 @@ const HELP: &str =
 pub struct EchoUpstream {
     /// Greet every socket when it opens (the demo does; benchmarks and tests do not).
     pub greet: bool,
+    /// Never acknowledge (as an upstream written before acks): the node falls back to health
+    /// checks to confirm delivery. For the benchmark that compares the two.
+    pub no_ack: bool,
 }
 
 impl EchoUpstream {
     /// An echo upstream that greets new sockets when `greet` is set.
     pub fn new(greet: bool) -> Self {
-        Self { greet }
+        Self { greet, no_ack: false }
     }
 }
 
@@ -78,6 +81,7 @@ impl Upstream for EchoUpstream {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let mut session = Session::new(self.greet);
+        let no_ack = self.no_ack;
         tokio::spawn(async move {
             let mut out = Vec::new();
             let mut acks = Acks::default();
@@ -97,7 +101,9 @@ impl Upstream for EchoUpstream {
                         continue;
                     }
                 };
-                acks.processed(event.event_seq);
+                if !no_ack {
+                    acks.processed(event.event_seq);
+                }
                 session.handle(event, &mut out);
                 if acks.unacked() >= ACK_EVERY {
                     out.extend(acks.take());
@@ -117,12 +123,15 @@ impl Upstream for EchoUpstream {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let mut session = Session::new(self.greet);
+        let no_ack = self.no_ack;
         tokio::spawn(async move {
             let mut acks = Acks::default();
             while let Ok(Some(batch)) = inbound.message().await {
                 let mut commands = Vec::new();
                 for event in batch.events {
-                    acks.processed(event.event_seq);
+                    if !no_ack {
+                        acks.processed(event.event_seq);
+                    }
                     session.handle(event, &mut commands);
                 }
                 // An ack per batch rides in the batch: it costs no message of its own.
