@@ -217,7 +217,8 @@ impl Session {
 
     fn handle(&mut self, event: NodeEvent, out: &mut Vec<UpstreamCommand>) {
         match event.event {
-            Some(Event::Opened(o)) if self.greet => {
+            // A socket announced again (`resumed`) was greeted when it first opened.
+            Some(Event::Opened(o)) if self.greet && !o.resumed => {
                 let id = o.socket.map(|s| s.id).unwrap_or_default();
                 out.push(send(&id, format!("welcome, you are {id}. {HELP}")));
             }

@@ -7,10 +7,12 @@
 # created when missing and reused after), starts upstream.py and a standalone node
 # (target/debug/ppp, or $PPP_BIN: build it first with `cargo build`) on free loopback ports, waits
 # until the node sees the upstream ready, and then, as a TCP client of the node, checks the echo,
-# `/whoami` (answered "(python)"), `/label user=ada` (a STATUS_OK receipt) and the label in a
-# later `/whoami`. Last it stops the upstream with SIGTERM and checks that the node sees it
-# answer NOT_SERVING and that it exits cleanly. Everything it started is stopped on exit; it exits 0 when
-# every check passed, non-zero with a "FAIL:" line (and the logs) otherwise.
+# `/whoami` (answered with the upstream's `--name`, "(smoke)"), `/label user=ada` (a STATUS_OK
+# receipt) and the label in a later `/whoami`. Then it checks that the node still sees the
+# upstream ready with its stream open, and that the upstream logged exactly one `hello` (the
+# stream was never reset). Last it stops the upstream with SIGTERM and checks that the node sees
+# it answer NOT_SERVING and that it exits cleanly. Everything it started is stopped on exit; it
+# exits 0 when every check passed, non-zero with a "FAIL:" line (and the logs) otherwise.
 #
 # Needs python3 with its venv module (Debian: python3-venv), curl, and PyPI or a pip cache.
 # Environment: PPP_BIN (the node binary), PPP_PY_VENV (a venv to reuse), PYTHON (the interpreter
@@ -100,8 +102,9 @@ EOF
 )
 
 # --- Start the upstream and the node ------------------------------------------------------------
-# A short grace: long enough for the node to see NOT_SERVING (below), short for the test.
-"$python" "$here/upstream.py" --listen "127.0.0.1:$upstream_port" --grace 2 >"$work/upstream.log" 2>&1 &
+# A short grace: long enough for the node to see NOT_SERVING (below), short for the test. The
+# name shows in `/whoami` answers.
+"$python" "$here/upstream.py" --listen "127.0.0.1:$upstream_port" --name smoke --grace 2 >"$work/upstream.log" 2>&1 &
 upstream_pid=$!
 
 # A standalone node on loopback, whatever PPP_* settings the caller's environment holds (a token
@@ -153,16 +156,25 @@ def ask(line: str, check, what: str) -> str:
 
 
 ask("hello smoke", lambda a: a == "hello smoke", "echo")
-ask("/whoami", lambda a: a.startswith("you are ") and a.endswith("(python)"), "/whoami (python)")
+ask("/whoami", lambda a: a.startswith("you are ") and a.endswith("(smoke)"), "/whoami (smoke)")
 ask("/label user=ada", lambda a: re.fullmatch(r"receipt \S+: STATUS_OK ?", a), "/label receipt")
-ask("/whoami", lambda a: "labels [user=ada]" in a and a.endswith("(python)"), "/whoami label")
+ask("/whoami", lambda a: "labels [user=ada]" in a and a.endswith("(smoke)"), "/whoami label")
 sock.close()
 EOF
 
 # The upstream logs the protocol's events (INFO, stderr).
-grep -q 'hello from node' "$work/upstream.log" || fail "the upstream did not log the node's hello"
 grep -q 'opened ' "$work/upstream.log" || fail "the upstream did not log the socket opening"
-say "ok: the upstream logged hello and opened"
+# One stream all along: every (re)opened stream starts with a `hello`, so a second one means the
+# stream was reset (by a ping policy, a message size limit, a missing response header, ...).
+hellos=$(grep -c 'hello from node' "$work/upstream.log" || true)
+((hellos == 1)) || fail "the upstream logged $hellos hellos from the node, not 1 (the stream was reset?)"
+say "ok: the upstream logged one hello (the stream was never reset) and the socket opening"
+
+# The node still sees it ready, its stream open.
+upstreams=$(curl -s --max-time 2 "http://127.0.0.1:$admin_port/v1/upstreams") || fail "no answer from the node's /v1/upstreams"
+[[ $upstreams == *'"ready":true'* && $upstreams == *'"open":true'* ]] \
+  || fail "the node's /v1/upstreams does not show the upstream ready and open: $upstreams"
+say "ok: the node's /v1/upstreams shows the upstream ready and open"
 
 # --- SIGTERM: NOT_SERVING, then a clean exit ----------------------------------------------------
 kill -TERM "$upstream_pid"

@@ -7,7 +7,7 @@ client, to show what an upstream can do:
 
     typed                 what the upstream does
     /help                 replies with this list
-    /whoami               replies with the socket id, its seq and its labels, tagged "(python)"
+    /whoami               replies with the socket id, its seq and its labels, tagged "(NAME)"
     /label k=v ...        `set_labels` (merge) on the socket; an empty value removes the label
     /broadcast text       `broadcast` to every socket of the cluster
     /to <socket> text     `send` to another socket, and reports the receipt
@@ -15,7 +15,12 @@ client, to show what an upstream can do:
     anything else         `send` it back
 
 It is stateless about sockets: who is talking comes with every `data` event (`labels`). The only
-state is per stream: which `command_id` belongs to which socket, to report receipts.
+state is per stream: which `command_id` belongs to which socket, to report receipts, and which
+events are not acknowledged yet.
+
+It implements both RPCs of the service: `Connect` (one event, one command per message) and
+`ConnectBatch` (the same, in batches), which nodes prefer. It acknowledges the events it has
+processed (`ack`), so that after a broken stream a node redelivers only what was not.
 
 It also serves the standard gRPC health service (SERVING for `ppp.v1.Upstream` and for ""), which
 the node polls for readiness. On SIGTERM (or Ctrl-C) it answers NOT_SERVING, so that nodes stop
@@ -24,6 +29,8 @@ sending it events, and stops after a grace period in which open streams keep wor
     python upstream.py --listen 127.0.0.1:50052      # or PPP_PY_LISTEN=...
     cargo run -- --upstream http://127.0.0.1:50052  # a node that uses it
 
+It runs a stock `grpc.aio.server()`, with no options: the protocol needs none.
+
 docs/protocol.md describes the protocol; proto/ppp/v1/upstream.proto is its definition.
 """
 
@@ -31,11 +38,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -51,26 +58,20 @@ HELP = (
     "commands: /whoami, /label k=v ..., /broadcast text, /to <socket-id> text, /close, /help; anything else is echoed"
 )
 
-# A node sends events as large as its `--max-frame` allows (1 MiB unless raised); gRPC's default
-# limit of 4 MiB would break the whole stream on one larger event. 16 MiB is the node's own limit
-# for commands.
-MAX_MESSAGE_BYTES = 16 << 20
-
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Nodes send an HTTP/2 keepalive ping every 10 s, also on a quiet stream or connection. By
-    # default a gRPC server accepts pings only every 5 minutes while it sends no data, and
-    # answers repeated ones with GOAWAY "too_many_pings": with a long `--health-interval` a quiet
-    # stream breaks within a minute. Accept one every 5 s, also on a connection without calls.
-    # (The key is GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS's; its name differs.)
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    # gRPC sets SO_REUSEPORT by default: a second upstream started on a taken port would
-    # silently share it instead of failing.
-    ("grpc.so_reuseport", 0),
-]
+# Acknowledgements. An `ack` is cumulative: one small message ("every event up to N is
+# processed") covers every event before it, so acknowledging every 256 events, or 50 ms after the
+# first event not yet acknowledged, costs one message per hundreds of events under load and a few
+# per second at most when quiet. What it buys: once a stream has seen an `ack`, the node keeps only
+# the events not acknowledged yet, and when the stream breaks (this process crashes, the
+# connection drops) it redelivers just those, flagged `redelivered`, instead of everything since
+# the last health check.
+ACK_EVERY = 256  # events processed since the last ack
+ACK_AFTER = 0.050  # seconds after the first event processed since the last ack
 
 log = logging.getLogger("ppp.upstream")
+
+# A message read from the stream: a `NodeEvent` on `Connect`, a `NodeEventBatch` on `ConnectBatch`.
+Message = TypeVar("Message")
 
 
 def send(socket_id: str, text: str) -> pb.UpstreamCommand:
@@ -79,15 +80,16 @@ def send(socket_id: str, text: str) -> pb.UpstreamCommand:
 
 
 class Session:
-    """One node's `Connect` stream: turns the node's events into commands.
+    """One node's stream (`Connect` or `ConnectBatch`): turns the node's events into commands.
 
     Its only state is `pending`, the sockets waiting to be told the receipt of a command they
     asked for. Receipts come back on the stream that sent the command, so a per-stream map is
     enough, and the ids need only be unique within the stream.
     """
 
-    def __init__(self, greet: bool) -> None:
+    def __init__(self, greet: bool, name: str) -> None:
         self.greet = greet
+        self.name = name
         self.pending: dict[str, str] = {}  # command_id -> socket to tell about its receipt
         self.next_id = 0
         self.node_id = "?"  # set by `hello`, for the logs
@@ -95,18 +97,25 @@ class Session:
     def handle(self, event: pb.NodeEvent) -> Iterator[pb.UpstreamCommand]:
         """The commands answering one event (none, one or several)."""
         kind = event.WhichOneof("event")
+        if event.redelivered:
+            # Handled like any other event: at least once delivery means this upstream (or
+            # another) may have seen it before. A data event is known by (socket_id, seq).
+            log.debug("redelivered event %d (%s)", event.event_seq, kind)
         if kind == "hello":
-            self.node_id = event.hello.node_id
+            hello = event.hello
+            self.node_id = hello.node_id
             log.info(
-                "hello from node %s (cluster %s, version %s)",
-                event.hello.node_id,
-                event.hello.cluster,
-                event.hello.version,
+                "hello from node %s (cluster %s, version %s, run %s)",
+                hello.node_id,
+                hello.cluster,
+                hello.version,
+                hello.run_id,
             )
         elif kind == "opened":
             socket = event.opened.socket
             log.info("opened %s from %s on node %s", socket.id, socket.remote_addr, socket.node_id)
-            if self.greet:
+            # A socket announced again (`resumed`) was greeted when it first opened.
+            if self.greet and not event.opened.resumed:
                 yield send(socket.id, f"welcome, you are {socket.id}. {HELP}")
         elif kind == "data":
             yield from self.data(event.data)
@@ -125,9 +134,9 @@ class Session:
             yield send(me, HELP)
         elif verb == "/whoami":
             shown = ",".join(sorted(f"{k}={v}" for k, v in d.labels.items()))
-            # "(python)" goes last: clients parse the id as what stands between "you are " and
-            # the first comma, as they do with the Rust upstream's answer.
-            yield send(me, f"you are {me}, seq {d.seq}, labels [{shown}] (python)")
+            # "(NAME)" goes last: clients parse the id as what stands between "you are " and the
+            # first comma, as they do with the Rust upstream's answer.
+            yield send(me, f"you are {me}, seq {d.seq}, labels [{shown}] ({self.name})")
         elif verb == "/label":
             pairs = (kv.partition("=") for kv in rest.split())
             labels = {k: v for k, eq, v in pairs if eq}
@@ -165,11 +174,50 @@ class Session:
         return command
 
 
-class EchoUpstream(pb_grpc.UpstreamServicer):
-    """The `ppp.v1.Upstream` service: one `Session` per `Connect` stream."""
+class Acks:
+    """When to acknowledge on one stream: after `ACK_EVERY` events, or `ACK_AFTER` s (see above)."""
 
-    def __init__(self, greet: bool) -> None:
+    def __init__(self) -> None:
+        self.last = 0  # the event_seq of the last event processed
+        self.unacked = 0  # events processed since the last ack
+        self.deadline: float | None = None  # loop time the next ack is due at, if any is
+
+    def processed(self, event: pb.NodeEvent) -> None:
+        """Counts `event` as processed: its commands are written, or about to be."""
+        if not event.event_seq:  # a node older than acks numbers nothing: never ack it
+            return
+        self.last = event.event_seq
+        self.unacked += 1
+        if self.deadline is None:
+            self.deadline = asyncio.get_running_loop().time() + ACK_AFTER
+
+    def timeout(self) -> float | None:
+        """Seconds until the next ack is due (None: nothing to acknowledge)."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    def due(self) -> list[pb.UpstreamCommand]:
+        """The ack, if one is due now: [] or [ack]."""
+        if self.unacked >= ACK_EVERY or self.timeout() == 0.0:
+            return self.now()
+        return []
+
+    def now(self) -> list[pb.UpstreamCommand]:
+        """The ack of everything processed, if anything is not acknowledged: [] or [ack]."""
+        if not self.unacked:
+            return []
+        self.unacked = 0
+        self.deadline = None
+        return [pb.UpstreamCommand(ack=pb.Ack(event_seq=self.last))]
+
+
+class EchoUpstream(pb_grpc.UpstreamServicer):
+    """The `ppp.v1.Upstream` service: one `Session` per stream, `Connect` or `ConnectBatch`."""
+
+    def __init__(self, greet: bool, name: str) -> None:
         self.greet = greet
+        self.name = name
         # Set when the grace period after SIGTERM is over: the streams still open end their side
         # then, cleanly. Left to `server.stop`, they would be cancelled instead, and grpcio logs
         # every cancelled stream as an error with a traceback.
@@ -177,60 +225,90 @@ class EchoUpstream(pb_grpc.UpstreamServicer):
         self.open_streams = 0
 
     async def Connect(  # noqa: N802 (the name is the RPC's)
-        self, request_iterator: AsyncIterator[pb.NodeEvent], context: grpc.aio.ServicerContext
+        self, request_iterator: object, context: grpc.aio.ServicerContext
     ) -> None:
-        """Answers one node's events with commands, until either side ends the stream."""
-        # `request_iterator` stays unused: events are read with `context.read()`, which
-        # `events` can race against `stopping` (grpcio allows one of the two styles per call).
-        #
-        # A node takes the stream as open when the response headers arrive, and gives up after
-        # 5 s without them. grpcio sends them with the first response message, which may be
-        # long in coming (a node with no sockets sends only `hello`), so send them now.
-        await context.send_initial_metadata(())
-        session = Session(self.greet)
-        self.open_streams += 1
-        try:
-            # `aclosing`: the pending read is given up at once, whichever way this ends.
-            async with contextlib.aclosing(self.events(context)) as events:
-                async for event in events:
-                    for command in session.handle(event):
-                        # Waits for HTTP/2 flow control, so a node that does not read our
-                        # commands stops us reading its events: backpressure, not an unbounded
-                        # buffer.
-                        await context.write(command)
-        finally:
-            self.open_streams -= 1
-            log.info("stream from node %s (%s) ended", session.node_id, context.peer())
+        """One node's events, one per message, answered with commands, one per message."""
 
-    async def events(self, context: grpc.aio.ServicerContext) -> AsyncGenerator[pb.NodeEvent, None]:
-        """The node's events, until it ends its side (it drains) or `stopping` is set.
+        async def write(commands: list[pb.UpstreamCommand]) -> None:
+            for command in commands:
+                await context.write(command)
 
-        `Connect` then returns, which ends the RPC with status OK: our side ends too, as the
-        protocol asks.
+        await self.stream(context, lambda event: (event,), write)
+
+    async def ConnectBatch(  # noqa: N802 (the name is the RPC's)
+        self, request_iterator: object, context: grpc.aio.ServicerContext
+    ) -> None:
+        """The same as `Connect`, in batches: all the commands answering one batch go in one."""
+
+        async def write(commands: list[pb.UpstreamCommand]) -> None:
+            if commands:
+                await context.write(pb.UpstreamCommandBatch(commands=commands))
+
+        await self.stream(context, lambda batch: batch.events, write)
+
+    async def stream(
+        self,
+        context: grpc.aio.ServicerContext,
+        events_of: Callable[[Message], Iterable[pb.NodeEvent]],
+        write: Callable[[list[pb.UpstreamCommand]], Awaitable[None]],
+    ) -> None:
+        """Serves one stream until the node ends its side (it drains) or `stopping` is set.
+
+        Reads messages, hands their events to a `Session` in order, and writes the commands that
+        answer each message, followed by an ack when one is due, with one `write` per message.
+        One coroutine does all the writing, so commands and acks go out in processing order.
+
+        Returning ends the RPC with status OK: our side ends too, as the protocol asks.
+        `request_iterator` stays unused: messages are read with `context.read()`, which can race
+        against `stopping` and the ack timer (grpcio allows one of the two styles per call).
         """
+        session = Session(self.greet, self.name)
+        acks = Acks()
+        self.open_streams += 1
         stopping = asyncio.ensure_future(self.stopping.wait())
-        read = None
+        read: asyncio.Future | None = None
         try:
             while True:
-                read = asyncio.ensure_future(context.read())
-                await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():  # stopping
-                    return
-                event = read.result()
-                if event is grpc.aio.EOF:  # the node ended its side
-                    return
-                yield event
+                if read is None:
+                    read = asyncio.ensure_future(context.read())
+                # Waits for the next message, or until an ack is due (the ack timer), or `stopping`.
+                await asyncio.wait((read, stopping), timeout=acks.timeout(), return_when=asyncio.FIRST_COMPLETED)
+                if read.done():
+                    message = read.result()
+                    read = None
+                    if message is grpc.aio.EOF:  # the node ended its side
+                        break
+                    commands: list[pb.UpstreamCommand] = []
+                    for event in events_of(message):
+                        commands.extend(session.handle(event))
+                        acks.processed(event)
+                    # Waits for HTTP/2 flow control, so a node that does not read our commands
+                    # stops us reading its events: backpressure, not an unbounded buffer.
+                    await write(commands + acks.due())
+                elif stopping.done():
+                    break
+                else:  # the ack timer
+                    await write(acks.now())
+            # Ending cleanly: what was processed is acknowledged, so nothing of it comes again.
+            await write(acks.now())
         finally:
             # Leaves nothing waiting behind (cancelling a finished task does nothing).
             stopping.cancel()
             if read is not None:
                 read.cancel()
+            self.open_streams -= 1
+            log.info("stream from node %s (%s) ended", session.node_id, context.peer())
 
 
-async def serve(listen: str, greet: bool, grace: float) -> None:
+async def serve(listen: str, greet: bool, grace: float, name: str) -> None:
     """Serves the upstream and the health service on `listen` until SIGTERM or SIGINT."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    upstream = EchoUpstream(greet)
+    # gRPC's default settings. The one that matters is the 4 MiB limit on a received message: a
+    # node sends events as large as its `--max-frame` allows, 1 MiB by default, which fits. A node
+    # run with `--max-frame` above about 4 MiB needs the limit raised here, for example
+    # `grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])`, or its larger
+    # messages break the stream.
+    server = grpc.aio.server()
+    upstream = EchoUpstream(greet, name)
     pb_grpc.add_UpstreamServicer_to_server(upstream, server)
     # Created here, inside the running event loop, because it makes asyncio objects.
     health_servicer = health.aio.HealthServicer()
@@ -242,7 +320,7 @@ async def serve(listen: str, greet: bool, grace: float) -> None:
     except RuntimeError as e:  # grpc's way to say the address is taken or invalid
         raise SystemExit(f"upstream.py: cannot listen on {listen}: {e}") from None
     await server.start()
-    log.info("serving ppp.v1.Upstream and grpc.health.v1.Health on %s", listen)
+    log.info("serving ppp.v1.Upstream and grpc.health.v1.Health on %s as %s", listen, name)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -272,6 +350,11 @@ def main() -> None:
         default=os.environ.get("PPP_PY_LISTEN", "0.0.0.0:50052"),
         help="address to serve gRPC on, host:port (env PPP_PY_LISTEN; default 0.0.0.0:50052)",
     )
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("PPP_PY_NAME", "python"),
+        help='what `/whoami` answers end with, in parentheses (env PPP_PY_NAME; default "python")',
+    )
     parser.add_argument("--greet", action="store_true", help="greet every socket when it opens")
     parser.add_argument(
         "--grace",
@@ -279,9 +362,12 @@ def main() -> None:
         default=5.0,
         help="seconds open streams keep working after SIGTERM (default 5)",
     )
+    parser.add_argument("--verbose", action="store_true", help="log at DEBUG too (redelivered events)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.listen, args.greet, args.grace))
+    if args.verbose:
+        log.setLevel(logging.DEBUG)
+    asyncio.run(serve(args.listen, args.greet, args.grace, args.name))
 
 
 if __name__ == "__main__":

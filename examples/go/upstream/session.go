@@ -58,7 +58,8 @@ func (s *Session) Handle(event *pb.NodeEvent) []*pb.UpstreamCommand {
 	case *pb.NodeEvent_Opened:
 		sock := e.Opened.GetSocket()
 		log.Printf("opened %s from %s on node %s", sock.GetId(), sock.GetRemoteAddr(), sock.GetNodeId())
-		if s.greet {
+		// A socket announced again (resumed) was greeted when it first opened.
+		if s.greet && !e.Opened.GetResumed() {
 			return []*pb.UpstreamCommand{send(sock.GetId(), fmt.Sprintf("welcome, you are %s. %s", sock.GetId(), Help))}
 		}
 	case *pb.NodeEvent_Data:
