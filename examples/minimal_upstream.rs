@@ -1,7 +1,7 @@
 //! The smallest complete upstream in Rust (tonic): it echoes every message back to its socket.
 //! `docs/protocol.md` ("Write an upstream in 30 lines") quotes it; `src/echo.rs` is the full one.
 //!
-//!     cargo run --example minimal_upstream                # gRPC on 0.0.0.0:50051
+//!     cargo run --example minimal_upstream [host:port]    # gRPC on 0.0.0.0:50051
 //!     cargo run -- --upstream http://127.0.0.1:50051      # a node that uses it
 
 use std::pin::Pin;
@@ -47,7 +47,7 @@ impl Upstream for Echo {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status("ppp.v1.Upstream", tonic_health::ServingStatus::Serving).await;
-    let addr = "0.0.0.0:50051".parse()?;
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "0.0.0.0:50051".to_owned()).parse()?;
     Server::builder().add_service(health).add_service(UpstreamServer::new(Echo)).serve(addr).await?;
     Ok(())
 }

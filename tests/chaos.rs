@@ -6,8 +6,15 @@
 //! The fault proxy itself is tested first, against a plain echo server.
 //!
 //! Sleeps here are the faults' own durations ("Redis paused for 10 s"), never waits for a
-//! condition. Run one schedule with its summary (`PPP_CHAOS_KEEP=1` keeps the node logs):
-//! `cargo test --test chaos redis_paused -- --nocapture`.
+//! condition (those poll, with a deadline: `until`). Run one schedule with its summary
+//! (`PPP_CHAOS_KEEP=1` keeps the node logs): `cargo test --test chaos redis_paused -- --nocapture`.
+//!
+//! The schedules of issue 11 check the lifecycle at the upstreams (DESIGN §3, "lifecycle,
+//! exactly once"): a killed node's sockets each get one `closed` (`node_lost`) there, also when
+//! the node comes back at once with its id, and when the reaper itself is killed half-way; a
+//! Redis restored from an old snapshot, and clocks 2 s apart, get nobody reaped; acking upstreams
+//! never get what they acknowledged again. The checker's lifecycle rule, which every schedule
+//! runs, is tested first on made-up records.
 //!
 //! Two schedules first found bugs of the node, since fixed: `an_upstream_killed_mid_stream_and_restarted`
 //! (events already written into the stream of an upstream that died were lost silently; the
@@ -17,17 +24,23 @@
 
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use common::{
     chaos::{
         Cluster, Options,
-        check::{Events, Expect},
+        check::{self, Events, Expect},
         load,
-        upstream::Seen,
+        state::K,
+        upstream::{Acks, Record, Seen},
     },
     fault::{Fault, FaultProxy},
 };
+use redis::AsyncCommands;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -349,7 +362,9 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_nobody_els
     let records: Vec<_> = cluster.upstreams.iter().flat_map(|u| u.records()).collect();
     let socket = records.iter().find_map(|r| match &r.seen {
         // By address and node: a client port may be in use towards another node at once.
-        Seen::Opened { socket_id, remote_addr, node_id } if *remote_addr == slow.to_string() && *node_id == node => {
+        Seen::Opened { socket_id, remote_addr, node_id, .. }
+            if *remote_addr == slow.to_string() && *node_id == node =>
+        {
             Some(socket_id.clone())
         }
         _ => None,
@@ -408,6 +423,510 @@ async fn k_events_are_written_once_across_a_redis_pause() {
     healed(&mut cluster, &load).await;
     let expect = cluster.expect_since(lifted);
     cluster.finish(load, &expect).await.assert_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle exactly once at the upstreams, acknowledgements, reaping (issue 11)
+// ---------------------------------------------------------------------------------------------
+
+/// Extra time the reaper's `closed` events may take past `--node-ttl` + 2 s (a loaded 2-core
+/// machine, the reaper's own scan interval).
+const REAP_MARGIN: Duration = Duration::from_secs(2);
+
+/// Polls `done` every 50 ms until it holds; fails the test, saying `what`, after `deadline`.
+/// Returns how long it took.
+async fn until(deadline: Duration, what: impl Fn() -> String, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < deadline, "not within {deadline:?}: {}", what());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// The sockets of `node` the upstreams were told `opened` and not yet `closed` of: the ones it
+/// holds, as far as the upstreams know.
+fn held_by(cluster: &Cluster, node: &str) -> BTreeSet<String> {
+    let records = cluster.upstream_records();
+    let closed = check::closes(&records);
+    check::opened_on(&records, node, Instant::now()).into_iter().filter(|s| !closed.contains_key(s)).collect()
+}
+
+/// Waits until the upstreams were told `opened` of at least `n` sockets of `node` and Redis
+/// registered as many in `K:node:{node}:sockets` (so a reaper knows them all).
+async fn registered(cluster: &Cluster, node: &str, n: usize) {
+    let mut redis = cluster.redis.conn().await;
+    let started = Instant::now();
+    loop {
+        let told = held_by(cluster, node).len();
+        let in_redis: usize = redis.scard(format!("{K}node:{node}:sockets")).await.unwrap_or(0);
+        if told >= n && in_redis >= n {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{node}: {told} opened, {in_redis} registered, want {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Of `sockets`, those not yet `closed` at any upstream.
+fn unclosed(cluster: &Cluster, sockets: &BTreeSet<String>) -> Vec<String> {
+    let closed = check::closes(&cluster.upstream_records());
+    sockets.iter().filter(|s| !closed.contains_key(*s)).cloned().collect()
+}
+
+/// What is wrong with the upstreams' `closed` events for `sockets`, each of which must have
+/// exactly one, with `reason` (a redelivered copy of one counted once; one that came only
+/// redelivered counts too); and when the last one arrived.
+fn one_close_each(cluster: &Cluster, sockets: &BTreeSet<String>, reason: &str) -> (Vec<String>, Option<Instant>) {
+    let closed = check::closes(&cluster.upstream_records());
+    let mut wrong = Vec::new();
+    let mut last = None;
+    for socket in sockets {
+        let list = closed.get(socket).map(Vec::as_slice).unwrap_or_default();
+        let first: Vec<&check::Closed> = list.iter().filter(|c| !c.redelivered).collect();
+        let counted = if first.is_empty() { list.len().min(1) } else { first.len() };
+        if counted != 1 || list.iter().any(|c| c.reason != reason) {
+            let seen: Vec<_> = list
+                .iter()
+                .map(|c| format!("{}{}", c.reason, if c.redelivered { " (redelivered)" } else { "" }))
+                .collect();
+            wrong.push(format!("{socket}: {seen:?}"));
+        }
+        last = last.max(list.iter().map(|c| c.at).min());
+    }
+    (wrong, last)
+}
+
+/// `K:events`' `closed` entries for each of `sockets`: (socket, its reasons) where they are not
+/// exactly one `reason`.
+async fn recorded_closes_not(cluster: &Cluster, sockets: &BTreeSet<String>, reason: &str) -> Vec<String> {
+    let mut reasons: HashMap<String, Vec<String>> = HashMap::new();
+    for e in cluster.k_events().await {
+        if e.get("type").map(String::as_str) == Some("closed") {
+            let socket = e.get("socket").cloned().unwrap_or_default();
+            reasons.entry(socket).or_default().push(e.get("reason").cloned().unwrap_or_default());
+        }
+    }
+    sockets
+        .iter()
+        .filter_map(|s| {
+            let r = reasons.get(s).cloned().unwrap_or_default();
+            (r != [reason]).then(|| format!("{s}: {r:?}"))
+        })
+        .collect()
+}
+
+/// `closed` events with reason `node_lost` the upstreams received, and `K:events`' `node_down`
+/// entries, and the nodes' `ppp_nodes_reaped_total`: none may be in a schedule that kills nobody.
+async fn nobody_reaped(cluster: &Cluster) {
+    let lost: Vec<String> = check::closes(&cluster.upstream_records())
+        .into_iter()
+        .filter(|(_, list)| list.iter().any(|c| c.reason == "node_lost"))
+        .map(|(socket, _)| socket)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} live sockets were reported node_lost to the upstreams: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let down: Vec<_> = cluster
+        .k_events()
+        .await
+        .into_iter()
+        .filter(|e| e.get("type").map(String::as_str) == Some("node_down"))
+        .collect();
+    assert!(down.is_empty(), "K:events has node_down entries: {down:?}");
+    for slot in 0..cluster.nodes.len() {
+        assert_eq!(
+            cluster.metric(slot, "ppp_nodes_reaped_total").await,
+            0.0,
+            "node {} reaped someone",
+            cluster.nodes[slot].id
+        );
+    }
+}
+
+/// The `run_id`s the upstreams saw in `hello` from `node`, in the records that arrived before
+/// (`before` true) or after `at`.
+fn run_ids(cluster: &Cluster, node: &str, at: Instant, before: bool) -> BTreeSet<String> {
+    cluster
+        .upstream_records()
+        .into_iter()
+        .flatten()
+        .filter(|r| (r.at < at) == before)
+        .filter_map(|r| match r.seen {
+            Seen::Hello { node_id, run_id } if node_id == node => Some(run_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_gets_every_socket_closed_at_the_upstreams() {
+    const SILENT: usize = 40;
+    let (mut cluster, load) = cluster_under_load("node-killed-closed", Options::default()).await;
+    let node = cluster.nodes[0].id.clone();
+    load.open_silent(0, SILENT).await;
+    registered(&cluster, &node, PER_NODE + SILENT).await;
+    let held = held_by(&cluster, &node);
+    let dead = cluster.kill_node(0);
+    let killed = Instant::now();
+    // Its clients reconnect to the others; a live node reaps it after --node-ttl and tells the
+    // upstreams `closed` (`node_lost`) for every socket it held.
+    let within = cluster.options.node_ttl + Duration::from_secs(2) + REAP_MARGIN;
+    let missing = || {
+        format!("{} of {} sockets of {dead} have no closed at an upstream", unclosed(&cluster, &held).len(), held.len())
+    };
+    until(within + Duration::from_secs(10), missing, || unclosed(&cluster, &held).is_empty()).await;
+    let (wrong, last) = one_close_each(&cluster, &held, "node_lost");
+    let took = last.expect("closes arrived") - killed;
+    println!(
+        "   {dead} killed holding {} sockets: the last `closed` (node_lost) reached an upstream {} ms after the kill (--node-ttl {} ms)",
+        held.len(),
+        took.as_millis(),
+        cluster.options.node_ttl.as_millis()
+    );
+    assert!(
+        wrong.is_empty(),
+        "not exactly one node_lost close each: {} {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(took <= within, "the last closed came {took:?} after the kill, later than {within:?}");
+    let recorded = recorded_closes_not(&cluster, &held, "node_lost").await;
+    assert!(
+        recorded.is_empty(),
+        "K:events lacks node_lost for {} sockets: {:?}",
+        recorded.len(),
+        &recorded[..recorded.len().min(5)]
+    );
+    healed(&mut cluster, &load).await;
+    let expect = Expect { closing_nodes: vec![dead], ..cluster.expect_since(killed) };
+    cluster.finish(load, &expect).await.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_the_same_id_before_its_ttl() {
+    const SILENT: usize = 20;
+    let options = Options { fixed_node_ids: true, ..Options::default() };
+    let (mut cluster, load) = cluster_under_load("node-restarted-same-id", options).await;
+    let node = cluster.nodes[0].id.clone();
+    load.open_silent(0, SILENT).await;
+    registered(&cluster, &node, PER_NODE + SILENT).await;
+    let held = held_by(&cluster, &node);
+    let old_runs = run_ids(&cluster, &node, Instant::now(), true);
+    cluster.kill_node(0);
+    let killed = Instant::now();
+    // At once, with the same id: the old run is still registered, its heartbeat fresh.
+    cluster.restart_node(0).await;
+    let back = killed.elapsed();
+    assert_eq!(cluster.nodes[0].id, node, "the slot kept its id");
+    let within = cluster.options.node_ttl + Duration::from_secs(2) + REAP_MARGIN;
+    let missing = || {
+        format!(
+            "{} of {} sockets of {node}'s old run have no closed at an upstream",
+            unclosed(&cluster, &held).len(),
+            held.len()
+        )
+    };
+    until(within + Duration::from_secs(10), missing, || unclosed(&cluster, &held).is_empty()).await;
+    let (wrong, last) = one_close_each(&cluster, &held, "node_lost");
+    let took = last.expect("closes arrived") - killed;
+    let new_runs = run_ids(&cluster, &node, killed, false);
+    println!(
+        "   {node} killed holding {} sockets and back {} ms later: the last `closed` (node_lost) of the old run reached an \
+         upstream {} ms after the kill; run ids before {old_runs:?}, after {new_runs:?}",
+        held.len(),
+        back.as_millis(),
+        took.as_millis()
+    );
+    assert!(
+        wrong.is_empty(),
+        "not exactly one node_lost close each: {} {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(took <= within, "the last closed came {took:?} after the kill, later than {within:?}");
+    assert_eq!(old_runs.len(), 1, "one run before the kill: {old_runs:?}");
+    assert!(
+        !new_runs.is_empty() && new_runs.is_disjoint(&old_runs),
+        "the new run's hello carries a new run_id: {new_runs:?}"
+    );
+    let mut redis = cluster.redis.conn().await;
+    let registered_run: Option<String> = redis.hget(format!("{K}node:{node}"), "run_id").await.unwrap();
+    assert_eq!(registered_run.as_ref(), new_runs.iter().next(), "K:node:{node} names the new run");
+    let recorded = recorded_closes_not(&cluster, &held, "node_lost").await;
+    assert!(
+        recorded.is_empty(),
+        "K:events lacks node_lost for {} sockets: {:?}",
+        recorded.len(),
+        &recorded[..recorded.len().min(5)]
+    );
+    healed(&mut cluster, &load).await;
+    let expect = Expect { closing_nodes: vec![node], ..cluster.expect_since(killed) };
+    cluster.finish(load, &expect).await.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restored_from_a_snapshot_taken_30s_earlier() {
+    let (mut cluster, load) = cluster_under_load("redis-snapshot-30s", Options::default()).await;
+    let snapshot = cluster.redis.snapshot("30s-earlier.rdb").await;
+    // 30 s of life after the snapshot: sockets close and others open.
+    for _ in 0..6 {
+        load.churn(2);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    cluster.redis.kill();
+    cluster.redis.restore(&snapshot);
+    cluster.redis.start_again().await;
+    let lifted = Instant::now();
+    // Every heartbeat in Redis is now 30 s old: a node that judged by the scores would reap
+    // the others at once. Watch for twice --node-ttl.
+    tokio::time::sleep(2 * cluster.options.node_ttl).await;
+    healed(&mut cluster, &load).await;
+    nobody_reaped(&cluster).await;
+    // The restored `K:events` lacks the last 30 s of history; the upstreams' is checked whole.
+    let expect = Expect { events: Events::Lost, ..cluster.expect_since(lifted) };
+    cluster.finish(load, &expect).await.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2s_clock_skew_between_nodes() {
+    let env = |slot: usize, ms: &str| (slot, "PPP_TEST_CLOCK_OFFSET_MS".to_owned(), ms.to_owned());
+    let options = Options { node_env: vec![env(0, "-2000"), env(1, "2000")], ..Options::default() };
+    let (mut cluster, load) = cluster_under_load("clock-skew-2s", options).await;
+    // The skew is real: the heartbeats the nodes write (their own unix ms) are 4 s apart, give
+    // or take the second between two heartbeats.
+    let mut redis = cluster.redis.conn().await;
+    let scores: HashMap<String, f64> = redis.zrange_withscores(format!("{K}nodes"), 0, -1).await.unwrap();
+    let (early, late) = (cluster.nodes[0].id.clone(), cluster.nodes[1].id.clone());
+    let apart = scores[&late] - scores[&early];
+    println!("   heartbeats in K:nodes: {scores:?}; {late} is {apart} ms ahead of {early}");
+    assert!((2500.0..=5500.0).contains(&apart), "PPP_TEST_CLOCK_OFFSET_MS is not in effect: {scores:?}");
+    for _ in 0..3 {
+        load.churn(2);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    nobody_reaped(&cluster).await;
+    let expect = cluster.expect();
+    cluster.finish(load, &expect).await.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_under_load_with_acking_upstreams() {
+    let options = Options { acks: Acks::COALESCED, ..Options::default() };
+    let (mut cluster, load) = cluster_under_load_at("upstream-killed-acking", options, 5 * RATE).await;
+    let mut lifted = Instant::now();
+    for _ in 0..2 {
+        cluster.upstreams[0].kill().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.upstreams[0].restart();
+        lifted = Instant::now();
+        healed(&mut cluster, &load).await;
+    }
+    // Copies of events the upstream had not acknowledged may come again, flagged; nothing it
+    // acknowledged may (the checker's lifecycle line counts both).
+    let expect = Expect { may_duplicate: true, ..cluster.expect_since(lifted) };
+    let report = cluster.finish(load, &expect).await;
+    report.assert_ok();
+    let l = &report.lifecycle;
+    println!(
+        "   acking upstreams: {} acks; {} duplicates delivered, redelivered opened/data/closed {:?}; acked events delivered again {}",
+        l.acks,
+        report.duplicates,
+        l.redelivered,
+        l.acked_again.len()
+    );
+    assert!(l.acks > 0, "the upstreams acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_killed_in_the_middle_of_a_reap() {
+    const SILENT: usize = 300;
+    const BATCH: usize = 50;
+    let mut node_env = Vec::new();
+    for slot in [1, 2] {
+        node_env.push((slot, "PPP_TEST_REAP_PAUSE_MS".to_owned(), "2000".to_owned()));
+        node_env.push((slot, "PPP_TEST_REAP_BATCH".to_owned(), BATCH.to_string()));
+    }
+    let options = Options { node_env, ..Options::default() };
+    let (mut cluster, load) = cluster_under_load("reaper-killed-mid-reap", options).await;
+    let a = cluster.nodes[0].id.clone();
+    load.open_silent(0, SILENT).await;
+    registered(&cluster, &a, PER_NODE + SILENT).await;
+    let held = held_by(&cluster, &a);
+    cluster.kill_node(0);
+    let killed = Instant::now();
+    // Which live node took the job.
+    let started = ["announcing the closed events of a reaped node"];
+    let reapers = |cluster: &Cluster, node: &str| {
+        let mut slots = cluster.slots_logging(&[started[0], &format!("node={node}")]);
+        slots.extend(cluster.slots_logging(&[started[0], &format!("node=\"{node}\"")]));
+        slots
+    };
+    let within = cluster.options.node_ttl + Duration::from_secs(2) + REAP_MARGIN;
+    until(within, || format!("no live node logged `{}` for {a}", started[0]), || !reapers(&cluster, &a).is_empty())
+        .await;
+    let reaper = reapers(&cluster, &a)[0];
+    // Its first batch reaches the upstreams; then it pauses for 2 s, and is killed then.
+    let first_batch = BATCH.min(held.len());
+    let waiting = || {
+        format!(
+            "{} closes of {a}'s sockets after the reap began, want {first_batch}",
+            held.len() - unclosed(&cluster, &held).len()
+        )
+    };
+    until(Duration::from_secs(5), waiting, || held.len() - unclosed(&cluster, &held).len() >= first_batch).await;
+    let b = cluster.kill_node(reaper);
+    let reaper_killed = Instant::now();
+    let first = held.len() - unclosed(&cluster, &held).len();
+    println!(
+        "   {b} began reaping {a} ({} sockets) and was killed after {first} closes reached the upstreams",
+        held.len()
+    );
+    assert!(
+        first < held.len(),
+        "{b} finished before it was killed: PPP_TEST_REAP_BATCH / PPP_TEST_REAP_PAUSE_MS are not in effect"
+    );
+    // The remaining node finishes the job: 2 s per batch of 50, after it finds the reaper dead.
+    let other = 3 - reaper;
+    let missing = || {
+        format!("{} of {} sockets of {a} have no closed at an upstream", unclosed(&cluster, &held).len(), held.len())
+    };
+    let rest = (held.len() - first).div_ceil(BATCH) as u32 * Duration::from_secs(2);
+    until(within + rest + Duration::from_secs(10), missing, || unclosed(&cluster, &held).is_empty()).await;
+    let (wrong, last) = one_close_each(&cluster, &held, "node_lost");
+    println!(
+        "   {} finished it: the last `closed` reached an upstream {} ms after {b} was killed ({} ms after {a} was)",
+        cluster.nodes[other].id,
+        (last.unwrap() - reaper_killed).as_millis(),
+        (last.unwrap() - killed).as_millis()
+    );
+    assert!(
+        wrong.is_empty(),
+        "not exactly one node_lost close each: {} {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let finisher = &cluster.nodes[other];
+    let took_over = !finisher.log_lines(&[started[0], &format!("node={a}")]).is_empty();
+    assert!(took_over, "{} finished {a}'s reap without logging that it began it", finisher.id);
+    // It finds the job empty at its next batch: after the last batch's pause.
+    let done = || finisher.log_lines(&["reap job done", &format!("node={a}")]);
+    let no_done = || format!("{} never logged `reap job done` for {a}", finisher.id);
+    until(Duration::from_secs(2) + REAP_MARGIN + Duration::from_secs(4), no_done, || !done().is_empty()).await;
+    println!("   {}'s log: {:?}", finisher.id, done());
+    let recorded = recorded_closes_not(&cluster, &held, "node_lost").await;
+    assert!(
+        recorded.is_empty(),
+        "K:events lacks node_lost for {} sockets: {:?}",
+        recorded.len(),
+        &recorded[..recorded.len().min(5)]
+    );
+    healed(&mut cluster, &load).await;
+    let expect = Expect { closing_nodes: vec![a, b], ..cluster.expect_since(Instant::now()) };
+    cluster.finish(load, &expect).await.assert_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker's lifecycle invariant, on made-up records
+// ---------------------------------------------------------------------------------------------
+
+/// A made-up record `ms` after `t0` on `stream`.
+fn rec(t0: Instant, ms: u64, stream: u64, event_seq: u64, redelivered: bool, seen: Seen) -> Record {
+    Record { at: t0 + Duration::from_millis(ms), stream, event_seq, redelivered, seen }
+}
+
+fn opened(socket: &str, resumed: bool) -> Seen {
+    Seen::Opened { socket_id: socket.into(), node_id: "n0".into(), remote_addr: "a".into(), resumed }
+}
+
+fn closed(socket: &str, reason: &str) -> Seen {
+    Seen::Closed { socket_id: socket.into(), reason: reason.into() }
+}
+
+fn data(socket: &str, seq: u64) -> Seen {
+    Seen::Data { socket_id: socket.into(), seq, payload: Default::default() }
+}
+
+#[test]
+fn the_lifecycle_check_counts_a_redelivered_copy_once_and_finds_what_is_missing_or_twice() {
+    let t0 = Instant::now();
+    let open = HashMap::from([("s1".into(), false), ("s2".into(), false), ("s3".into(), true), ("s4".into(), false)]);
+    // s1: closed, and a redelivered copy of the close on the other upstream: fine.
+    // s2: closed twice, unflagged: a duplicate. s3: open, closed while live. s4: no close.
+    let up0 = vec![
+        rec(t0, 1, 1, 2, false, opened("s1", false)),
+        rec(t0, 2, 1, 3, false, opened("s2", false)),
+        rec(t0, 3, 1, 4, false, opened("s3", false)),
+        rec(t0, 4, 1, 5, false, opened("s4", false)),
+        rec(t0, 5, 1, 6, false, closed("s1", "node_lost")),
+        rec(t0, 6, 1, 7, false, closed("s2", "client_closed")),
+        rec(t0, 7, 1, 8, false, closed("s3", "node_lost")),
+    ];
+    let up1 =
+        vec![rec(t0, 8, 2, 2, true, closed("s1", "node_lost")), rec(t0, 9, 2, 3, false, closed("s2", "client_closed"))];
+    let report = check::lifecycle(&[up0, up1], &[vec![], vec![]], &open);
+    assert_eq!(report.collapsed, 1);
+    assert_eq!(report.duplicate_closed.len(), 1, "{:?}", report.duplicate_closed);
+    assert!(report.duplicate_closed[0].starts_with("s2"));
+    assert_eq!(report.closed_while_live.len(), 1);
+    assert_eq!(report.unclosed, ["s4"]);
+    assert_eq!(report.violations(check::Lifecycle::ExactlyOnce), 3);
+    assert_eq!(report.violations(check::Lifecycle::AtMostOnce), 2);
+}
+
+#[test]
+fn the_lifecycle_check_gives_a_resumed_socket_a_new_life() {
+    let t0 = Instant::now();
+    let open = HashMap::from([("s1".into(), true), ("s2".into(), true)]);
+    let up0 = vec![
+        rec(t0, 1, 1, 2, false, opened("s1", false)),
+        rec(t0, 2, 1, 3, false, closed("s1", "node_lost")),
+        rec(t0, 3, 1, 4, false, opened("s1", true)),
+        // A late redelivered copy of the first life's close is not the new life's.
+        rec(t0, 4, 1, 5, true, closed("s1", "node_lost")),
+        // s2: a second opened that is neither resumed nor redelivered.
+        rec(t0, 5, 1, 6, false, opened("s2", false)),
+        rec(t0, 6, 1, 7, false, opened("s2", false)),
+    ];
+    let report = check::lifecycle(&[up0], &[vec![]], &open);
+    assert_eq!(report.resumed, 1);
+    assert!(report.closed_while_live.is_empty(), "{:?}", report.closed_while_live);
+    assert_eq!(report.duplicate_opened, ["s2"]);
+    assert_eq!(report.violations(check::Lifecycle::ExactlyOnce), 1);
+}
+
+#[test]
+fn the_lifecycle_check_finds_an_acknowledged_event_delivered_again() {
+    let t0 = Instant::now();
+    let ack = |up_to| Seen::Acked { up_to };
+    // Stream 1 (upstream 0) carries seq 1 and 2 and acks both; seq 3 is not acked. Upstream 0
+    // dies; upstream 1 gets seq 2 (acked: a violation) and seq 3 (not acked: allowed), both
+    // flagged, and seq 4 twice, the second time unflagged.
+    let up0 = vec![
+        rec(t0, 1, 1, 2, false, data("s", 1)),
+        rec(t0, 2, 1, 3, false, data("s", 2)),
+        rec(t0, 3, 1, 0, false, ack(3)),
+        rec(t0, 4, 1, 4, false, data("s", 3)),
+    ];
+    let up1 = vec![
+        rec(t0, 500, 2, 2, true, data("s", 2)),
+        rec(t0, 501, 2, 3, true, data("s", 3)),
+        rec(t0, 502, 2, 4, false, data("s", 4)),
+        rec(t0, 503, 2, 5, false, data("s", 4)),
+    ];
+    let kills = [vec![t0 + Duration::from_millis(400)], vec![]];
+    let report = check::lifecycle(&[up0.clone(), up1.clone()], &kills, &HashMap::new());
+    assert_eq!(report.acked_again, ["s:2"]);
+    assert_eq!(report.unflagged_copies, ["s:4"]);
+    assert_eq!(report.redelivered, [0, 2, 0]);
+    // An ack handed to the stream just before the kill may have died with it.
+    let kills = [vec![t0 + Duration::from_millis(3 + 50)], vec![]];
+    let report = check::lifecycle(&[up0, up1], &kills, &HashMap::new());
+    assert!(report.acked_again.is_empty());
+    assert_eq!(report.acked_in_flight, 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -170,3 +170,23 @@ async fn python_upstream_commands_work() {
 async fn go_upstream_commands_work() {
     commands_work(Lang::Go).await;
 }
+
+/// The 30-line upstreams `docs/protocol.md` quotes work as quoted.
+async fn a_minimal_upstream_echoes(lang: Lang) {
+    let up = ExternalUpstream::start(lang, lang.name()).await;
+    let node = start_node(config(&[&up])).await;
+    let mut c = Client::connect(&node).await;
+    c.write(b"one\ntwo\n").await;
+    assert_eq!(c.line().await, "one", "{lang:?}:\n{}", up.log());
+    assert_eq!(c.line().await, "two");
+}
+
+#[tokio::test]
+async fn the_minimal_python_upstream_of_the_docs_echoes() {
+    a_minimal_upstream_echoes(Lang::PythonMinimal).await;
+}
+
+#[tokio::test]
+async fn the_minimal_rust_upstream_of_the_docs_echoes() {
+    a_minimal_upstream_echoes(Lang::RustMinimal).await;
+}

@@ -4,6 +4,7 @@ Run `python minimal.py` (gRPC on 0.0.0.0:50052), then a node: `ppp --upstream ht
 """
 
 import asyncio
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +26,7 @@ async def main():
     health_servicer = health.aio.HealthServicer()  # nodes send events only while it says SERVING
     await health_servicer.set("ppp.v1.Upstream", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port("0.0.0.0:50052")
+    server.add_insecure_port(sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0:50052")
     await server.start()
     await server.wait_for_termination()
 

@@ -21,6 +21,10 @@ pub enum Lang {
     Python,
     /// `examples/go/` (grpc-go).
     Go,
+    /// `examples/python/minimal.py`: the 30 lines `docs/protocol.md` quotes (echo only).
+    PythonMinimal,
+    /// `examples/minimal_upstream.rs`: the Rust one `docs/protocol.md` quotes (echo only).
+    RustMinimal,
 }
 
 impl Lang {
@@ -29,6 +33,7 @@ impl Lang {
         match self {
             Self::Python => "python",
             Self::Go => "go",
+            Self::PythonMinimal | Self::RustMinimal => "minimal",
         }
     }
 }
@@ -58,8 +63,18 @@ impl ExternalUpstream {
                 c
             }
             Lang::Go => Command::new(go_binary()),
+            Lang::PythonMinimal => {
+                let mut c = Command::new(python());
+                c.arg(root().join("examples/python/minimal.py"));
+                c
+            }
+            Lang::RustMinimal => Command::new(rust_minimal()),
         };
-        command.args(["--listen", &addr.to_string(), "--name", name, "--grace", "0"]);
+        if matches!(lang, Lang::PythonMinimal | Lang::RustMinimal) {
+            command.arg(addr.to_string());
+        } else {
+            command.args(["--listen", &addr.to_string(), "--name", name, "--grace", "0"]);
+        }
         command.stdin(Stdio::null()).stdout(out.try_clone().expect("a log file")).stderr(out);
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start the {lang:?} upstream: {e}"));
         let mut up = Self { addr, name: name.to_owned(), child, log, _dir: dir };
@@ -142,6 +157,19 @@ fn go_binary() -> &'static Path {
         build.arg(root().join("examples/go/build.sh")).arg(&out);
         run(&mut build, "examples/go/build.sh (scripts/test.sh installs Go from Debian)");
         out
+    })
+}
+
+/// `examples/minimal_upstream`, built (quickly when it is up to date) by the cargo running the tests.
+fn rust_minimal() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--example", "minimal_upstream"]).current_dir(root());
+        run(&mut build, "cargo build --example minimal_upstream");
+        let ppp = PathBuf::from(env!("CARGO_BIN_EXE_ppp"));
+        ppp.with_file_name("examples").join("minimal_upstream")
     })
 }
 

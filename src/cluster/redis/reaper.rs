@@ -111,7 +111,8 @@ impl RedisBackend {
                 warn!(job, "lost the lease of a reap job; another node carries on");
                 return Ok(());
             }
-            if !pause.is_zero() {
+            // A short batch was the job's last: no pause before the take that finds it done.
+            if !pause.is_zero() && ids.len() == batch {
                 tokio::time::sleep(pause).await;
             }
         }

@@ -18,7 +18,12 @@
 //!   `--node-ttl` for a dead node to be reaped);
 //! - where the schedule keeps Redis's data, `K:events` holds one `opened` per socket and one
 //!   `closed` per closed socket, and none for a live one (exactly once, or at least once where
-//!   the schedule says why: see [`Events`]).
+//!   the schedule says why: see [`Events`]);
+//! - the upstreams, all together, were told one `closed` for every `opened` they saw (a
+//!   redelivered copy counted once; an `opened` with `resumed` starts a new life that needs its
+//!   own), none twice, and none for a socket that is still open: see [`Lifecycle`];
+//! - no `data` event reached an upstream again after an upstream had acknowledged it (`Ack` on
+//!   the stream that carried it), and every copy after the first was flagged `redelivered`.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -33,6 +38,11 @@ use super::{
     state::{self, Truth},
     upstream::{Record, Seen},
 };
+
+/// An ack handed to a stream this soon before its upstream was killed may have died with it
+/// (not yet read by the node): a copy of an event it covered, seen again, is counted apart, not
+/// as a duplicate of an acknowledged event.
+pub const ACK_IN_FLIGHT: Duration = Duration::from_millis(100);
 
 /// What a schedule allows.
 #[derive(Debug, Clone)]
@@ -53,6 +63,21 @@ pub struct Expect {
     /// Messages may be delivered (and echoed) twice: an upstream's stream broke with events in
     /// its replay window, which the node hands out again (at-least-once, `docs/protocol.md`).
     pub may_duplicate: bool,
+    /// What the upstreams must have been told of the sockets' lives.
+    pub lifecycle: Lifecycle,
+}
+
+/// What the upstreams must have been told of the sockets' lives (DESIGN §3, "lifecycle,
+/// exactly once").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Every life of a socket (from its `opened`, or an `opened` with `resumed`) that ended
+    /// (its client saw it closed, or closed it) has exactly one `closed`, a live one none; a
+    /// redelivered copy of either counts once.
+    ExactlyOnce,
+    /// As [`Lifecycle::ExactlyOnce`], but a missing `closed` is only reported: Redis lost its
+    /// data while a node died, and the sockets the reaper would have closed with it.
+    AtMostOnce,
 }
 
 /// What `K:events` must hold, per schedule.
@@ -97,6 +122,245 @@ impl EventsReport {
             Events::Lost => 0,
         }
     }
+}
+
+/// What the upstreams, all together, were told of the sockets' lives, and of acknowledged
+/// events seen again.
+#[derive(Debug, Default)]
+pub struct LifecycleReport {
+    /// Sockets the upstreams heard of.
+    pub sockets: usize,
+    /// Lives begun by an `opened` with `resumed`.
+    pub resumed: usize,
+    /// The `closed` of each life, by reason (redelivered copies counted once).
+    pub closed: BTreeMap<String, usize>,
+    /// Events flagged `redelivered`: `opened`, `data`, `closed`.
+    pub redelivered: [usize; 3],
+    /// Redelivered `opened`/`closed` copies of one already seen (counted once).
+    pub collapsed: usize,
+    /// Lives that ended (the client saw the socket closed, or closed it) without a `closed`.
+    pub unclosed: Vec<String>,
+    /// Lives with more than one `closed` not flagged `redelivered`.
+    pub duplicate_closed: Vec<String>,
+    /// Sockets with a second `opened` that is neither `resumed` nor `redelivered`.
+    pub duplicate_opened: Vec<String>,
+    /// `closed` events for a socket no upstream heard `opened` of.
+    pub closed_without_opened: Vec<String>,
+    /// Sockets still open (their client holds them) whose last life has a `closed`.
+    pub closed_while_live: Vec<String>,
+    /// `data` events delivered again after an upstream acknowledged an earlier copy.
+    pub acked_again: Vec<String>,
+    /// Copies of events whose ack was handed to the stream within [`ACK_IN_FLIGHT`] of the
+    /// upstream's kill (allowed: the ack may have died with it).
+    pub acked_in_flight: usize,
+    /// A second (or later) copy of a `data` event without `redelivered`.
+    pub unflagged_copies: Vec<String>,
+    /// Acks the upstreams sent.
+    pub acks: usize,
+}
+
+impl LifecycleReport {
+    /// How many things break `rule`.
+    pub fn violations(&self, rule: Lifecycle) -> usize {
+        let always = self.duplicate_closed.len()
+            + self.duplicate_opened.len()
+            + self.closed_without_opened.len()
+            + self.closed_while_live.len()
+            + self.acked_again.len()
+            + self.unflagged_copies.len();
+        match rule {
+            Lifecycle::ExactlyOnce => always + self.unclosed.len(),
+            Lifecycle::AtMostOnce => always,
+        }
+    }
+}
+
+/// One `closed` an upstream received.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    /// Which upstream.
+    pub upstream: usize,
+    /// When.
+    pub at: Instant,
+    /// Why.
+    pub reason: String,
+    /// Whether it was flagged `redelivered`.
+    pub redelivered: bool,
+}
+
+/// Every `closed` the upstreams received, by socket, in arrival order.
+pub fn closes(records: &[Vec<Record>]) -> HashMap<String, Vec<Closed>> {
+    let mut out: HashMap<String, Vec<Closed>> = HashMap::new();
+    for (upstream, log) in records.iter().enumerate() {
+        for r in log {
+            if let Seen::Closed { socket_id, reason } = &r.seen {
+                let c = Closed { upstream, at: r.at, reason: reason.clone(), redelivered: r.redelivered };
+                out.entry(socket_id.clone()).or_default().push(c);
+            }
+        }
+    }
+    for list in out.values_mut() {
+        list.sort_by_key(|c| c.at);
+    }
+    out
+}
+
+/// The sockets of `node` whose `opened` (not `resumed`) an upstream received before `before`.
+pub fn opened_on(records: &[Vec<Record>], node: &str, before: Instant) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .flatten()
+        .filter(|r| r.at < before)
+        .filter_map(|r| match &r.seen {
+            Seen::Opened { socket_id, node_id, resumed: false, .. } if node_id == node => Some(socket_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One life of a socket, as the upstreams heard of it.
+#[derive(Debug, Default)]
+struct Life {
+    /// Whether its `opened` was seen (a `closed` may arrive first, through another upstream).
+    opened: bool,
+    /// Begun by an `opened` with `resumed`.
+    resumed: bool,
+    /// Its `closed` events not flagged `redelivered`, and those flagged (reasons).
+    closed: Vec<String>,
+    /// Redelivered copies of a `closed` (kept apart: one counts when no other came).
+    closed_again: Vec<String>,
+}
+
+impl Life {
+    /// How many closes it had, a redelivered copy counted once.
+    fn closes(&self) -> usize {
+        if self.closed.is_empty() { usize::from(!self.closed_again.is_empty()) } else { self.closed.len() }
+    }
+
+    fn reason(&self) -> Option<&String> {
+        self.closed.first().or(self.closed_again.first())
+    }
+}
+
+/// The lifecycle invariant and the acknowledged-duplicates count over every upstream's records.
+/// `open`: socket id → whether its client still holds it (unknown sockets are not held to a
+/// `closed`).
+pub fn lifecycle(records: &[Vec<Record>], kills: &[Vec<Instant>], open: &HashMap<String, bool>) -> LifecycleReport {
+    let mut report = LifecycleReport::default();
+    // Socket → its lifecycle events from every upstream, by arrival.
+    let mut events: HashMap<&str, Vec<&Record>> = HashMap::new();
+    // Stream → its acks (up_to, when), in order (cumulative: up_to never falls).
+    let mut acks: HashMap<u64, Vec<(u64, Instant)>> = HashMap::new();
+    // (socket, seq) → copies: (arrival, upstream, stream, event_seq, redelivered).
+    type Copy = (Instant, usize, u64, u64, bool);
+    let mut data: HashMap<(&str, u64), Vec<Copy>> = HashMap::new();
+    for (up, log) in records.iter().enumerate() {
+        for r in log {
+            match &r.seen {
+                Seen::Opened { socket_id, .. } | Seen::Closed { socket_id, .. } => {
+                    events.entry(socket_id).or_default().push(r);
+                    let kind = usize::from(matches!(r.seen, Seen::Closed { .. })) * 2;
+                    report.redelivered[kind] += usize::from(r.redelivered);
+                }
+                Seen::Data { socket_id, seq, .. } => {
+                    report.redelivered[1] += usize::from(r.redelivered);
+                    data.entry((socket_id, *seq)).or_default().push((r.at, up, r.stream, r.event_seq, r.redelivered));
+                }
+                Seen::Acked { up_to } => {
+                    report.acks += 1;
+                    acks.entry(r.stream).or_default().push((*up_to, r.at));
+                }
+                Seen::Hello { .. } => {}
+            }
+        }
+    }
+    report.sockets = events.len();
+    for (socket, mut list) in events {
+        list.sort_by_key(|r| r.at);
+        let mut lives: Vec<Life> = Vec::new();
+        for r in list {
+            match &r.seen {
+                Seen::Opened { resumed, .. } => match lives.last_mut() {
+                    // The first `opened`, or one that came after its `closed`.
+                    None => lives.push(Life { opened: true, resumed: *resumed, ..Life::default() }),
+                    Some(life) if !life.opened && !*resumed => life.opened = true,
+                    Some(life) if r.redelivered && life.resumed == *resumed => report.collapsed += 1,
+                    Some(_) if *resumed => {
+                        report.resumed += 1;
+                        lives.push(Life { opened: true, resumed: true, ..Life::default() });
+                    }
+                    Some(_) => report.duplicate_opened.push(socket.to_owned()),
+                },
+                Seen::Closed { reason, .. } => {
+                    // A redelivered copy of an earlier life's close is that close again.
+                    let earlier = lives.iter().rev().skip(1).any(|l| l.reason() == Some(reason));
+                    match lives.last_mut() {
+                        None if r.redelivered => {
+                            lives.push(Life { closed_again: vec![reason.clone()], ..Life::default() })
+                        }
+                        None => lives.push(Life { closed: vec![reason.clone()], ..Life::default() }),
+                        Some(life) if r.redelivered && life.closes() == 0 && earlier => report.collapsed += 1,
+                        Some(life) if r.redelivered && life.closes() > 0 => {
+                            life.closed_again.push(reason.clone());
+                            report.collapsed += 1;
+                        }
+                        Some(life) if r.redelivered => life.closed_again.push(reason.clone()),
+                        Some(life) => life.closed.push(reason.clone()),
+                    }
+                }
+                _ => {}
+            }
+        }
+        if lives.iter().any(|l| !l.opened) {
+            report.closed_without_opened.push(socket.to_owned());
+        }
+        if lives.iter().any(|l| l.closed.len() > 1) {
+            report
+                .duplicate_closed
+                .push(format!("{socket}: {:?}", lives.iter().map(|l| &l.closed).collect::<Vec<_>>()));
+        }
+        for life in &lives {
+            if let Some(reason) = life.reason() {
+                *report.closed.entry(reason.clone()).or_default() += 1;
+            }
+        }
+        let (last, earlier) = lives.split_last().expect("a socket with events has a life");
+        let still_open = open.get(socket).copied();
+        if earlier.iter().any(|l| l.closes() == 0) || (still_open == Some(false) && last.closes() == 0) {
+            report.unclosed.push(socket.to_owned());
+        }
+        if still_open == Some(true) && last.closes() > 0 {
+            report.closed_while_live.push(format!("{socket} ({:?})", last.reason()));
+        }
+    }
+    // When the first ack covering each copy left, if one did.
+    let acked_at = |stream: u64, event_seq: u64| {
+        let list = acks.get(&stream)?;
+        list.get(list.partition_point(|(up_to, _)| *up_to < event_seq)).map(|(_, at)| *at)
+    };
+    for ((socket, seq), mut copies) in data {
+        copies.sort_by_key(|c| c.0);
+        for (j, &(at, _, _, _, redelivered)) in copies.iter().enumerate().skip(1) {
+            if !redelivered {
+                report.unflagged_copies.push(format!("{socket}:{seq}"));
+            }
+            // The earlier copies an ack covered before this one arrived: were they all acked
+            // just before their upstream died?
+            let acked: Vec<bool> = copies[..j]
+                .iter()
+                .filter_map(|&(_, up, stream, event_seq, _)| {
+                    let ack = acked_at(stream, event_seq).filter(|a| *a < at)?;
+                    Some(kills[up].iter().any(|k| *k >= ack && *k - ack <= ACK_IN_FLIGHT))
+                })
+                .collect();
+            if acked.iter().any(|in_flight| !in_flight) {
+                report.acked_again.push(format!("{socket}:{seq}"));
+            } else if !acked.is_empty() {
+                report.acked_in_flight += 1;
+            }
+        }
+    }
+    report
 }
 
 /// The checker's verdict on one run.
@@ -152,6 +416,10 @@ pub struct Report {
     pub events: EventsReport,
     /// What `K:events` had to hold.
     pub events_rule: Events,
+    /// What the upstreams were told of the sockets' lives.
+    pub lifecycle: LifecycleReport,
+    /// What they had to be told.
+    pub lifecycle_rule: Lifecycle,
 }
 
 /// What the upstreams saw, indexed for the checker.
@@ -184,7 +452,7 @@ impl Upstreams {
                         }
                         None => u.other += 1,
                     },
-                    Seen::Opened { socket_id, node_id, remote_addr } => {
+                    Seen::Opened { socket_id, node_id, remote_addr, .. } => {
                         u.opened_by_addr.entry(remote_addr.clone()).or_default().push((
                             socket_id.clone(),
                             node_id.clone(),
@@ -195,7 +463,7 @@ impl Upstreams {
                     Seen::Closed { socket_id, reason } => {
                         u.closed.entry(socket_id.clone()).or_default().push(reason.clone());
                     }
-                    Seen::Hello { .. } => {}
+                    Seen::Hello { .. } | Seen::Acked { .. } => {}
                 }
             }
         }
@@ -243,6 +511,9 @@ pub struct Observed<'a> {
     pub conns: Vec<Arc<Conn>>,
     /// Each upstream's records.
     pub records: Vec<Vec<Record>>,
+    /// Each upstream's log, read again once Redis converged (the reaper's `closed` events come
+    /// as it reaps) for the lifecycle invariant.
+    pub logs: Vec<Arc<std::sync::Mutex<Vec<Record>>>>,
     /// Each upstream's kill times.
     pub kills: Vec<Vec<Instant>>,
     /// The nodes running now: id → `--listen` address.
@@ -261,6 +532,8 @@ pub async fn check(observed: Observed<'_>, redis: &mut redis::aio::MultiplexedCo
         silent: states.iter().filter(|(c, _)| c.silent).count(),
         other_payloads: ups.other,
         events_rule: expect.events,
+        lifecycle: LifecycleReport::default(),
+        lifecycle_rule: expect.lifecycle,
         sent: 0,
         delivered: 0,
         echoed: 0,
@@ -307,6 +580,14 @@ pub async fn check(observed: Observed<'_>, redis: &mut redis::aio::MultiplexedCo
     report.redis = state::converge(redis, &truth, since, expect.converge_within).await;
     let recorded_closes;
     (report.events, recorded_closes) = state::check_events(redis, &known).await;
+    // The reaper announces a dead node's `closed` events as it records them: a moment after
+    // Redis converged they have reached the upstreams.
+    if !expect.closing_nodes.is_empty() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let records: Vec<Vec<Record>> = observed.logs.iter().map(|l| l.lock().unwrap().clone()).collect();
+    let open: HashMap<String, bool> = known.iter().cloned().collect();
+    report.lifecycle = lifecycle(&records, &observed.kills, &open);
     for ((conn, state), socket) in states.iter().zip(&sockets) {
         let close = Close { socket: socket.as_deref(), told_upstream: &ups.closed, recorded: &recorded_closes };
         check_close(&mut report, conn, state, close, expect);
@@ -437,6 +718,7 @@ impl Report {
     /// Prints the summary, so a failing run explains itself.
     pub fn print(&self) {
         let e = &self.events;
+        let l = &self.lifecycle;
         let redis = match &self.redis {
             Ok(took) if self.measured_from_heal => {
                 format!("equal to the truth {} ms after the fault was lifted, at the latest", took.as_millis())
@@ -449,7 +731,11 @@ impl Report {
              exempt after a node close {}, echo lost with a killed upstream {}; duplicates {} (echoes {}); \
              misrouted {}, seq mismatches {}, other payloads {}; closed by the node {} {:?} \
              (seen by the clients as {:?}), unexpected {}; unmapped {}\n   Redis: {redis}\n   K:events ({}): opened {}, closed {:?}, node_up {}, node_down {}; \
-             missing opened {}, duplicate opened {}, missing closed {}, duplicate closed {}, closed while live {}",
+             missing opened {}, duplicate opened {}, missing closed {}, duplicate closed {}, closed while live {}\n   \
+             upstreams' lifecycle ({}): {} sockets, {} resumed lives, closed {:?}; redelivered opened/data/closed \
+             {:?} ({} lifecycle copies counted once); unclosed {}, duplicate closed {}, duplicate opened {}, closed \
+             without opened {}, closed while live {}; acks {}, acked events delivered again {} ({} more whose ack \
+             was in flight at a kill), copies not flagged redelivered {}",
             self.name,
             self.conns,
             self.silent,
@@ -483,6 +769,24 @@ impl Report {
             e.missing_closed.len(),
             e.duplicate_closed.len(),
             e.closed_while_live.len(),
+            match self.lifecycle_rule {
+                Lifecycle::ExactlyOnce => "exactly once",
+                Lifecycle::AtMostOnce => "at most once: Redis lost a dead node's sockets",
+            },
+            l.sockets,
+            l.resumed,
+            l.closed,
+            l.redelivered,
+            l.collapsed,
+            l.unclosed.len(),
+            l.duplicate_closed.len(),
+            l.duplicate_opened.len(),
+            l.closed_without_opened.len(),
+            l.closed_while_live.len(),
+            l.acks,
+            l.acked_again.len(),
+            l.acked_in_flight,
+            l.unflagged_copies.len(),
         );
         for (what, list) in [
             ("lost", &self.lost),
@@ -494,6 +798,13 @@ impl Report {
             ("duplicate closed", &e.duplicate_closed),
             ("duplicate opened", &e.duplicate_opened),
             ("missing opened", &e.missing_opened),
+            ("upstreams: no closed", &l.unclosed),
+            ("upstreams: closed twice", &l.duplicate_closed),
+            ("upstreams: opened twice", &l.duplicate_opened),
+            ("upstreams: closed without opened", &l.closed_without_opened),
+            ("upstreams: closed while live", &l.closed_while_live),
+            ("upstreams: acked, delivered again", &l.acked_again),
+            ("upstreams: copy not flagged redelivered", &l.unflagged_copies),
         ] {
             for item in list.iter().take(5) {
                 println!("   {what}: {item}");
@@ -519,6 +830,10 @@ impl Report {
         rule(self.unmapped == 0, "open connections with no socket id");
         rule(self.redis.is_ok(), "Redis state differs from the truth");
         rule(self.events.violations(self.events_rule) == 0, "K:events does not match the sockets' lives");
+        rule(
+            self.lifecycle.violations(self.lifecycle_rule) == 0,
+            "the upstreams' opened/closed do not match the sockets' lives, or acked events came again",
+        );
         assert!(broken.is_empty(), "chaos `{}` broke: {}", self.name, broken.join(", "));
     }
 }

@@ -26,10 +26,10 @@ use std::{
 };
 
 use self::{
-    check::{Events, Expect, Observed, Report},
+    check::{Events, Expect, Lifecycle, Observed, Report},
     load::Load,
     process::{NodeProc, RedisProc},
-    upstream::EchoUpstream,
+    upstream::{Acks, EchoUpstream, Record},
 };
 use super::fault::FaultProxy;
 
@@ -52,6 +52,14 @@ pub struct Options {
     pub write_queue: usize,
     /// `--max-connections`, when not the default.
     pub max_connections: Option<usize>,
+    /// Extra environment for one slot's node: (slot, name, value), e.g. the test-only
+    /// `PPP_TEST_CLOCK_OFFSET_MS`, `PPP_TEST_REAP_PAUSE_MS`, `PPP_TEST_REAP_BATCH`.
+    pub node_env: Vec<(usize, String, String)>,
+    /// Every slot keeps one node id, `n{slot}`, across restarts (a fixed `--node-id`), instead of
+    /// a new `n{slot}-{incarnation}` each start.
+    pub fixed_node_ids: bool,
+    /// Whether the upstreams acknowledge what they processed.
+    pub acks: Acks,
 }
 
 impl Default for Options {
@@ -65,6 +73,9 @@ impl Default for Options {
             drain_timeout: Duration::from_secs(4),
             write_queue: 128,
             max_connections: None,
+            node_env: Vec::new(),
+            fixed_node_ids: false,
+            acks: Acks::Never,
         }
     }
 }
@@ -109,7 +120,7 @@ impl Cluster {
         let mut upstreams = Vec::new();
         let mut upstream_links = Vec::new();
         for _ in 0..options.upstreams {
-            let up = EchoUpstream::start().await;
+            let up = EchoUpstream::start_with(options.acks).await;
             upstream_links.push(FaultProxy::start(up.addr).await);
             upstreams.push(up);
         }
@@ -138,7 +149,8 @@ impl Cluster {
                 args.extend(["--max-connections".to_owned(), max.to_string()]);
             }
             redis_links.push(link);
-            nodes.push(NodeProc::new(slot, args, &dir));
+            let env = options.node_env.iter().filter(|(s, ..)| *s == slot).map(|(_, k, v)| (k.clone(), v.clone()));
+            nodes.push(NodeProc::new(slot, args, env.collect(), options.fixed_node_ids, &dir));
         }
         let node_ids = Arc::new(Mutex::new(vec![String::new(); options.nodes]));
         let mut cluster = Self {
@@ -186,8 +198,8 @@ impl Cluster {
         self.nodes[slot].id.clone()
     }
 
-    /// Starts a new incarnation in a slot (a new node id, the same ports) and waits until it
-    /// is ready.
+    /// Starts a new incarnation in a slot (a new node id, or the same with
+    /// [`Options::fixed_node_ids`]; the same ports) and waits until it is ready.
     pub async fn restart_node(&mut self, slot: usize) {
         self.spawn_node(slot);
         self.nodes[slot].wait_ready(&self.http, self.upstreams.len()).await;
@@ -217,6 +229,21 @@ impl Cluster {
             .sum()
     }
 
+    /// Every upstream's records so far, one list per upstream.
+    pub fn upstream_records(&self) -> Vec<Vec<Record>> {
+        self.upstreams.iter().map(EchoUpstream::records).collect()
+    }
+
+    /// Every entry of `K:events` so far, oldest first: its fields.
+    pub async fn k_events(&self) -> Vec<BTreeMap<String, String>> {
+        state::events(&mut self.redis.conn().await).await
+    }
+
+    /// The slots whose current log has a line with every one of `needles`.
+    pub fn slots_logging(&self, needles: &[&str]) -> Vec<usize> {
+        self.nodes.iter().filter(|n| !n.log_lines(needles).is_empty()).map(|n| n.slot).collect()
+    }
+
     /// [`Cluster::expect`], with Redis equal to the truth within that time of `lifted` (when
     /// the schedule's last fault was lifted).
     pub fn expect_since(&self, lifted: tokio::time::Instant) -> Expect {
@@ -235,6 +262,7 @@ impl Cluster {
             converge_within: self.options.resync_interval + self.options.node_ttl + Duration::from_secs(3),
             healed: None,
             may_duplicate: false,
+            lifecycle: Lifecycle::ExactlyOnce,
         }
     }
 
@@ -249,6 +277,7 @@ impl Cluster {
             name: &self.name,
             conns: load.conns(),
             records: self.upstreams.iter().map(EchoUpstream::records).collect(),
+            logs: self.upstreams.iter().map(EchoUpstream::log).collect(),
             kills: self.upstreams.iter().map(|u| u.kills.clone()).collect(),
             live_nodes,
             upstreams: upstreams.collect(),

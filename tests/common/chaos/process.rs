@@ -138,7 +138,9 @@ impl Drop for RedisProc {
 
 /// One node slot: a `ppp` child process on fixed (free) ports. Each start is a new
 /// incarnation with a new node id (`n{slot}-{incarnation}`), as a restarted process with the
-/// default `--node-id` is a new node (docs/operations.md). Killed on drop.
+/// default `--node-id` is a new node (docs/operations.md), unless the slot has a fixed id
+/// (`n{slot}`, every start: a fixed `--node-id`, whose every start is a new run of one node).
+/// Killed on drop.
 pub struct NodeProc {
     /// Its index in the cluster.
     pub slot: usize,
@@ -152,23 +154,30 @@ pub struct NodeProc {
     incarnation: u32,
     /// Every flag but the node id.
     args: Vec<String>,
+    /// Extra environment of every incarnation (the test-only `PPP_TEST_*` knobs).
+    env: Vec<(String, String)>,
+    /// Whether every incarnation has the same id, `n{slot}`.
+    fixed_id: bool,
     /// Where each incarnation's log goes.
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl NodeProc {
-    /// A slot (not started) with these flags.
-    pub fn new(slot: usize, args: Vec<String>, dir: &Path) -> Self {
+    /// A slot (not started) with these flags and extra environment; `fixed_id`: every
+    /// incarnation is `n{slot}`.
+    pub fn new(slot: usize, args: Vec<String>, env: Vec<(String, String)>, fixed_id: bool, dir: &Path) -> Self {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Self { slot, listen, admin, id: String::new(), incarnation: 0, args, dir: dir.to_owned(), child: None }
+        let dir = dir.to_owned();
+        Self { slot, listen, admin, id: String::new(), incarnation: 0, args, env, fixed_id, dir, child: None }
     }
 
     /// Starts a new incarnation (does not wait for it to be ready).
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
-        self.id = format!("n{}-{}", self.slot, self.incarnation);
+        self.id =
+            if self.fixed_id { format!("n{}", self.slot) } else { format!("n{}-{}", self.slot, self.incarnation) };
         self.incarnation += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ppp"))
@@ -177,6 +186,7 @@ impl NodeProc {
             .args(&self.args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -184,9 +194,19 @@ impl NodeProc {
         self.child = Some(child);
     }
 
-    /// Where the current incarnation logs.
+    /// Where the current incarnation logs (`{id}.log`; with a fixed id, `{id}.{incarnation}.log`,
+    /// from 1, so each run keeps its own).
     pub fn log_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.log", self.id))
+        match self.fixed_id {
+            true => self.dir.join(format!("{}.{}.log", self.id, self.incarnation)),
+            false => self.dir.join(format!("{}.log", self.id)),
+        }
+    }
+
+    /// The current incarnation's log lines that contain every one of `needles` (the log so far).
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
     }
 
     /// Whether a process is running in this slot (started, not yet seen to exit).

@@ -52,6 +52,11 @@ impl RedisView {
         let node_keys: Vec<String> = r.keys(format!("{K}node:*")).await?;
         for key in node_keys {
             let rest = key.trim_start_matches(&format!("{K}node:")).to_owned();
+            // `K:node:{node}:reaped` (the sockets the cluster reaped, kept so a node that was
+            // only cut off announces them again) is history, not the registry.
+            if rest.ends_with(":reaped") {
+                continue;
+            }
             match rest.strip_suffix(":sockets") {
                 Some(node) => {
                     let mut members: Vec<String> = r.smembers(&key).await?;
@@ -166,29 +171,58 @@ pub async fn converge(
     }
 }
 
-/// Compares `K:events` with the sockets' lives: `known` is (socket id, still open). Also returns
-/// the reasons of every `closed` entry, by socket.
+/// Every entry of `K:events`, oldest first: its fields (none when Redis does not answer).
+pub async fn events(r: &mut redis::aio::MultiplexedConnection) -> Vec<BTreeMap<String, String>> {
+    let entries: redis::streams::StreamRangeReply = match r.xrange_all(format!("{K}events")).await {
+        Ok(entries) => entries,
+        Err(_) => return Vec::new(),
+    };
+    entries
+        .ids
+        .iter()
+        .map(|e| e.map.keys().map(|f| (f.clone(), e.get::<String>(f).unwrap_or_default())).collect())
+        .collect()
+}
+
+/// Whether a `resumed` field says so (`1`/`true`; absent or `0`/`false` otherwise).
+pub fn is_resumed(value: Option<&String>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Compares `K:events` with the sockets' lives: `known` is (socket id, still open). An
+/// `opened` with `resumed` set starts a new life of its socket (re-announced by a node that was
+/// reaped while cut off), which needs its own `closed`. Also returns the reasons of every
+/// `closed` entry, by socket.
 pub async fn check_events(
     r: &mut redis::aio::MultiplexedConnection,
     known: &[(String, bool)],
 ) -> (EventsReport, HashMap<String, Vec<String>>) {
     let mut report = EventsReport::default();
     let mut reasons: HashMap<String, Vec<String>> = HashMap::new();
-    let entries: redis::streams::StreamRangeReply = match r.xrange_all(format!("{K}events")).await {
-        Ok(entries) => entries,
-        Err(_) => return (report, reasons),
-    };
-    let mut opened: HashMap<String, usize> = HashMap::new();
-    for e in &entries.ids {
-        let field = |f: &str| e.get::<String>(f).unwrap_or_default();
+    // Socket → its lives: closes recorded in each.
+    let mut lives: HashMap<String, Vec<usize>> = HashMap::new();
+    // Sockets with an `opened`, and those with a second one that is not a resumed one.
+    let mut opened: HashSet<String> = HashSet::new();
+    let mut reopened: HashSet<String> = HashSet::new();
+    for e in events(r).await {
+        let field = |f: &str| e.get(f).cloned().unwrap_or_default();
         match field("type").as_str() {
             "opened" => {
                 report.opened += 1;
-                *opened.entry(field("socket")).or_default() += 1;
+                if !opened.insert(field("socket")) && !is_resumed(e.get("resumed")) {
+                    reopened.insert(field("socket"));
+                }
+                lives.entry(field("socket")).or_default().push(0);
             }
             "closed" => {
                 *report.closed.entry(field("reason")).or_default() += 1;
                 reasons.entry(field("socket")).or_default().push(field("reason"));
+                match lives.get_mut(&field("socket")).and_then(|l| l.last_mut()) {
+                    Some(closes) => *closes += 1,
+                    // A close without an opened (trimmed, or never written): counted on a life
+                    // of its own, so a live socket's shows as closed while live.
+                    None => lives.entry(field("socket")).or_default().push(1),
+                }
             }
             "node_up" => report.node_up += 1,
             "node_down" => report.node_down += 1,
@@ -196,16 +230,19 @@ pub async fn check_events(
         }
     }
     for (id, open) in known {
-        match opened.get(id).copied().unwrap_or(0) {
-            0 => report.missing_opened.push(id.clone()),
-            1 => {}
-            _ => report.duplicate_opened.push(id.clone()),
+        let socket = lives.get(id).map(Vec::as_slice).unwrap_or_default();
+        if !opened.contains(id) {
+            report.missing_opened.push(id.clone());
+        } else if reopened.contains(id) {
+            report.duplicate_opened.push(id.clone());
         }
-        match (reasons.get(id).map_or(0, Vec::len), open) {
-            (0, true) | (1, false) => {}
-            (_, true) => report.closed_while_live.push(id.clone()),
-            (0, false) => report.missing_closed.push(id.clone()),
-            (_, false) => report.duplicate_closed.push(id.clone()),
+        let (last, earlier) = socket.split_last().map_or((0, &[][..]), |(l, e)| (*l, e));
+        if earlier.iter().any(|&c| c > 1) || (!open && last > 1) {
+            report.duplicate_closed.push(id.clone());
+        } else if earlier.contains(&0) || (!open && last == 0) {
+            report.missing_closed.push(id.clone());
+        } else if *open && last > 0 {
+            report.closed_while_live.push(id.clone());
         }
     }
     (report, reasons)
