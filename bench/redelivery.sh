@@ -73,13 +73,22 @@ one_run() {
     stop "${pids[0]}"
 }
 
-ACK=() NOACK=()
+# Echoes the clients got twice: replies beyond what was sent (each line is echoed once).
+dups() { echo $(($(field received " $1") - $(field sent " $1"))); }
+
+ACK=() NOACK=() ACK_DUPS=() NOACK_DUPS=()
 for run in $(seq "$RUNS"); do
     for mode in ack no-ack; do
         log "run $run/$RUNS: $mode"
         line=$(one_run "$mode")
         echo "$line" | tee -a "$RESULTS" >&2
-        if [[ $mode == ack ]]; then ACK+=("$(field replayed " $line")"); else NOACK+=("$(field replayed " $line")"); fi
+        if [[ $mode == ack ]]; then
+            ACK+=("$(field replayed " $line")")
+            ACK_DUPS+=("$(dups "$line")")
+        else
+            NOACK+=("$(field replayed " $line")")
+            NOACK_DUPS+=("$(dups "$line")")
+        fi
     done
 done
 
@@ -89,12 +98,16 @@ done
     echo "$RATE msgs/s open loop over $SOCKETS sockets, two echo upstreams, one killed with SIGKILL ${KILL_AT}s into"
     echo "the run; --health-interval $HEALTH_INTERVAL; $(nproc) cores. Every run's line is in results.txt."
     echo
-    echo "| upstreams | events handed out again per kill (median of $RUNS) | runs | share of one second's traffic |"
-    echo "| --- | --- | --- | --- |"
+    echo "| upstreams | events handed out again per kill (median of $RUNS) | runs | share of one second's traffic | echoes clients got twice (median) | runs |"
+    echo "| --- | --- | --- | --- | --- | --- |"
     for mode in ack no-ack; do
-        if [[ $mode == ack ]]; then values=("${ACK[@]}"); else values=("${NOACK[@]}"); fi
+        if [[ $mode == ack ]]; then
+            values=("${ACK[@]}") twice=("${ACK_DUPS[@]}")
+        else
+            values=("${NOACK[@]}") twice=("${NOACK_DUPS[@]}")
+        fi
         m=$(median "${values[@]}")
         share=$(awk -v m="$m" -v r="$RATE" 'BEGIN {printf "%.2f%%", 100 * m / r}')
-        echo "| $mode | $m | ${values[*]} | $share |"
+        echo "| $mode | $m | ${values[*]} | $share | $(median "${twice[@]}") | ${twice[*]} |"
     done
 } | tee "$OUT/summary.md"

@@ -30,7 +30,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
     let args = Args::parse();
     let listener = TcpListener::bind(args.listen).await?;
     eprintln!("echo upstream serving gRPC on {}", listener.local_addr()?);

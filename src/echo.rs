@@ -25,6 +25,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{
@@ -85,27 +86,39 @@ impl Upstream for EchoUpstream {
         tokio::spawn(async move {
             let mut out = Vec::new();
             let mut acks = Acks::default();
+            // One timer for the stream, reset when an ack becomes due: a timer per event would
+            // cost more than the acks save.
+            let ack_timer = tokio::time::sleep(Duration::from_secs(3600));
+            tokio::pin!(ack_timer);
             // The stream ends when the node ends its side; dropping `tx` then ends ours.
             loop {
-                let due = acks.deadline();
-                let event = tokio::select! {
-                    m = inbound.message() => match m {
-                        Ok(Some(event)) => event,
-                        _ => return,
-                    },
-                    () = sleep_until(due), if due.is_some() => {
-                        out.extend(acks.take());
-                        if send_all(&tx, &mut out).await.is_err() {
-                            return;
+                // Under load the next event is already there: no select, no timer.
+                let ready = inbound.message().now_or_never();
+                let event = match ready {
+                    Some(Ok(Some(event))) => event,
+                    Some(_) => return,
+                    None => tokio::select! {
+                        m = inbound.message() => match m {
+                            Ok(Some(event)) => event,
+                            _ => return,
+                        },
+                        () = &mut ack_timer, if acks.deadline().is_some() => {
+                            out.extend(acks.take());
+                            if send_all(&tx, &mut out).await.is_err() {
+                                return;
+                            }
+                            continue;
                         }
-                        continue;
-                    }
+                    },
                 };
-                if !no_ack {
-                    acks.processed(event.event_seq);
+                if !no_ack
+                    && acks.processed(event.event_seq)
+                    && let Some(due) = acks.deadline()
+                {
+                    ack_timer.as_mut().reset(due.into());
                 }
                 session.handle(event, &mut out);
-                if acks.unacked() >= ACK_EVERY {
+                if acks.unacked() >= ACK_EVERY || acks.deadline().is_some_and(|due| due <= Instant::now()) {
                     out.extend(acks.take());
                 }
                 if send_all(&tx, &mut out).await.is_err() {
@@ -156,14 +169,6 @@ async fn send_all(
     Ok(())
 }
 
-/// Sleeps until `deadline` (never when there is none).
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What a stream has processed and acknowledged.
 #[derive(Debug, Default)]
 struct Acks {
@@ -176,9 +181,15 @@ struct Acks {
 }
 
 impl Acks {
-    fn processed(&mut self, event_seq: u64) {
+    /// Notes a processed event; `true` when it is the first one waiting for an ack (the
+    /// deadline starts).
+    fn processed(&mut self, event_seq: u64) -> bool {
         self.processed = self.processed.max(event_seq);
-        self.since.get_or_insert_with(Instant::now);
+        let first = self.since.is_none();
+        if first {
+            self.since = Some(Instant::now());
+        }
+        first
     }
 
     fn unacked(&self) -> u64 {
@@ -223,6 +234,9 @@ impl Session {
                 out.push(send(&id, format!("welcome, you are {id}. {HELP}")));
             }
             Some(Event::Data(d)) => self.data(d, out),
+            Some(Event::Closed(c)) => {
+                tracing::debug!(socket = %c.socket_id, reason = %c.reason, redelivered = event.redelivered, "closed");
+            }
             Some(Event::Result(r)) => {
                 if let Some(socket) = self.pending.remove(&r.command_id) {
                     let status = proto::Status::try_from(r.status).map_or("unknown", |s| s.as_str_name());

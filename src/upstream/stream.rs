@@ -206,8 +206,11 @@ async fn session(
     let outbound = outbound(ctx.hello.clone(), guard, upstream.clone(), ctx, session_end.clone(), accepted_tx);
     let mut client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
     let mut lost = upstream.lost();
+    // Pinned once for the session: building it per command would cost a waiter registration
+    // for every command of a busy stream.
+    let lost = lost.changed();
     let call = client.connect(outbound);
-    tokio::pin!(call, accepted);
+    tokio::pin!(call, accepted, lost);
     let mut accepted_seen = false;
     // The response (its headers) may come late: with some servers only with their first command.
     // Meanwhile the stream is open as soon as the transport took `hello`.
@@ -221,7 +224,7 @@ async fn session(
                 }
             }
             () = upstream.stop.cancelled() => return Outcome::Stopped,
-            _ = lost.changed() => return broken("the upstream answers no health check".to_owned()),
+            _ = &mut lost => return broken("the upstream answers no health check".to_owned()),
         }
     };
     let mut inbound = match response {
@@ -237,7 +240,7 @@ async fn session(
         let message = tokio::select! {
             biased;
             () = &mut stopped => return removed(upstream, inbound, ctx, &remote, &session_end).await,
-            _ = lost.changed() => {
+            _ = &mut lost => {
                 return Outcome::Broken { error: "the upstream answers no health check".to_owned(), opened: true };
             }
             m = inbound.message() => m,
