@@ -3,13 +3,13 @@
 //! while it was only cut off.
 //!
 //! `redis/reap.lua` leaves every reaped socket in a job (`K:reap:{job}`, listed in `K:reaps`).
-//! One live node at a time owns a job, under a lease (`redis/announce.lua`): it takes a batch,
-//! notes that it may have handed it out, hands its `closed` events (reason `node_lost`) to its
-//! upstreams, waits until they have been written and confirmed (acknowledged, or received per
-//! a health check), and drops the batch from the job. If it dies half-way, its lease runs out,
-//! another node takes the job over and starts with the batch it may have handed out, flagged
-//! `redelivered`: every socket gets its `closed` at least once, and a second copy only ever as
-//! a flagged redelivery.
+//! One live node at a time owns a job, under a lease (`redis/announce.lua`): batch after batch,
+//! it notes that it may have handed a batch out and hands its `closed` events (reason
+//! `node_lost`) to its upstreams; at the end it waits until they had the time to be written and
+//! confirmed (acknowledged, or received per a health check), and drops them from the job. If it
+//! dies half-way, its lease runs out, another node takes the job over and starts with what the
+//! first may have handed out, flagged `redelivered`: every socket gets its `closed` at least
+//! once, and a second copy only ever as a flagged redelivery.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -86,32 +86,44 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// Announces one job to its end, unless another node owns it.
+    /// Announces one job to its end, unless another node owns it: hands out every batch, waits
+    /// until they had the time to be confirmed, then drops them from the job.
     async fn announce_job(&self, job: &str) -> Result<(), redis::RedisError> {
         let (batch, pause) = knobs();
         let dead = job.split('/').next().unwrap_or_default();
-        let mut started = false;
+        // How many at the head a previous owner may have handed out: they go out flagged.
+        let mut before: Option<usize> = None;
+        let mut handed = 0;
         loop {
-            let Some((sent, ids)) = self.take_batch(job, batch).await? else { return Ok(()) };
+            let Some((sent, ids)) = self.take_batch(job, handed, batch).await? else { return Ok(()) };
             if ids.is_empty() {
-                if started {
-                    info!(node = %dead, "reap job done");
+                if handed == 0 {
+                    if before.is_some() {
+                        info!(node = %dead, "reap job done");
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                // Handed to the upstreams' queues: give the streams the time to write them and
+                // the upstreams to confirm them (an ack comes within milliseconds; a health check
+                // within an interval). Until then a copy stays in the job.
+                tokio::time::sleep(self.confirm_wait).await;
+                if !self.finish(job, handed).await? {
+                    warn!(job, "lost the lease of a reap job; another node carries on");
+                    return Ok(());
+                }
+                handed = 0;
+                continue;
             }
-            if !started {
+            let previous = *before.get_or_insert_with(|| {
                 info!(node = %dead, job, "announcing the closed events of a reaped node");
-                started = true;
-            }
-            let events = ids.iter().enumerate().map(|(i, id)| (closed_event(id, i < sent), None)).collect();
+                sent
+            });
+            let events =
+                ids.iter().enumerate().map(|(i, id)| (closed_event(id, handed + i < previous), None)).collect();
             if !self.hand_out(job, events).await? {
                 return Ok(());
             }
-            if !self.finish_batch(job, ids.len()).await? {
-                warn!(job, "lost the lease of a reap job; another node carries on");
-                return Ok(());
-            }
-            // A short batch was the job's last: no pause before the take that finds it done.
+            handed += ids.len();
             if !pause.is_zero() && ids.len() == batch {
                 tokio::time::sleep(pause).await;
             }
@@ -119,7 +131,13 @@ impl RedisBackend {
     }
 
     /// Runs `redis/announce.lua`.
-    async fn announce_script(&self, job: &str, mode: &str, n: usize) -> Result<redis::Value, redis::RedisError> {
+    async fn announce_script(
+        &self,
+        job: &str,
+        mode: &str,
+        n: usize,
+        offset: usize,
+    ) -> Result<redis::Value, redis::RedisError> {
         let (list, owner, sent) = self.keys.reap_job(job);
         timed(async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
@@ -133,16 +151,23 @@ impl RedisBackend {
                 .arg(LEASE.as_millis() as u64)
                 .arg(n)
                 .arg(job)
+                .arg(offset)
                 .invoke_async(&mut *conn)
                 .await
         })
         .await
     }
 
-    /// The next batch of a job: how many of it a previous owner may have handed out, and the
-    /// socket ids (empty when the job is finished); `None` when another node owns the job.
-    async fn take_batch(&self, job: &str, n: usize) -> Result<Option<(usize, Vec<String>)>, redis::RedisError> {
-        let reply = self.announce_script(job, "take", n).await?;
+    /// The batch of a job at `offset`: how many at the head of the job may have been handed out
+    /// before, and the socket ids (empty past the end, and at offset 0 when the job is finished);
+    /// `None` when another node owns the job.
+    async fn take_batch(
+        &self,
+        job: &str,
+        offset: usize,
+        n: usize,
+    ) -> Result<Option<(usize, Vec<String>)>, redis::RedisError> {
+        let reply = self.announce_script(job, "take", n, offset).await?;
         let redis::Value::Array(items) = reply else { return Ok(None) };
         let mut items = items.into_iter();
         let sent: i64 = items.next().map(redis::from_redis_value).transpose()?.unwrap_or(-1);
@@ -153,15 +178,15 @@ impl RedisBackend {
         Ok(Some((sent as usize, ids)))
     }
 
-    /// Drops a handed-out batch from the job; `false` when the lease was lost.
-    async fn finish_batch(&self, job: &str, n: usize) -> Result<bool, redis::RedisError> {
-        let done: i64 = redis::from_redis_value(self.announce_script(job, "done", n).await?)?;
+    /// Drops `n` handed-out sockets from the head of the job (0: only renews the lease); `false`
+    /// when the lease was lost.
+    async fn finish(&self, job: &str, n: usize) -> Result<bool, redis::RedisError> {
+        let done: i64 = redis::from_redis_value(self.announce_script(job, "done", n, 0).await?)?;
         Ok(done == 1)
     }
 
-    /// Hands `events` to the upstreams and waits until they are confirmed (or
-    /// [`MAX_CONFIRM_WAIT`]), renewing the job's lease meanwhile; `false` when the node stops
-    /// or the lease is lost.
+    /// Hands `events` to the upstreams (waiting while they have no room), renewing the job's
+    /// lease meanwhile; `false` when the node stops or the lease is lost.
     async fn hand_out(
         &self,
         job: &str,
@@ -174,18 +199,9 @@ impl RedisBackend {
         tokio::pin!(confirmed);
         loop {
             tokio::select! {
-                r = &mut confirmed => {
-                    if r.is_err() {
-                        return Ok(false);
-                    }
-                    // Handed to the upstreams' queues: give the streams the time to write them
-                    // and the upstreams to confirm them (an ack comes within milliseconds; a
-                    // health check within an interval). Until then a copy stays in the job.
-                    tokio::time::sleep(self.confirm_wait).await;
-                    return Ok(true);
-                }
+                r = &mut confirmed => return Ok(r.is_ok()),
                 () = tokio::time::sleep(LEASE / 3) => {
-                    if !self.finish_batch(job, 0).await? {
+                    if !self.finish(job, 0).await? {
                         return Ok(false);
                     }
                 }
