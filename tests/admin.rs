@@ -197,8 +197,12 @@ async fn one_socket_read_written_labelled_and_closed() {
     admin.json(Method::PATCH, &format!("{path}/labels"), json!(more)).await.expect(409);
     admin.json(Method::PATCH, &format!("{unknown}/labels"), json!({"a": "b"})).await.expect(404);
 
-    // Close: the client sees EOF, the upstream the reason `admin`.
+    // Close: the client sees EOF, the upstream the reason `admin`. From the 202 on, the socket is
+    // gone for the API, although it may still be writing what was queued.
     admin.delete(&path).await.expect(202);
+    admin.json(Method::PATCH, &format!("{path}/labels"), json!({"a": "b"})).await.expect(404);
+    admin.send(admin.req(Method::POST, &format!("{path}/messages")).body("x")).await.expect(404);
+    admin.get(&path).await.expect(404);
     c.closed().await;
     up.wait_for("closed admin", |_| up.closed().contains(&(id.clone(), "admin".to_owned()))).await;
     eventually_async("gone", || async { admin.get(&path).await.status == 404 }).await;

@@ -105,6 +105,10 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     let node = &state.node;
     let idle_after = node.settings().idle_after();
     if let Some(s) = node.sockets().get(id) {
+        // A socket whose close has begun is gone for the API, as for commands.
+        if s.close_reason().is_some() {
+            return Err(ApiError::not_found(format!("no socket {id}")));
+        }
         return Ok(Json(SocketRecord::local(node.node_id(), &s, idle_after)));
     }
     let found = node.backend().socket(id, idle_after).await?;
