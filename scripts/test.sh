@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, clippy, unit, integration and property
-# tests, the Python example upstream's smoke test, and the docker-compose cluster test (when a
-# Docker engine answers). Installs what the tests need when it is missing. Used by `.ci/run` and
+# tests, schemathesis against the admin API's OpenAPI document, promtool on the metrics and the
+# alerting rules, the Python example upstream's smoke test, and the docker-compose cluster test
+# (when a Docker engine answers). Installs what the tests need when it is missing. Used by `.ci/run` and
 # by developers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,9 @@ need cc || apt_install gcc
 need redis-server || apt_install redis-server
 need curl || apt_install curl
 need strip || apt_install binutils
+need python3 || apt_install python3
+python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+need promtool || apt_install prometheus
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -28,6 +32,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
+echo "== tests/schemathesis: the admin API against its own OpenAPI document"
+bash tests/schemathesis/run.sh
 echo "== examples/python: the Python upstream against a real node"
 bash examples/python/smoke_test.sh
 echo "== tests/compose: the docker-compose cluster in real containers (skipped without Docker)"

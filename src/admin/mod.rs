@@ -16,9 +16,11 @@
 //! [`MAX_CONNECTIONS`], and at most [`MAX_CONCURRENT`] requests run at once.
 
 mod auth;
+mod doc;
 pub mod error;
 mod ops;
 pub mod probe;
+mod schema;
 mod sockets;
 mod upstreams;
 
@@ -116,6 +118,7 @@ impl Routes {
         let (protected, mut api) = protected.split_for_parts();
         let (public, public_api) = public.split_for_parts();
         api.merge(public_api);
+        doc::add_layer_answers(&mut api);
         Self { protected, public, api }
     }
 }

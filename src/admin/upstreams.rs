@@ -10,10 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     AppState,
     error::{ApiError, ErrorBody},
+    schema,
 };
-
-/// Longest upstream id.
-const MAX_ID: usize = 128;
 
 /// An upstream as this node sees it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -64,13 +62,13 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Upstreams>, ApiE
     Ok(Json(Upstreams { upstreams }))
 }
 
-/// `POST /v1/upstreams`' body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `POST /v1/upstreams`' body (its schema is in `schema.rs`).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUpstream {
     /// Its id (letters, digits, `.`, `_`, `-`, `:`); default: the URI's `host:port`. An
     /// existing id is re-pointed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::present")]
     pub id: Option<String>,
     /// Its gRPC URI, `http://host:port`.
     pub uri: String,
@@ -95,15 +93,10 @@ pub async fn add(
     State(state): State<AppState>,
     Json(body): Json<NewUpstream>,
 ) -> Result<(StatusCode, Json<UpstreamEntryView>), ApiError> {
-    if let Some(id) = &body.id
-        && (id.is_empty()
-            || id.len() > MAX_ID
-            || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
-    {
-        return Err(ApiError::bad_request(format!(
-            "an upstream id is 1 to {MAX_ID} letters, digits, '.', '_', '-' or ':'"
-        )));
+    if let Some(id) = &body.id {
+        schema::check("id", schema::UPSTREAM_ID, id, "1 to 128 letters, digits, '.', '_', '-' or ':'")?;
     }
+    schema::check("uri", schema::UPSTREAM_URI, &body.uri, "http(s)://host:port")?;
     tracing::info!(uri = %body.uri, "admin: add upstream");
     let entry = state.node.add_upstream(body.id, body.uri).await?;
     Ok((StatusCode::CREATED, Json(UpstreamEntryView { id: entry.id, uri: entry.uri })))

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# schemathesis against a real node: the admin API's OpenAPI document must match the server.
+#
+#   bash tests/schemathesis/run.sh [extra schemathesis options]
+#
+# Installs schemathesis (pinned in requirements.txt) into a venv (target/venv-schemathesis, or
+# $PPP_SCHEMATHESIS_VENV, made when missing and reused after), starts the example echo upstream
+# and a standalone node (target/debug/ppp and target/debug/examples/echo_upstream: it builds them)
+# with an admin token on free loopback ports, opens TCP sockets to the node so the socket routes
+# have real ids to work on, and runs `schemathesis run --checks all` with the token, every phase
+# (examples, coverage, fuzzing, stateful: the links between operations), all of the document but
+# `POST /v1/drain` (which would end the node). Any finding fails it. Everything it started is
+# stopped on exit.
+#
+# Environment: PPP_SCHEMATHESIS_EXAMPLES (--max-examples per operation, default 100),
+# PPP_SCHEMATHESIS_SEED (a fixed seed; default random, printed), PYTHON (the interpreter that
+# makes the venv, default python3), PPP_SMOKE_TIMEOUT (seconds each wait may take, default 30).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+timeout=${PPP_SMOKE_TIMEOUT:-30}
+examples=${PPP_SCHEMATHESIS_EXAMPLES:-100}
+seed=${PPP_SCHEMATHESIS_SEED:-$RANDOM$RANDOM}
+token=schemathesis-$RANDOM$RANDOM
+started=$SECONDS
+
+work=$(mktemp -d)
+pids=()
+
+say() { echo "schemathesis: $*"; }
+
+show_logs() {
+  local log
+  for log in "$work"/upstream.log "$work"/node.log; do
+    [[ -s $log ]] || continue
+    echo "----- $(basename "$log") (last 40 lines) -----"
+    tail -n 40 "$log"
+  done
+}
+
+fail() {
+  echo "schemathesis: FAIL: $*" >&2
+  show_logs >&2
+  exit 1
+}
+
+# Stops whatever is still running, last started first (SIGTERM, then SIGKILL), and removes the
+# temporary folder.
+cleanup() {
+  local pid i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid=${pids[i]}
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Polls `condition` (a command) every 100 ms until it succeeds; fails with `what` after $timeout s.
+wait_for() {
+  local what=$1
+  shift
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    ((SECONDS < deadline)) || fail "$what: not within ${timeout}s"
+    sleep 0.1
+  done
+}
+
+# --- The venv and the binaries ------------------------------------------------------------------
+venv=${PPP_SCHEMATHESIS_VENV:-$root/target/venv-schemathesis}
+if [[ ! -x $venv/bin/python ]]; then
+  say "creating a venv in $venv"
+  "${PYTHON:-python3}" -m venv "$venv" || fail "cannot create a venv in $venv (on Debian: apt-get install python3-venv)"
+fi
+python=$venv/bin/python
+"$python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" \
+  || fail "pip install -r requirements.txt failed"
+(cd "$root" && cargo build --quiet --locked --bin ppp --example echo_upstream) || fail "cargo build"
+
+# --- Free ports, the upstream, the node ---------------------------------------------------------
+read -r upstream_port node_port admin_port < <("$python" - <<'PY'
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+PY
+)
+"$root/target/debug/examples/echo_upstream" --listen "127.0.0.1:$upstream_port" >"$work/upstream.log" 2>&1 &
+pids+=($!)
+(
+  for var in $(compgen -e | grep '^PPP_' || true); do unset "$var"; done
+  exec "$root/target/debug/ppp" --listen "127.0.0.1:$node_port" --admin-listen "127.0.0.1:$admin_port" \
+    --admin-token "$token" --upstream "http://127.0.0.1:$upstream_port" --health-interval 200ms --drain-timeout 1s
+) >"$work/node.log" 2>&1 &
+pids+=($!)
+admin=http://127.0.0.1:$admin_port
+
+upstream_ready() {
+  local upstreams
+  upstreams=$(curl -s --max-time 1 -H "Authorization: Bearer $token" "$admin/v1/upstreams") || return 1
+  [[ $upstreams == *'"ready":true'* && $upstreams == *'"open":true'* ]]
+}
+wait_for "the node to see the upstream ready" upstream_ready
+
+# --- Sockets to work on -------------------------------------------------------------------------
+# A few TCP clients that stay connected (reading and dropping what they get) until killed: the
+# listing has ids in it, and the stateful phase follows them into the per-socket routes.
+"$python" - "$node_port" <<'PY' >"$work/clients.log" 2>&1 &
+import socket, sys, selectors
+sel = selectors.DefaultSelector()
+for _ in range(8):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    s.sendall(b"hello\n")
+    sel.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if not key.fileobj.recv(65536):
+            sel.unregister(key.fileobj)
+PY
+pids+=($!)
+sockets_open() {
+  [[ $(curl -s --max-time 1 -H "Authorization: Bearer $token" "$admin/v1/sockets") == *'"id"'* ]]
+}
+wait_for "the node to list the sockets" sockets_open
+
+# --- schemathesis -------------------------------------------------------------------------------
+say "schemathesis run against $admin (seed $seed, $examples examples per operation)"
+"$venv/bin/schemathesis" run "$admin/v1/openapi.json" \
+  --checks all \
+  --header "Authorization: Bearer $token" \
+  --exclude-path /v1/drain \
+  --max-examples "$examples" \
+  --seed "$seed" \
+  --workers 1 \
+  --request-timeout 15 \
+  --output-truncate false \
+  "$@" || fail "schemathesis found differences between the document and the server (seed $seed)"
+kill -0 "${pids[1]}" 2>/dev/null || fail "the node exited"
+say "passed in $((SECONDS - started))s"
