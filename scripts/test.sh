@@ -32,6 +32,9 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
+echo "== deploy/prometheus: promtool check rules, promtool test rules (promtool check metrics runs in tests/metrics.rs)"
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts.test.yml
 echo "== tests/schemathesis: the admin API against its own OpenAPI document"
 bash tests/schemathesis/run.sh
 echo "== examples/python: the Python upstream against a real node"

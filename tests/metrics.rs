@@ -1,13 +1,15 @@
 //! What operators point at a node, checked against what a fresh node exports: `/metrics` (every
 //! family of `ppp::metrics::FAMILIES` with `# HELP` and `# TYPE`, every closed-set label value at
-//! zero, `promtool check metrics` clean) and the metrics table of `docs/admin-api.md`.
+//! zero, `promtool check metrics` clean), the metrics table of `docs/admin-api.md`, and the
+//! metrics that `deploy/grafana/ppp.json` and `deploy/prometheus/alerts.yml` query, each of which
+//! must be exported, and the runbook line every alert has in `docs/operations.md`.
 //!
 //! No test here opens a socket: the zeros a fresh node exports stay zeros for the whole binary.
 
 mod common;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::Write,
     process::{Command, Stdio},
 };
@@ -135,4 +137,80 @@ fn the_docs_metrics_table_lists_exactly_the_families() {
         code,
         "docs/admin-api.md's metrics table (name, type, labels) against ppp::metrics::FAMILIES"
     );
+}
+
+/// Every `ppp_…` metric name in `text` (PromQL), histogram series named by their family.
+fn queried(text: &str) -> BTreeSet<String> {
+    let name = Regex::new(r"\bppp_[a-z0-9_]+").unwrap();
+    let histograms: Vec<&str> = FAMILIES.iter().filter(|f| f.kind == Kind::Histogram).map(|f| f.name).collect();
+    name.find_iter(text)
+        .map(|n| {
+            let n = n.as_str();
+            let family =
+                ["_bucket", "_sum", "_count"].iter().find_map(|s| n.strip_suffix(s).filter(|f| histograms.contains(f)));
+            family.unwrap_or(n).to_owned()
+        })
+        .collect()
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_query_only_exported_metrics() {
+    let exported: BTreeSet<String> = families(&scrape().await).into_keys().collect();
+
+    let dashboard: serde_json::Value = serde_json::from_str(&read("deploy/grafana/ppp.json")).unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "the dashboard has queries");
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        let names = queried(expr);
+        assert!(!names.is_empty(), "a dashboard query names no ppp metric: {expr}");
+        used.extend(names);
+    }
+    let missing: Vec<_> = used.difference(&exported).collect();
+    assert!(missing.is_empty(), "deploy/grafana/ppp.json queries metrics /metrics does not export: {missing:?}");
+
+    // Comments and annotations aside, every name in the rules.
+    let rules: String = read("deploy/prometheus/alerts.yml")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.contains("summary:") && !l.contains("runbook:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let used = queried(&rules);
+    assert!(used.len() >= 6, "the alerts query ppp metrics: {used:?}");
+    let missing: Vec<_> = used.difference(&exported).collect();
+    assert!(missing.is_empty(), "deploy/prometheus/alerts.yml queries metrics /metrics does not export: {missing:?}");
+}
+
+/// Every query anywhere in a dashboard: panels' `expr`, template variables' `definition`.
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_exprs(i, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_alert_has_a_runbook_line() {
+    let operations = read("docs/operations.md");
+    let runbooks = operations.split("## Alerts").nth(1).expect("docs/operations.md has an Alerts section");
+    let alert = Regex::new(r"(?m)^\s*- alert: (\w+)").unwrap();
+    let rules = read("deploy/prometheus/alerts.yml");
+    let names: Vec<&str> = alert.captures_iter(&rules).map(|c| c.get(1).unwrap().as_str()).collect();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        assert!(runbooks.contains(&format!("`{name}`")), "no runbook line for {name} in docs/operations.md");
+    }
 }
