@@ -1,8 +1,13 @@
-//! The answers that the layers around the handlers give, written into every operation of the
-//! OpenAPI document they apply to, so the document lists every status a route can answer
-//! (DESIGN §5): 401 from the token check, 408 from the request timeout, 413 from the body limit,
-//! 400/415/422 from the JSON and query extractors. Each is added where its layer or extractor
-//! runs, never over a status the handler documents itself.
+//! What the handlers' own annotations cannot say, added to the OpenAPI document once it is built:
+//!
+//! - the answers that the layers around the handlers give, written into every operation they
+//!   apply to, so the document lists every status a route can answer (DESIGN §5): 401 from the
+//!   token check, 408 from the request timeout, 413 from the body limit, 400/415/422 from the JSON
+//!   and query extractors; each where its layer or extractor runs, never over a status the handler
+//!   documents itself;
+//! - the links between operations (OpenAPI `links`): where a socket or upstream id in one answer
+//!   can be used next, and that after `DELETE /v1/sockets/{id}` the same id names a socket that is
+//!   gone, so a stateful client (schemathesis) walks from a listing to one socket and on.
 
 use utoipa::openapi::{
     Content, OpenApi, Ref, RefOr, ResponseBuilder,
@@ -21,6 +26,40 @@ pub fn add_layer_answers(api: &mut OpenApi) {
             add_to(op);
         }
     }
+}
+
+/// The links: (from path, method, status) → (name, to operation, its `id` parameter).
+const LINKS: [(&str, &str, &str, &str, &str, &str); 10] = [
+    ("/v1/sockets", "get", "200", "GetSocket", "get_socket", "$response.body#/sockets/0/id"),
+    ("/v1/sockets", "get", "200", "SendMessage", "send_message", "$response.body#/sockets/0/id"),
+    ("/v1/sockets", "get", "200", "SetLabels", "set_labels", "$response.body#/sockets/0/id"),
+    ("/v1/sockets", "get", "200", "CloseSocket", "close_socket", "$response.body#/sockets/0/id"),
+    ("/v1/sockets/{id}", "get", "200", "CloseSocket", "close_socket", "$response.body#/id"),
+    ("/v1/sockets/{id}", "delete", "202", "GetSocket", "get_socket", "$request.path.id"),
+    ("/v1/sockets/{id}", "delete", "202", "SetLabels", "set_labels", "$request.path.id"),
+    ("/v1/sockets/{id}", "delete", "202", "SendMessage", "send_message", "$request.path.id"),
+    ("/v1/upstreams", "post", "201", "RemoveUpstream", "remove_upstream", "$response.body#/id"),
+    ("/v1/upstreams", "get", "200", "RemoveUpstream", "remove_upstream", "$response.body#/upstreams/0/id"),
+];
+
+/// The document as JSON, with [`LINKS`] added to the answers they start from. (Links are added to
+/// the JSON rather than through utoipa's `Link`, which serializes its fields in snake case.)
+pub fn render(api: &OpenApi) -> String {
+    let mut doc = serde_json::to_value(api).unwrap_or_default();
+    for (path, method, status, name, to, id) in LINKS {
+        if let Some(response) = doc.pointer_mut(&format!("/paths/{}/{method}/responses/{status}", pointer(path)))
+            && let Some(response) = response.as_object_mut()
+        {
+            let links = response.entry("links").or_insert_with(|| serde_json::json!({}));
+            links[name] = serde_json::json!({ "operationId": to, "parameters": { "id": id } });
+        }
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// `path` escaped as one JSON pointer token.
+fn pointer(path: &str) -> String {
+    path.replace('~', "~0").replace('/', "~1")
 }
 
 /// The layers' answers that apply to `op`.

@@ -126,7 +126,7 @@ impl Routes {
 /// The admin API of `node`, ready to serve.
 pub fn app(node: Node) -> Router {
     let Routes { protected, public, api } = Routes::new();
-    let openapi: Arc<str> = api.to_pretty_json().unwrap_or_default().into();
+    let openapi: Arc<str> = doc::render(&api).into();
     let token = node.config().admin_token.as_deref().map(Arc::from);
     let body_limit = node.config().max_frame.saturating_mul(2).saturating_add(BODY_SLACK);
     let state = AppState { node, token, openapi };

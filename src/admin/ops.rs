@@ -26,13 +26,13 @@ pub struct Health {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// Ready for traffic: accepting sockets and, in cluster mode, in touch with Redis.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health", responses(
     (status = 200, body = Health, description = "Ready"),
     (status = 503, body = ErrorBody, description = "Draining, or cut off from Redis"),
 ))]
@@ -45,7 +45,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 }
 
 /// Prometheus metrics of this node (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", security(("bearer" = [])),
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.node.refresh_gauges();
@@ -61,7 +61,7 @@ pub struct Nodes {
 }
 
 /// The cluster's nodes, with heartbeat age and socket counts.
-#[utoipa::path(get, path = "/v1/nodes", tag = "cluster", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/nodes", operation_id = "list_nodes", tag = "cluster", security(("bearer" = [])), responses(
     (status = 200, body = Nodes),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
@@ -70,7 +70,7 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<Nodes>, ApiErro
 }
 
 /// This node's runtime settings.
-#[utoipa::path(get, path = "/v1/runtime", tag = "runtime", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/runtime", operation_id = "get_runtime", tag = "runtime", security(("bearer" = [])),
     responses((status = 200, body = RuntimeView)))]
 pub async fn runtime(State(state): State<AppState>) -> Json<RuntimeView> {
     Json(state.node.settings().view())
@@ -138,7 +138,7 @@ impl RuntimeBody {
 
 /// Changes runtime settings on this node, or with `?cluster=true` on every node. Absent fields
 /// stay; an invalid field changes nothing.
-#[utoipa::path(patch, path = "/v1/runtime", tag = "runtime", security(("bearer" = [])), params(ClusterParam),
+#[utoipa::path(patch, path = "/v1/runtime", operation_id = "patch_runtime", tag = "runtime", security(("bearer" = [])), params(ClusterParam),
     request_body = RuntimeBody, responses(
     (status = 200, body = RuntimeView, description = "This node's settings after the change"),
     (status = 400, body = ErrorBody),
@@ -162,7 +162,7 @@ pub struct Draining {
 
 /// Starts this node's graceful drain: it stops accepting, closes its sockets over
 /// `--drain-timeout` with reason `shutdown`, leaves the cluster and exits.
-#[utoipa::path(post, path = "/v1/drain", tag = "runtime", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/drain", operation_id = "drain", tag = "runtime", security(("bearer" = [])),
     responses((status = 202, body = Draining)))]
 pub async fn drain(State(state): State<AppState>) -> (StatusCode, Json<Draining>) {
     if !state.node.is_draining() {
@@ -176,7 +176,7 @@ pub async fn drain(State(state): State<AppState>) -> (StatusCode, Json<Draining>
 }
 
 /// This API's OpenAPI document.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi", tag = "health", security(("bearer" = [])),
     responses((status = 200, content_type = "application/json", body = Object)))]
 pub async fn openapi(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.openapi.to_string()).into_response()

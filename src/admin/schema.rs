@@ -1,9 +1,9 @@
 //! What the OpenAPI document says every input looks like, and the checks that hold the server to
 //! it (DESIGN §5: a schema-driven fuzzer finds no difference between the two).
 //!
-//! Each pattern below is written into the document (the `#[schema(pattern = …)]` literals repeat
-//! it, and a test checks that the document carries exactly these) and checked by the handler
-//! before anything else reads the value. Every pattern is also narrow enough that whatever it
+//! Each pattern below is written into the document (the request bodies' schemas are built here,
+//! by hand, from these constants) and checked by the handler before anything else reads the
+//! value. Every pattern is also narrow enough that whatever it
 //! accepts the deeper parser (humantime, the URI parser, `EnvFilter`) accepts too, so a value the
 //! document calls valid is never refused. They use only what ECMA-262, Python's `re` and Rust's
 //! `regex` read alike: ASCII classes, groups, alternation, bounded repetition, `^` and `$`.

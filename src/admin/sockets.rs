@@ -79,7 +79,7 @@ impl utoipa::IntoParams for ListParams {
 }
 
 /// Lists the cluster's sockets, in connect order, a page at a time.
-#[utoipa::path(get, path = "/v1/sockets", tag = "sockets", security(("bearer" = [])), params(ListParams), responses(
+#[utoipa::path(get, path = "/v1/sockets", operation_id = "list_sockets", tag = "sockets", security(("bearer" = [])), params(ListParams), responses(
     (status = 200, body = SocketPage, description = "With filters a page may hold fewer than `limit` sockets: go on while `next_cursor` is not null"),
     (status = 400, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
@@ -135,7 +135,7 @@ fn parse_query(raw: &str) -> Result<SocketQuery, ApiError> {
 }
 
 /// One socket, wherever it lives (exact when this node holds it; else from Redis).
-#[utoipa::path(get, path = "/v1/sockets/{id}", tag = "sockets", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/sockets/{id}", operation_id = "get_socket", tag = "sockets", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "Socket id")), responses(
     (status = 200, body = SocketRecord),
     (status = 400, body = ErrorBody),
@@ -158,7 +158,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 }
 
 /// Closes a socket (reason `admin`), wherever it lives; its queued messages are written first.
-#[utoipa::path(delete, path = "/v1/sockets/{id}", tag = "sockets", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/sockets/{id}", operation_id = "close_socket", tag = "sockets", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "Socket id")), responses(
     (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
@@ -171,7 +171,7 @@ pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Res
 }
 
 /// Writes the request body (the payload bytes) to a socket, wherever it lives.
-#[utoipa::path(post, path = "/v1/sockets/{id}/messages", tag = "sockets", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/sockets/{id}/messages", operation_id = "send_message", tag = "sockets", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "Socket id")),
     request_body(content = Option<Payload>, content_type = "application/octet-stream", description = "The payload bytes (none: an empty message)"),
     responses(
@@ -208,7 +208,7 @@ pub struct ReplaceParam {
 }
 
 /// Merges (or replaces) a socket's labels, wherever it lives.
-#[utoipa::path(patch, path = "/v1/sockets/{id}/labels", tag = "sockets", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/v1/sockets/{id}/labels", operation_id = "set_labels", tag = "sockets", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "Socket id"), ReplaceParam),
     request_body(content = LabelPatch, description = "Label name → value"),
     responses(
@@ -267,7 +267,7 @@ pub struct BroadcastBody {
 }
 
 /// Writes a payload to every matching socket of the cluster.
-#[utoipa::path(post, path = "/v1/broadcast", tag = "sockets", security(("bearer" = [])), request_body = BroadcastBody,
+#[utoipa::path(post, path = "/v1/broadcast", operation_id = "broadcast", tag = "sockets", security(("bearer" = [])), request_body = BroadcastBody,
     responses(
     (status = 202, body = Accepted), (status = 400, body = ErrorBody),
     (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),

@@ -38,7 +38,7 @@ pub struct Upstreams {
 }
 
 /// The cluster's upstream registry, with each upstream's state as this node sees it.
-#[utoipa::path(get, path = "/v1/upstreams", tag = "upstreams", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/upstreams", operation_id = "list_upstreams", tag = "upstreams", security(("bearer" = [])), responses(
     (status = 200, body = Upstreams),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
@@ -84,7 +84,7 @@ pub struct UpstreamEntryView {
 }
 
 /// Adds an upstream to the cluster's registry; every node starts streaming to it.
-#[utoipa::path(post, path = "/v1/upstreams", tag = "upstreams", security(("bearer" = [])), request_body = NewUpstream,
+#[utoipa::path(post, path = "/v1/upstreams", operation_id = "add_upstream", tag = "upstreams", security(("bearer" = [])), request_body = NewUpstream,
     responses(
     (status = 201, body = UpstreamEntryView), (status = 400, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
@@ -104,7 +104,7 @@ pub async fn add(
 
 /// Removes an upstream from the cluster's registry; every node stops streaming to it (its queued
 /// events go to the others).
-#[utoipa::path(delete, path = "/v1/upstreams/{id}", tag = "upstreams", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/upstreams/{id}", operation_id = "remove_upstream", tag = "upstreams", security(("bearer" = [])),
     params(("id" = String, Path, description = "Upstream id")), responses(
     (status = 204, description = "Removed"), (status = 404, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),

@@ -7,12 +7,12 @@
 # $PPP_SCHEMATHESIS_VENV, made when missing and reused after), starts the example echo upstream
 # and a standalone node (target/debug/ppp and target/debug/examples/echo_upstream: it builds them)
 # with an admin token on free loopback ports, opens TCP sockets to the node so the socket routes
-# have real ids to work on, and runs `schemathesis run --checks all` with the token, every phase
+# have real ids to work on (reconnecting whenever the node closes one), and runs `schemathesis run --checks all` with the token, every phase
 # (examples, coverage, fuzzing, stateful: the links between operations), all of the document but
 # `POST /v1/drain` (which would end the node). Any finding fails it. Everything it started is
 # stopped on exit.
 #
-# Environment: PPP_SCHEMATHESIS_EXAMPLES (--max-examples per operation, default 100),
+# Environment: PPP_SCHEMATHESIS_EXAMPLES (--max-examples per operation, default 200),
 # PPP_SCHEMATHESIS_SEED (a fixed seed; default random, printed), PYTHON (the interpreter that
 # makes the venv, default python3), PPP_SMOKE_TIMEOUT (seconds each wait may take, default 30).
 set -euo pipefail
@@ -20,7 +20,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 timeout=${PPP_SMOKE_TIMEOUT:-30}
-examples=${PPP_SCHEMATHESIS_EXAMPLES:-100}
+examples=${PPP_SCHEMATHESIS_EXAMPLES:-200}
 seed=${PPP_SCHEMATHESIS_SEED:-$RANDOM$RANDOM}
 token=schemathesis-$RANDOM$RANDOM
 started=$SECONDS
@@ -111,19 +111,36 @@ upstream_ready() {
 wait_for "the node to see the upstream ready" upstream_ready
 
 # --- Sockets to work on -------------------------------------------------------------------------
-# A few TCP clients that stay connected (reading and dropping what they get) until killed: the
-# listing has ids in it, and the stateful phase follows them into the per-socket routes.
+# Eight TCP clients that stay connected, reading and dropping what they get: whenever the node
+# closes one (a DELETE, an idle timeout the fuzzer set, a low max_connections), another connects
+# in its place a moment later, so the listing always has ids in it and the stateful phase follows
+# them (through the document's links) into the per-socket routes.
 "$python" - "$node_port" <<'PY' >"$work/clients.log" 2>&1 &
-import socket, sys, selectors
+import selectors, socket, sys, time
+port = int(sys.argv[1])
 sel = selectors.DefaultSelector()
+def connect():
+    while True:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"hello\n")
+            sel.register(s, selectors.EVENT_READ)
+            return
+        except OSError:
+            time.sleep(0.2)
 for _ in range(8):
-    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-    s.sendall(b"hello\n")
-    sel.register(s, selectors.EVENT_READ)
+    connect()
 while True:
     for key, _ in sel.select():
-        if not key.fileobj.recv(65536):
+        try:
+            data = key.fileobj.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
             sel.unregister(key.fileobj)
+            key.fileobj.close()
+            time.sleep(0.2)
+            connect()
 PY
 pids+=($!)
 sockets_open() {
