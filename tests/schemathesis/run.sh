@@ -5,7 +5,8 @@
 #
 # Installs schemathesis (pinned in requirements.txt) into a venv (target/venv-schemathesis, or
 # $PPP_SCHEMATHESIS_VENV, made when missing and reused after), starts the example echo upstream
-# and a standalone node (target/debug/ppp and target/debug/examples/echo_upstream: it builds them)
+# and a standalone node (target/debug/ppp and target/debug/examples/echo_upstream, under
+# $CARGO_TARGET_DIR when set: it builds them)
 # with an admin token on free loopback ports, opens TCP sockets to the node so the socket routes
 # have real ids to work on (reconnecting whenever the node closes one), and runs `schemathesis run --checks all` with the token, every phase
 # (examples, coverage, fuzzing, stateful: the links between operations), all of the document but
@@ -19,6 +20,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
 timeout=${PPP_SMOKE_TIMEOUT:-30}
 examples=${PPP_SCHEMATHESIS_EXAMPLES:-200}
 seed=${PPP_SCHEMATHESIS_SEED:-$RANDOM$RANDOM}
@@ -74,7 +76,7 @@ wait_for() {
 }
 
 # --- The venv and the binaries ------------------------------------------------------------------
-venv=${PPP_SCHEMATHESIS_VENV:-$root/target/venv-schemathesis}
+venv=${PPP_SCHEMATHESIS_VENV:-$target/venv-schemathesis}
 if [[ ! -x $venv/bin/python ]]; then
   say "creating a venv in $venv"
   "${PYTHON:-python3}" -m venv "$venv" || fail "cannot create a venv in $venv (on Debian: apt-get install python3-venv)"
@@ -93,11 +95,11 @@ for s in socks:
 print(*(s.getsockname()[1] for s in socks))
 PY
 )
-"$root/target/debug/examples/echo_upstream" --listen "127.0.0.1:$upstream_port" >"$work/upstream.log" 2>&1 &
+"$target/debug/examples/echo_upstream" --listen "127.0.0.1:$upstream_port" >"$work/upstream.log" 2>&1 &
 pids+=($!)
 (
   for var in $(compgen -e | grep '^PPP_' || true); do unset "$var"; done
-  exec "$root/target/debug/ppp" --listen "127.0.0.1:$node_port" --admin-listen "127.0.0.1:$admin_port" \
+  exec "$target/debug/ppp" --listen "127.0.0.1:$node_port" --admin-listen "127.0.0.1:$admin_port" \
     --admin-token "$token" --upstream "http://127.0.0.1:$upstream_port" --health-interval 200ms --drain-timeout 1s
 ) >"$work/node.log" 2>&1 &
 pids+=($!)
