@@ -9,7 +9,8 @@
 //! - `GET|POST /v1/upstreams`, `DELETE /v1/upstreams/{id}`
 //! - `GET|PATCH /v1/runtime`, `POST /v1/drain`
 //! - `GET /v1/openapi.json`: generated from the handlers below (utoipa), so it lists exactly the
-//!   routes served.
+//!   routes served; `doc` adds the layers' answers and the links, `schema` holds the request
+//!   schemas and the checks that hold the handlers to them.
 //!
 //! Every error is JSON `{ "error": "…" }`; bodies are limited to twice `--max-frame` (plus room
 //! for JSON), headers to [`HEADER_TIMEOUT`], requests to [`REQUEST_TIMEOUT`], connections to
