@@ -4,16 +4,17 @@
 #   bash tests/schemathesis/run.sh [extra schemathesis options]
 #
 # Installs schemathesis (pinned in requirements.txt) into a venv (target/venv-schemathesis, or
-# $PPP_SCHEMATHESIS_VENV, made when missing and reused after), starts the example echo upstream
-# and a standalone node (target/debug/ppp and target/debug/examples/echo_upstream, under
-# $CARGO_TARGET_DIR when set: it builds them)
-# with an admin token on free loopback ports, opens TCP sockets to the node so the socket routes
-# have real ids to work on (reconnecting whenever the node closes one), and runs `schemathesis run --checks all` with the token, every phase
-# (examples, coverage, fuzzing, stateful: the links between operations), all of the document but
-# `POST /v1/drain` (which would end the node). Any finding fails it. Everything it started is
-# stopped on exit.
+# $PPP_SCHEMATHESIS_VENV, made when missing and reused after); builds and starts the example echo
+# upstream and a standalone node (target/debug/…, under $CARGO_TARGET_DIR when set) with an admin
+# token on free loopback ports; keeps eight TCP clients connected to the node, so the socket
+# routes have real ids to work on; then runs `schemathesis run --checks all` with the token on all
+# of the document but `POST /v1/drain` (which would end the node), twice: the stateful phase alone
+# (sequences that follow the document's links: listing → socket → DELETE → the same id), then
+# every phase (examples, coverage, fuzzing, stateful). Any finding fails it. Everything it started
+# is stopped on exit.
 #
 # Environment: PPP_SCHEMATHESIS_EXAMPLES (--max-examples per operation, default 200),
+# PPP_SCHEMATHESIS_STATEFUL_EXAMPLES (--max-examples of the stateful pass, default 500),
 # PPP_SCHEMATHESIS_SEED (a fixed seed; default random, printed), PYTHON (the interpreter that
 # makes the venv, default python3), PPP_SMOKE_TIMEOUT (seconds each wait may take, default 30).
 set -euo pipefail
@@ -23,6 +24,7 @@ root=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 timeout=${PPP_SMOKE_TIMEOUT:-30}
 examples=${PPP_SCHEMATHESIS_EXAMPLES:-200}
+stateful_examples=${PPP_SCHEMATHESIS_STATEFUL_EXAMPLES:-500}
 seed=${PPP_SCHEMATHESIS_SEED:-$RANDOM$RANDOM}
 token=schemathesis-$RANDOM$RANDOM
 started=$SECONDS
@@ -151,17 +153,27 @@ sockets_open() {
 wait_for "the node to list the sockets" sockets_open
 
 # --- schemathesis -------------------------------------------------------------------------------
-say "schemathesis run against $admin (seed $seed, $examples examples per operation)"
-# From the temporary folder, so its example database and reports do not land in the checkout.
-(cd "$work" && "$venv/bin/schemathesis" run "$admin/v1/openapi.json" \
-  --checks all \
-  --header "Authorization: Bearer $token" \
-  --exclude-path /v1/drain \
-  --max-examples "$examples" \
-  --seed "$seed" \
-  --workers 1 \
-  --request-timeout 15 \
-  --output-truncate false \
-  "$@") || fail "schemathesis found differences between the document and the server (seed $seed)"
+# Runs `schemathesis run` with every check and the token, on all of the document but the drain,
+# from the temporary folder (so its example database and reports stay out of the checkout).
+schemathesis_run() {
+  (cd "$work" && "$venv/bin/schemathesis" run "$admin/v1/openapi.json" \
+    --checks all \
+    --header "Authorization: Bearer $token" \
+    --exclude-path /v1/drain \
+    --seed "$seed" \
+    --workers 1 \
+    --request-timeout 15 \
+    --output-truncate false \
+    "$@")
+}
+# First the stateful phase alone, while the node still has its start-up settings: the fuzzing
+# phase sets an idle timeout of a millisecond or a max_connections of 1 now and then, and then the
+# sockets the stateful sequences follow (listing → socket → DELETE → the same id) keep closing.
+say "stateful phase against $admin (seed $seed, $stateful_examples examples)"
+schemathesis_run --phases stateful --max-examples "$stateful_examples" "$@" \
+  || fail "schemathesis (stateful) found differences between the document and the server (seed $seed)"
+say "every phase against $admin (seed $seed, $examples examples per operation)"
+schemathesis_run --max-examples "$examples" "$@" \
+  || fail "schemathesis found differences between the document and the server (seed $seed)"
 kill -0 "${pids[1]}" 2>/dev/null || fail "the node exited"
 say "passed in $((SECONDS - started))s"
