@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, clippy, unit, integration and property
-# tests (with the interop tests against the stock Python and Go upstreams), the Python and Go
-# example upstreams' own tests, and the docker-compose cluster test (when a Docker engine answers). Installs what the tests need when it is missing. Used by `.ci/run` and
-# by developers.
+# tests (with the interop tests against the stock Python and Go upstreams), schemathesis against
+# the admin API's OpenAPI document, promtool on the metrics and the alerting rules, the Python and
+# Go example upstreams' own tests, and the docker-compose cluster test (when a Docker engine
+# answers). Installs what the tests need when it is missing. Used by `.ci/run` and by developers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,9 @@ if ! need go || [[ ! -d $gocode/google.golang.org/grpc/health ]] \
   || ! grep -qs google.golang.org/protobuf "$gocode/github.com/golang/protobuf/proto/proto.go"; then
   apt_install golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
 fi
-need python3 || apt_install python3 python3-venv
+need python3 || apt_install python3
+python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+need promtool || apt_install prometheus
 # One venv for every Python upstream the tests start (tests/interop.rs, the smoke test).
 export PPP_PY_VENV=${PPP_PY_VENV:-$PWD/target/interop/venv}
 
@@ -38,6 +41,11 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
+echo "== deploy/prometheus: promtool check rules, promtool test rules (promtool check metrics runs in tests/metrics.rs)"
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts.test.yml
+echo "== tests/schemathesis: the admin API against its own OpenAPI document"
+bash tests/schemathesis/run.sh
 echo "== examples/python: the Python upstream against a real node"
 bash examples/python/smoke_test.sh
 echo "== examples/go: the Go upstream's own tests, and against a real node"

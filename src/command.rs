@@ -256,7 +256,13 @@ impl Dispatcher {
                 }
                 return Some(Receipt::ok());
             }
-            Some(id) => self.table.get(id)?,
+            // A socket whose close has begun is gone for commands (and for the admin API): it
+            // only writes what was queued before, so a later close, send or label change on it
+            // answers unknown, as it will once it has left the table.
+            Some(id) => match self.table.get(id)? {
+                socket if socket.close_reason().is_some() => return Some(Receipt::unknown_socket(id)),
+                socket => socket,
+            },
         };
         Some(match command {
             Command::Send { payload, .. } => enqueue(&socket, payload.clone()),

@@ -100,6 +100,12 @@ async fn demo(mut config: config::Config, log: Arc<LogFilter>) -> Result<(), Box
         "PersistentParadoxPlex demo: a standalone node with the echo upstream at {upstream_uri}.\n\
          Connect with:  nc 127.0.0.1 {port}   (type a line; try /help, /whoami, /label user=ada, /broadcast hi)\n"
     );
+    if !on_path("nc") {
+        intro.push_str(&format!(
+            "               (no `nc` here: apt-get install netcat-openbsd; or, in bash without it:\n\
+             \x20               exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & cat >&3 )\n"
+        ));
+    }
     if let Some(admin) = admin {
         intro.push_str(&format!("Admin API:     curl http://{admin}/v1/sockets\n"));
     }
@@ -107,6 +113,11 @@ async fn demo(mut config: config::Config, log: Arc<LogFilter>) -> Result<(), Box
     let _ = std::io::Write::write_all(&mut std::io::stdout(), intro.as_bytes());
     ppp::run(config, listeners, log, shutdown).await?;
     Ok(())
+}
+
+/// Whether an executable named `name` is in one of `PATH`'s folders.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives while the node starts

@@ -5,6 +5,13 @@
 //! Gauges that describe the node's state (sockets by state, queue depths, messages per upstream)
 //! are set when `/metrics` is scraped, from the node's own counters, so the data path pays
 //! nothing for them.
+//!
+//! [`FAMILIES`] lists every family once, with its help text: [`install`] describes each (so
+//! `/metrics` carries `# HELP` and `# TYPE` for all) and registers every series whose labels are a
+//! closed set with zero ([`CLOSE_REASONS`](crate::socket::CloseReason::ALL), [`REFUSAL_REASONS`],
+//! [`COMMAND_KINDS`] × [`STATUSES`], the socket states), so dashboards and alerts see 0 rather than
+//! no data. Per-upstream families appear, at zero, once the upstream exists ([`upstream_zeros`]).
+//! `docs/admin-api.md`'s table is checked against [`FAMILIES`] by `tests/metrics.rs`.
 
 /// Counter: sockets accepted and held. Label: none.
 pub const SOCKETS_OPENED: &str = "ppp_sockets_opened_total";
@@ -41,6 +48,10 @@ pub const UPSTREAM_LATENCY: &str = "ppp_upstream_latency_seconds";
 pub const UPSTREAM_QUEUE_DEPTH: &str = "ppp_upstream_queue_depth";
 /// Gauge: lifecycle records waiting to be written to Redis.
 pub const BACKEND_QUEUE_DEPTH: &str = "ppp_backend_queue_depth";
+/// Gauge: 1 while the node is ready (what `/readyz` answers), else 0.
+pub const READY: &str = "ppp_ready";
+/// Gauge: 1 while the backend is reachable (Redis in cluster mode; always 1 standalone), else 0.
+pub const BACKEND_REACHABLE: &str = "ppp_backend_reachable";
 /// Counter: times Redis became reachable again after being unreachable.
 pub const REDIS_RECONNECTS: &str = "ppp_redis_reconnects_total";
 /// Counter: anti-entropy resyncs of this node's socket registry.
@@ -60,8 +71,106 @@ pub const REPLAY_WINDOW_OVERFLOW: &str = "ppp_replay_window_overflow_total";
 
 use std::{sync::OnceLock, time::Duration};
 
-use metrics::Counter;
+use metrics::{Counter, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::socket::CloseReason;
+
+/// What kind of family a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Counts observations in buckets.
+    Histogram,
+}
+
+/// One metric family: what `/metrics` says about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// Its name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its label names.
+    pub labels: &'static [&'static str],
+    /// Its `# HELP` text.
+    pub help: &'static str,
+}
+
+/// Shorthand for the table below.
+const fn family(name: &'static str, kind: Kind, labels: &'static [&'static str], help: &'static str) -> Family {
+    Family { name, kind, labels, help }
+}
+
+/// Every family the node exports, each described once at start ([`install`]).
+pub const FAMILIES: [Family; 25] = {
+    use Kind::{Counter as C, Gauge as G, Histogram as H};
+    [
+        family(
+            SOCKETS_OPEN,
+            G,
+            &["state"],
+            "Sockets held by this node, by state (active: sent a message within --idle-after)",
+        ),
+        family(SOCKETS_OPENED, C, &[], "Sockets accepted and held"),
+        family(SOCKETS_CLOSED, C, &["reason"], "Sockets closed, by close reason"),
+        family(SOCKETS_REFUSED, C, &[], "Sockets refused because --max-connections were open"),
+        family(MESSAGES_IN, C, &[], "Inbound messages read from sockets"),
+        family(BYTES_IN, C, &[], "Inbound payload bytes"),
+        family(MESSAGES_OUT, C, &[], "Outbound messages written to sockets"),
+        family(BYTES_OUT, C, &[], "Outbound payload bytes written"),
+        family(MESSAGES_REFUSED, C, &["reason"], "Messages or events not delivered, by reason"),
+        family(
+            COMMANDS,
+            C,
+            &["command", "status"],
+            "Commands carried out (upstreams' and the admin API's), by kind and receipt status",
+        ),
+        family(UPSTREAM_READY, G, &["upstream"], "1 while the upstream's health check says SERVING"),
+        family(UPSTREAM_MESSAGES, C, &["upstream"], "Events (opened, data, closed, receipts) handed to the upstream"),
+        family(UPSTREAM_QUEUE_DEPTH, G, &["upstream"], "Events waiting in this node's queue for the upstream"),
+        family(UPSTREAM_LATENCY, H, &["upstream"], "Round trip of the upstream's gRPC health check, in seconds"),
+        family(UPSTREAM_RECONNECTS, C, &["upstream"], "Broken streams to the upstream"),
+        family(EVENTS_REROUTED, C, &[], "Events moved from a broken upstream's queue to another upstream"),
+        family(
+            EVENTS_REPLAYED,
+            C,
+            &["upstream"],
+            "Events a broken stream had taken but the upstream may not have received, handed out again",
+        ),
+        family(REPLAY_WINDOW_OVERFLOW, C, &["upstream"], "Events that left a full replay window unconfirmed"),
+        family(REDIS_ERRORS, C, &[], "Redis commands or connections that failed"),
+        family(REDIS_RECONNECTS, C, &[], "Times Redis became reachable again after being unreachable"),
+        family(RESYNCS, C, &[], "Anti-entropy resyncs of this node's socket registry"),
+        family(NODES_REAPED, C, &[], "Dead nodes this node reaped"),
+        family(BACKEND_QUEUE_DEPTH, G, &[], "Lifecycle records waiting to be written to Redis (bounded: 100000)"),
+        family(READY, G, &[], "1 while the node is ready (/readyz answers 200), else 0"),
+        family(
+            BACKEND_REACHABLE,
+            G,
+            &[],
+            "1 while the backend (Redis in cluster mode; always 1 standalone) is reachable, else 0",
+        ),
+    ]
+};
+
+/// The `reason` label values of [`MESSAGES_REFUSED`].
+pub const REFUSAL_REASONS: [&str; 8] = [
+    "slow_consumer",
+    "socket_closing",
+    "receipt_queue_full",
+    "upstream_gone",
+    "no_upstream",
+    "truncated_frame",
+    "record_queue_full",
+    "bad_bus_message",
+];
+
+/// The `state` label values of [`SOCKETS_OPEN`].
+pub const SOCKET_STATES: [&str; 2] = ["active", "inactive"];
 
 /// Buckets of [`UPSTREAM_LATENCY`], in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -78,6 +187,8 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Full(UPSTREAM_LATENCY.to_owned()), &LATENCY_BUCKETS)
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
+            describe();
+            zeros();
             let upkeep = handle.clone();
             let _ = std::thread::Builder::new().name("ppp-metrics".into()).spawn(move || {
                 loop {
@@ -88,6 +199,54 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// Describes every family of [`FAMILIES`] to the recorder, for `# HELP`.
+fn describe() {
+    for f in FAMILIES {
+        match (f.kind, f.name == UPSTREAM_LATENCY) {
+            (Kind::Counter, _) => metrics::describe_counter!(f.name, f.help),
+            (Kind::Gauge, _) => metrics::describe_gauge!(f.name, f.help),
+            (Kind::Histogram, true) => metrics::describe_histogram!(f.name, Unit::Seconds, f.help),
+            (Kind::Histogram, false) => metrics::describe_histogram!(f.name, f.help),
+        }
+    }
+}
+
+/// Registers, at zero, every series whose labels are a closed set and every family without labels
+/// but the per-upstream ones ([`upstream_zeros`]).
+fn zeros() {
+    for f in FAMILIES.iter().filter(|f| f.labels.is_empty()) {
+        match f.kind {
+            Kind::Counter => metrics::counter!(f.name).increment(0),
+            Kind::Gauge => metrics::gauge!(f.name).increment(0.0),
+            Kind::Histogram => {}
+        }
+    }
+    for reason in CloseReason::ALL {
+        metrics::counter!(SOCKETS_CLOSED, "reason" => reason.as_str()).increment(0);
+    }
+    for reason in REFUSAL_REASONS {
+        metrics::counter!(MESSAGES_REFUSED, "reason" => reason).increment(0);
+    }
+    for state in SOCKET_STATES {
+        metrics::gauge!(SOCKETS_OPEN, "state" => state).increment(0.0);
+    }
+    // Registers every command kind × status.
+    let _ = hot();
+}
+
+/// Registers, at zero, the per-upstream series of upstream `id`, so they are there from the moment
+/// the upstream is (called for each upstream when `/metrics` is scraped; a no-op for series that
+/// exist).
+pub fn upstream_zeros(id: &str) {
+    let id = id.to_owned();
+    metrics::gauge!(UPSTREAM_READY, "upstream" => id.clone()).increment(0.0);
+    metrics::counter!(UPSTREAM_RECONNECTS, "upstream" => id.clone()).increment(0);
+    metrics::counter!(EVENTS_REPLAYED, "upstream" => id.clone()).increment(0);
+    metrics::counter!(REPLAY_WINDOW_OVERFLOW, "upstream" => id.clone()).increment(0);
+    // Registered with no observation: rendered with every bucket at 0.
+    let _ = metrics::histogram!(UPSTREAM_LATENCY, "upstream" => id);
 }
 
 /// Counters touched for every message, registered once so the data path does not look them up

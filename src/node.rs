@@ -304,11 +304,14 @@ impl Node {
         metrics::gauge!(m::SOCKETS_OPEN, "state" => "active").set(active as f64);
         metrics::gauge!(m::SOCKETS_OPEN, "state" => "inactive").set((sockets.len() - active) as f64);
         for up in self.inner.pool.snapshot().iter() {
+            m::upstream_zeros(&up.id);
             let sent = up.messages_sent.load(std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(m::UPSTREAM_MESSAGES, "upstream" => up.id.clone()).absolute(sent);
             metrics::gauge!(m::UPSTREAM_QUEUE_DEPTH, "upstream" => up.id.clone()).set(up.queued() as f64);
         }
         metrics::gauge!(m::BACKEND_QUEUE_DEPTH).set(self.inner.backend.queue_depth() as f64);
+        metrics::gauge!(m::READY).set(if self.is_ready() { 1.0 } else { 0.0 });
+        metrics::gauge!(m::BACKEND_REACHABLE).set(if self.inner.backend.is_reachable() { 1.0 } else { 0.0 });
     }
 
     /// Whether the node is ready for traffic: accepting sockets and, in cluster mode, in touch with

@@ -58,6 +58,24 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     let doc = doc.expect(200);
     assert_eq!(documented(doc), design_routes());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Operation ids are unique, and every link names one of them.
+    let ops: Vec<&serde_json::Value> =
+        doc["paths"].as_object().unwrap().values().flat_map(|item| item.as_object().unwrap().values()).collect();
+    let ids: BTreeSet<&str> = ops.iter().map(|op| op["operationId"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), ROUTES.len(), "unique operation ids: {ids:?}");
+    let links: Vec<&str> = ops
+        .iter()
+        .flat_map(|op| op["responses"].as_object().unwrap().values())
+        .flat_map(|r| r["links"].as_object().into_iter().flat_map(|l| l.values()))
+        .map(|l| l["operationId"].as_str().unwrap())
+        .collect();
+    assert!(links.len() >= 8 && links.iter().all(|l| ids.contains(l)), "links: {links:?}");
+    // Every protected route documents the token check's 401, every route the timeout's 408.
+    for op in &ops {
+        assert!(op["responses"]["408"].is_object(), "{}", op["operationId"]);
+        let protected = op["security"].as_array().is_some_and(|s| !s.is_empty());
+        assert_eq!(op["responses"]["401"].is_object(), protected, "{}", op["operationId"]);
+    }
     // Every documented route is served (no 404 "no route", no 405), and nothing else is.
     for route in design_routes().iter().filter(|r| !r.contains("drain")) {
         let (method, path) = route.split_once(' ').unwrap();
@@ -197,8 +215,12 @@ async fn one_socket_read_written_labelled_and_closed() {
     admin.json(Method::PATCH, &format!("{path}/labels"), json!(more)).await.expect(409);
     admin.json(Method::PATCH, &format!("{unknown}/labels"), json!({"a": "b"})).await.expect(404);
 
-    // Close: the client sees EOF, the upstream the reason `admin`.
+    // Close: the client sees EOF, the upstream the reason `admin`. From the 202 on, the socket is
+    // gone for the API, although it may still be writing what was queued.
     admin.delete(&path).await.expect(202);
+    admin.json(Method::PATCH, &format!("{path}/labels"), json!({"a": "b"})).await.expect(404);
+    admin.send(admin.req(Method::POST, &format!("{path}/messages")).body("x")).await.expect(404);
+    admin.get(&path).await.expect(404);
     c.closed().await;
     up.wait_for("closed admin", |_| up.closed().contains(&(id.clone(), "admin".to_owned()))).await;
     eventually_async("gone", || async { admin.get(&path).await.status == 404 }).await;

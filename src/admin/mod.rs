@@ -9,16 +9,19 @@
 //! - `GET|POST /v1/upstreams`, `DELETE /v1/upstreams/{id}`
 //! - `GET|PATCH /v1/runtime`, `POST /v1/drain`
 //! - `GET /v1/openapi.json`: generated from the handlers below (utoipa), so it lists exactly the
-//!   routes served.
+//!   routes served; `doc` adds the layers' answers and the links, `schema` holds the request
+//!   schemas and the checks that hold the handlers to them.
 //!
 //! Every error is JSON `{ "error": "…" }`; bodies are limited to twice `--max-frame` (plus room
 //! for JSON), headers to [`HEADER_TIMEOUT`], requests to [`REQUEST_TIMEOUT`], connections to
 //! [`MAX_CONNECTIONS`], and at most [`MAX_CONCURRENT`] requests run at once.
 
 mod auth;
+mod doc;
 pub mod error;
 mod ops;
 pub mod probe;
+mod schema;
 mod sockets;
 mod upstreams;
 
@@ -116,6 +119,7 @@ impl Routes {
         let (protected, mut api) = protected.split_for_parts();
         let (public, public_api) = public.split_for_parts();
         api.merge(public_api);
+        doc::add_layer_answers(&mut api);
         Self { protected, public, api }
     }
 }
@@ -123,7 +127,7 @@ impl Routes {
 /// The admin API of `node`, ready to serve.
 pub fn app(node: Node) -> Router {
     let Routes { protected, public, api } = Routes::new();
-    let openapi: Arc<str> = api.to_pretty_json().unwrap_or_default().into();
+    let openapi: Arc<str> = doc::render(&api).into();
     let token = node.config().admin_token.as_deref().map(Arc::from);
     let body_limit = node.config().max_frame.saturating_mul(2).saturating_add(BODY_SLACK);
     let state = AppState { node, token, openapi };

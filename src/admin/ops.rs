@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     AppState,
     error::{ApiError, ErrorBody},
+    schema,
 };
 use crate::{
     cluster::view::NodeRecord,
@@ -25,13 +26,13 @@ pub struct Health {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// Ready for traffic: accepting sockets and, in cluster mode, in touch with Redis.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health", responses(
     (status = 200, body = Health, description = "Ready"),
     (status = 503, body = ErrorBody, description = "Draining, or cut off from Redis"),
 ))]
@@ -44,7 +45,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 }
 
 /// Prometheus metrics of this node (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", security(("bearer" = [])),
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.node.refresh_gauges();
@@ -60,7 +61,7 @@ pub struct Nodes {
 }
 
 /// The cluster's nodes, with heartbeat age and socket counts.
-#[utoipa::path(get, path = "/v1/nodes", tag = "cluster", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/nodes", operation_id = "list_nodes", tag = "cluster", security(("bearer" = [])), responses(
     (status = 200, body = Nodes),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
@@ -69,7 +70,7 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<Nodes>, ApiErro
 }
 
 /// This node's runtime settings.
-#[utoipa::path(get, path = "/v1/runtime", tag = "runtime", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/runtime", operation_id = "get_runtime", tag = "runtime", security(("bearer" = [])),
     responses((status = 200, body = RuntimeView)))]
 pub async fn runtime(State(state): State<AppState>) -> Json<RuntimeView> {
     Json(state.node.settings().view())
@@ -77,6 +78,7 @@ pub async fn runtime(State(state): State<AppState>) -> Json<RuntimeView> {
 
 /// `PATCH /v1/runtime`'s query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterParam {
     /// Also apply the change on every other node (through `K:ch:control`).
@@ -84,10 +86,60 @@ pub struct ClusterParam {
     pub cluster: bool,
 }
 
+/// `PATCH /v1/runtime`'s body (its schema is in `schema.rs`): the fields of [`RuntimePatch`],
+/// each held to the document's pattern or enum before the settings see it. A field may be absent
+/// but not `null`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeBody {
+    /// A new log filter ([`schema::LOG_FILTER`]).
+    #[serde(default, deserialize_with = "schema::present")]
+    pub log_filter: Option<String>,
+    /// A new `--idle-after` ([`schema::DURATION`]).
+    #[serde(default, deserialize_with = "schema::present")]
+    pub idle_after: Option<String>,
+    /// A new `--idle-timeout` ([`schema::DURATION_OR_OFF`]).
+    #[serde(default, deserialize_with = "schema::present")]
+    pub idle_timeout: Option<String>,
+    /// A new `--balance`: `round-robin` or `sticky`.
+    #[serde(default, deserialize_with = "schema::present")]
+    pub balance: Option<String>,
+    /// A new `--max-connections` (at least 1).
+    #[serde(default, deserialize_with = "schema::whole_number")]
+    pub max_connections: Option<usize>,
+}
+
+impl RuntimeBody {
+    /// The patch, once every field holds to the document.
+    fn into_patch(self) -> Result<RuntimePatch, ApiError> {
+        let checks = [
+            (&self.log_filter, "log_filter", schema::LOG_FILTER, "a log filter like `info,ppp=debug`"),
+            (&self.idle_after, "idle_after", schema::DURATION, "a duration like 500ms, 10s, 2m, 1h"),
+            (&self.idle_timeout, "idle_timeout", schema::DURATION_OR_OFF, "a duration like 10m, or `off`"),
+        ];
+        for (value, field, pattern, what) in checks {
+            if let Some(v) = value {
+                schema::check(field, pattern, v, what)?;
+            }
+        }
+        if let Some(b) = self.balance.as_deref().filter(|b| !matches!(*b, "round-robin" | "sticky")) {
+            let shown: String = b.chars().take(64).collect();
+            return Err(ApiError::bad_request(format!("balance `{shown}` is not `round-robin` or `sticky`")));
+        }
+        Ok(RuntimePatch {
+            log_filter: self.log_filter,
+            idle_after: self.idle_after,
+            idle_timeout: self.idle_timeout,
+            balance: self.balance,
+            max_connections: self.max_connections,
+        })
+    }
+}
+
 /// Changes runtime settings on this node, or with `?cluster=true` on every node. Absent fields
 /// stay; an invalid field changes nothing.
-#[utoipa::path(patch, path = "/v1/runtime", tag = "runtime", security(("bearer" = [])), params(ClusterParam),
-    request_body = RuntimePatch, responses(
+#[utoipa::path(patch, path = "/v1/runtime", operation_id = "patch_runtime", tag = "runtime", security(("bearer" = [])), params(ClusterParam),
+    request_body = RuntimeBody, responses(
     (status = 200, body = RuntimeView, description = "This node's settings after the change"),
     (status = 400, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Applied here, but could not be handed to the cluster"),
@@ -95,8 +147,9 @@ pub struct ClusterParam {
 pub async fn patch_runtime(
     State(state): State<AppState>,
     Query(q): Query<ClusterParam>,
-    Json(patch): Json<RuntimePatch>,
+    Json(body): Json<RuntimeBody>,
 ) -> Result<Json<RuntimeView>, ApiError> {
+    let patch = body.into_patch()?;
     Ok(Json(state.node.apply_runtime(&patch, q.cluster).await?))
 }
 
@@ -109,7 +162,7 @@ pub struct Draining {
 
 /// Starts this node's graceful drain: it stops accepting, closes its sockets over
 /// `--drain-timeout` with reason `shutdown`, leaves the cluster and exits.
-#[utoipa::path(post, path = "/v1/drain", tag = "runtime", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/drain", operation_id = "drain", tag = "runtime", security(("bearer" = [])),
     responses((status = 202, body = Draining)))]
 pub async fn drain(State(state): State<AppState>) -> (StatusCode, Json<Draining>) {
     if !state.node.is_draining() {
@@ -123,7 +176,7 @@ pub async fn drain(State(state): State<AppState>) -> (StatusCode, Json<Draining>
 }
 
 /// This API's OpenAPI document.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi", tag = "health", security(("bearer" = [])),
     responses((status = 200, content_type = "application/json", body = Object)))]
 pub async fn openapi(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.openapi.to_string()).into_response()

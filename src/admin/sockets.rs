@@ -10,20 +10,31 @@ use axum::{
 };
 use base64::Engine;
 use serde::Deserialize;
+use utoipa::openapi::{
+    Required,
+    path::{Parameter, ParameterBuilder, ParameterIn},
+    schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type},
+};
 
 use super::{
     AppState,
     error::{Accepted, ApiError, ErrorBody, receipt_response},
+    schema::{self, LabelPatch, Payload},
 };
 use crate::{
     cluster::view::{self, Activity, SocketPage, SocketQuery, SocketRecord},
     command::{Broadcast, Command, Scope},
-    socket::{CloseReason, Labels, SocketId, validate_labels},
+    socket::{CloseReason, Labels, MAX_LABEL_LEN, MAX_LABELS, SocketId},
 };
 
-/// Parses a socket id from the path.
+/// Length of a socket id written the one way the document's `format: uuid` allows: hyphenated.
+const UUID_TEXT: usize = 36;
+
+/// Parses a socket id, written hyphenated (`format: uuid`; the other forms the UUID parser
+/// knows, such as 32 bare hex digits or `urn:uuid:…`, are refused as the document says).
 fn socket_id(id: &str) -> Result<SocketId, ApiError> {
-    id.parse().map_err(|_| ApiError::bad_request(format!("`{}` is not a socket id (a UUID)", clip(id))))
+    let parsed = if id.len() == UUID_TEXT { id.parse().ok() } else { None };
+    parsed.ok_or_else(|| ApiError::bad_request(format!("`{}` is not a socket id (a UUID)", clip(id))))
 }
 
 /// At most 64 characters of a peer's text, for an error message.
@@ -31,14 +42,44 @@ fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// `GET /v1/sockets`' query parameters, as the document states them; [`parse_query`] reads them
+/// (by hand: `label` may repeat) and checks exactly this.
+pub struct ListParams;
+
+impl utoipa::IntoParams for ListParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let param = |name: &str, description: &str, schema: ObjectBuilder| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(description))
+                .schema(Some(schema))
+        };
+        let label = ArrayBuilder::new().items(string().pattern(Some(schema::LABEL_FILTER)));
+        let limit = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(view::MAX_PAGE));
+        let uuid = string().format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)));
+        let state = string().enum_values(Some(["active", "inactive"]));
+        vec![
+            param("node", "Only this node's sockets", string()).build(),
+            param("state", "`active` or `inactive` (by `--idle-after` of the node answering)", state).build(),
+            ParameterBuilder::new()
+                .name("label")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some("`name=value`; repeat for more, all must match"))
+                .schema(Some(label))
+                .explode(Some(true))
+                .build(),
+            param("limit", "Sockets per page, 1 to 1000 (default 100)", limit).build(),
+            param("cursor", "`next_cursor` of the previous page", uuid).build(),
+        ]
+    }
+}
+
 /// Lists the cluster's sockets, in connect order, a page at a time.
-#[utoipa::path(get, path = "/v1/sockets", tag = "sockets", security(("bearer" = [])), params(
-    ("node" = Option<String>, Query, description = "Only this node's sockets"),
-    ("state" = Option<Activity>, Query, description = "`active` or `inactive` (by `--idle-after` of the node answering)"),
-    ("label" = Option<Vec<String>>, Query, description = "`name=value`; repeat for more, all must match"),
-    ("limit" = Option<usize>, Query, description = "Sockets per page, 1 to 1000 (default 100)"),
-    ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-), responses(
+#[utoipa::path(get, path = "/v1/sockets", operation_id = "list_sockets", tag = "sockets", security(("bearer" = [])), params(ListParams), responses(
     (status = 200, body = SocketPage, description = "With filters a page may hold fewer than `limit` sockets: go on while `next_cursor` is not null"),
     (status = 400, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
@@ -83,7 +124,8 @@ fn parse_query(raw: &str) -> Result<SocketQuery, ApiError> {
                     .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {}", view::MAX_PAGE)))?;
             }
             "cursor" => {
-                let id = v.parse().map_err(|_| ApiError::bad_request(format!("cursor `{}` is not valid", clip(&v))))?;
+                let id =
+                    socket_id(&v).map_err(|_| ApiError::bad_request(format!("cursor `{}` is not valid", clip(&v))))?;
                 q.after = Some(id);
             }
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{}`", clip(other)))),
@@ -93,8 +135,8 @@ fn parse_query(raw: &str) -> Result<SocketQuery, ApiError> {
 }
 
 /// One socket, wherever it lives (exact when this node holds it; else from Redis).
-#[utoipa::path(get, path = "/v1/sockets/{id}", tag = "sockets", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Socket id")), responses(
+#[utoipa::path(get, path = "/v1/sockets/{id}", operation_id = "get_socket", tag = "sockets", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Socket id")), responses(
     (status = 200, body = SocketRecord),
     (status = 400, body = ErrorBody),
     (status = 404, body = ErrorBody),
@@ -105,6 +147,10 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     let node = &state.node;
     let idle_after = node.settings().idle_after();
     if let Some(s) = node.sockets().get(id) {
+        // A socket whose close has begun is gone for the API, as for commands.
+        if s.close_reason().is_some() {
+            return Err(ApiError::not_found(format!("no socket {id}")));
+        }
         return Ok(Json(SocketRecord::local(node.node_id(), &s, idle_after)));
     }
     let found = node.backend().socket(id, idle_after).await?;
@@ -112,8 +158,8 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 }
 
 /// Closes a socket (reason `admin`), wherever it lives; its queued messages are written first.
-#[utoipa::path(delete, path = "/v1/sockets/{id}", tag = "sockets", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Socket id")), responses(
+#[utoipa::path(delete, path = "/v1/sockets/{id}", operation_id = "close_socket", tag = "sockets", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Socket id")), responses(
     (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
 ))]
@@ -125,12 +171,12 @@ pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Res
 }
 
 /// Writes the request body (the payload bytes) to a socket, wherever it lives.
-#[utoipa::path(post, path = "/v1/sockets/{id}/messages", tag = "sockets", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Socket id")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The payload bytes"),
+#[utoipa::path(post, path = "/v1/sockets/{id}/messages", operation_id = "send_message", tag = "sockets", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Socket id")),
+    request_body(content = Option<Payload>, content_type = "application/octet-stream", description = "The payload bytes (none: an empty message)"),
     responses(
     (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-    (status = 409, body = ErrorBody, description = "The socket is closing, or its write queue is full"),
+    (status = 409, body = ErrorBody, description = "Its write queue is full (it is being closed as a slow consumer), or its close began meanwhile"),
     (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
 ))]
@@ -153,6 +199,7 @@ fn check_size(state: &AppState, len: usize) -> Result<(), ApiError> {
 
 /// `PATCH /v1/sockets/{id}/labels`' query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceParam {
     /// Replace all labels instead of merging (in a merge, an empty value removes a label).
@@ -161,12 +208,13 @@ pub struct ReplaceParam {
 }
 
 /// Merges (or replaces) a socket's labels, wherever it lives.
-#[utoipa::path(patch, path = "/v1/sockets/{id}/labels", tag = "sockets", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Socket id"), ReplaceParam),
-    request_body(content = std::collections::HashMap<String, String>, description = "Label name → value"),
+#[utoipa::path(patch, path = "/v1/sockets/{id}/labels", operation_id = "set_labels", tag = "sockets", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Socket id"), ReplaceParam),
+    request_body(content = LabelPatch, description = "Label name → value"),
     responses(
-    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-    (status = 409, body = ErrorBody, description = "The result would exceed the label limits"),
+    (status = 202, body = Accepted), (status = 400, body = ErrorBody),
+    (status = 404, body = ErrorBody, description = "No such socket, or its close has begun"),
+    (status = 409, body = ErrorBody, description = "The result would exceed the label limits (64 labels, 1024 bytes of UTF-8 per name and value)"),
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
 ))]
 pub async fn labels(
@@ -176,30 +224,50 @@ pub async fn labels(
     Json(labels): Json<Labels>,
 ) -> Result<Response, ApiError> {
     let socket = socket_id(&id)?;
-    validate_labels(&labels).map_err(ApiError::bad_request)?;
+    check_labels(&labels)?;
     Ok(receipt_response(state.node.execute(&Command::SetLabels { socket, labels, replace: q.replace }).await))
 }
 
-/// `POST /v1/broadcast`'s body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// Checks labels as the document states them ([`LabelPatch`]): at most [`MAX_LABELS`], names not
+/// empty, names and values at most [`MAX_LABEL_LEN`] characters. The socket checks the same
+/// limits in bytes, and on the merged result, and refuses (409) what breaks them.
+fn check_labels(labels: &Labels) -> Result<(), ApiError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApiError::bad_request(format!("a socket carries at most {MAX_LABELS} labels")));
+    }
+    if labels.keys().any(String::is_empty) {
+        return Err(ApiError::bad_request("label names must not be empty"));
+    }
+    match labels.iter().find(|(k, v)| k.chars().count() > MAX_LABEL_LEN || v.chars().count() > MAX_LABEL_LEN) {
+        Some((k, _)) => Err(ApiError::bad_request(format!(
+            "label `{}` (name or value) is longer than {MAX_LABEL_LEN} characters",
+            clip(k)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `POST /v1/broadcast`'s body; its schema, with exactly one of `payload` and `payload_base64`,
+/// is in `schema.rs`. A field may be absent but not `null`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastBody {
     /// `all` (default), `active` or `inactive`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::present")]
     pub scope: Option<String>,
     /// Labels that must all match.
-    #[serde(default)]
-    pub selector: Labels,
+    #[serde(default, deserialize_with = "schema::present")]
+    pub selector: Option<Labels>,
     /// The payload as UTF-8 text.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::present")]
     pub payload: Option<String>,
     /// The payload as base64 (arbitrary bytes), instead of `payload`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::present")]
     pub payload_base64: Option<String>,
 }
 
 /// Writes a payload to every matching socket of the cluster.
-#[utoipa::path(post, path = "/v1/broadcast", tag = "sockets", security(("bearer" = [])), request_body = BroadcastBody,
+#[utoipa::path(post, path = "/v1/broadcast", operation_id = "broadcast", tag = "sockets", security(("bearer" = [])), request_body = BroadcastBody,
     responses(
     (status = 202, body = Accepted), (status = 400, body = ErrorBody),
     (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),
@@ -214,14 +282,17 @@ pub async fn broadcast(State(state): State<AppState>, Json(body): Json<Broadcast
     };
     let payload = match (body.payload, body.payload_base64) {
         (Some(text), None) => Bytes::from(text),
-        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map(Bytes::from)
-            .map_err(|e| ApiError::bad_request(format!("payload_base64 is not base64: {e}")))?,
+        (None, Some(b64)) => {
+            schema::check("payload_base64", schema::BASE64, &b64, "padded standard base64")?;
+            base64::engine::general_purpose::STANDARD
+                .decode(&b64)
+                .map(Bytes::from)
+                .map_err(|e| ApiError::bad_request(format!("payload_base64 is not base64: {e}")))?
+        }
         _ => return Err(ApiError::bad_request("give exactly one of `payload` and `payload_base64`")),
     };
     check_size(&state, payload.len())?;
     tracing::info!(?scope, bytes = payload.len(), "admin: broadcast");
-    let command = Command::Broadcast(Broadcast { scope, selector: body.selector, payload });
+    let command = Command::Broadcast(Broadcast { scope, selector: body.selector.unwrap_or_default(), payload });
     Ok(receipt_response(state.node.execute(&command).await))
 }

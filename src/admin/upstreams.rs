@@ -10,10 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     AppState,
     error::{ApiError, ErrorBody},
+    schema,
 };
-
-/// Longest upstream id.
-const MAX_ID: usize = 128;
 
 /// An upstream as this node sees it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -40,7 +38,7 @@ pub struct Upstreams {
 }
 
 /// The cluster's upstream registry, with each upstream's state as this node sees it.
-#[utoipa::path(get, path = "/v1/upstreams", tag = "upstreams", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/v1/upstreams", operation_id = "list_upstreams", tag = "upstreams", security(("bearer" = [])), responses(
     (status = 200, body = Upstreams),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
@@ -64,13 +62,13 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Upstreams>, ApiE
     Ok(Json(Upstreams { upstreams }))
 }
 
-/// `POST /v1/upstreams`' body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `POST /v1/upstreams`' body (its schema is in `schema.rs`).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUpstream {
     /// Its id (letters, digits, `.`, `_`, `-`, `:`); default: the URI's `host:port`. An
     /// existing id is re-pointed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::present")]
     pub id: Option<String>,
     /// Its gRPC URI, `http://host:port`.
     pub uri: String,
@@ -86,7 +84,7 @@ pub struct UpstreamEntryView {
 }
 
 /// Adds an upstream to the cluster's registry; every node starts streaming to it.
-#[utoipa::path(post, path = "/v1/upstreams", tag = "upstreams", security(("bearer" = [])), request_body = NewUpstream,
+#[utoipa::path(post, path = "/v1/upstreams", operation_id = "add_upstream", tag = "upstreams", security(("bearer" = [])), request_body = NewUpstream,
     responses(
     (status = 201, body = UpstreamEntryView), (status = 400, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
@@ -95,15 +93,10 @@ pub async fn add(
     State(state): State<AppState>,
     Json(body): Json<NewUpstream>,
 ) -> Result<(StatusCode, Json<UpstreamEntryView>), ApiError> {
-    if let Some(id) = &body.id
-        && (id.is_empty()
-            || id.len() > MAX_ID
-            || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
-    {
-        return Err(ApiError::bad_request(format!(
-            "an upstream id is 1 to {MAX_ID} letters, digits, '.', '_', '-' or ':'"
-        )));
+    if let Some(id) = &body.id {
+        schema::check("id", schema::UPSTREAM_ID, id, "1 to 128 letters, digits, '.', '_', '-' or ':'")?;
     }
+    schema::check("uri", schema::UPSTREAM_URI, &body.uri, "http(s)://host:port")?;
     tracing::info!(uri = %body.uri, "admin: add upstream");
     let entry = state.node.add_upstream(body.id, body.uri).await?;
     Ok((StatusCode::CREATED, Json(UpstreamEntryView { id: entry.id, uri: entry.uri })))
@@ -111,7 +104,7 @@ pub async fn add(
 
 /// Removes an upstream from the cluster's registry; every node stops streaming to it (its queued
 /// events go to the others).
-#[utoipa::path(delete, path = "/v1/upstreams/{id}", tag = "upstreams", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/upstreams/{id}", operation_id = "remove_upstream", tag = "upstreams", security(("bearer" = [])),
     params(("id" = String, Path, description = "Upstream id")), responses(
     (status = 204, description = "Removed"), (status = 404, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
