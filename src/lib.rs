@@ -23,7 +23,9 @@
 //! - [`cluster`]: the [`cluster::Backend`] trait (where socket metadata, lifecycle records and
 //!   cross-node commands go), its in-memory implementation for standalone nodes, its Redis
 //!   implementation, and [`cluster::view`], the cluster as the admin API lists it.
-//! - [`node`]: wires everything together: [`node::Node::start`] and [`run`].
+//! - [`node`]: wires everything together ([`node::Node::start`]), keeps the upstream pool equal
+//!   to the registry, applies runtime settings, drains.
+//! - [`server`]: a node with its admin API and the shutdown signal: [`run`], what `main` calls.
 //! - [`admin`]: the admin HTTP API (axum): health, metrics, the cluster's nodes and sockets,
 //!   commands, upstreams, runtime settings, drain, and its OpenAPI document.
 //! - [`settings`]: the settings that change at run time; [`logging`]: the log filter.
@@ -41,6 +43,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod routing;
+pub mod server;
 pub mod settings;
 pub mod socket;
 pub mod upstream;
@@ -51,7 +54,8 @@ pub mod proto {
     tonic::include_proto!("ppp.v1");
 }
 
-pub use node::{Listeners, Node, run};
+pub use node::Node;
+pub use server::{Listeners, run};
 
 /// The node's software version, as sent in `NodeHello.version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

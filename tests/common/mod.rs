@@ -521,7 +521,7 @@ impl AdminNode {
         let token = config.admin_token.clone();
         let expected = config.upstream.len();
         let log = Arc::new(ppp::logging::LogFilter::detached("info"));
-        let node = Node::start_with(config, ppp::Listeners { downstream, admin: Some(admin) }, log).await.unwrap();
+        let node = ppp::server::start(config, ppp::Listeners { downstream, admin: Some(admin) }, log).await.unwrap();
         let pool = node.upstreams().clone();
         eventually("upstreams usable", || pool.snapshot().iter().filter(|u| u.is_usable()).count() == expected).await;
         Self { node, base, token, http: reqwest::Client::new() }

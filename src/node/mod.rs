@@ -1,0 +1,129 @@
+//! A node: the listener, the socket table, the upstream pool and the backend, wired together.
+//!
+//! [`Node::start`] takes a bound listener (so tests bind port 0) and returns a cheap `Clone`
+//! handle; [`Node::shutdown`] drains it. [`crate::server`] adds the admin API and the signals.
+//!
+//! - [`start`]: wiring a node together and starting its tasks.
+//! - [`registry`]: keeping the upstream pool equal to the registry.
+//! - [`runtime`]: runtime settings (this node's and other nodes') and the state gauges.
+//! - [`drain`]: the graceful stop, and [`drain::Drain`], the tokens it goes through.
+
+mod drain;
+mod registry;
+mod runtime;
+mod start;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::sync::Mutex;
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    cluster::{Backend, BackendError},
+    command::{Command, Dispatcher, Receipt},
+    config::Config,
+    downstream::table::SocketTable,
+    settings::Settings,
+    upstream::{pool::UpstreamPool, stream::StreamContext},
+};
+
+/// Why a node could not start or an operation on it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// An upstream URI is not valid.
+    #[error("{0}")]
+    InvalidUpstream(String),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A runtime setting is not valid.
+    #[error("{0}")]
+    InvalidSettings(String),
+}
+
+/// A running node. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node's id.
+    node_id: String,
+    /// The configuration it started with (with the admin address it is bound to).
+    config: Config,
+    /// Where the downstream listener is bound.
+    local_addr: SocketAddr,
+    /// Live settings.
+    settings: Arc<Settings>,
+    /// The node's sockets.
+    table: SocketTable,
+    /// The upstreams.
+    pool: UpstreamPool,
+    /// Carries out commands.
+    dispatcher: Dispatcher,
+    /// The cluster (or the memory stand-in).
+    backend: Arc<dyn Backend>,
+    /// Every task the node spawns.
+    tracker: TaskTracker,
+    /// What every upstream stream task needs; its `finish` ends the streams on drain.
+    stream_ctx: StreamContext,
+    /// Serializes registry reconciliations, so an upstream is never started twice.
+    reconcile: Mutex<()>,
+    /// The graceful stop's state.
+    drain: drain::Drain,
+}
+
+impl Node {
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// Where the downstream listener is bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The node's sockets.
+    pub fn sockets(&self) -> &SocketTable {
+        &self.inner.table
+    }
+
+    /// The upstreams as this node sees them.
+    pub fn upstreams(&self) -> &UpstreamPool {
+        &self.inner.pool
+    }
+
+    /// Live settings.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.inner.settings
+    }
+
+    /// The cluster (or, standalone, the memory stand-in).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The configuration the node started with (with the admin address it is bound to).
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Whether the node is ready for traffic: accepting sockets and, in cluster mode, in touch with
+    /// Redis (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        !self.inner.drain.is_accepting_stopped() && self.inner.backend.is_reachable()
+    }
+
+    /// Carries out a command (as an upstream's would be) and says what happened.
+    pub async fn execute(&self, command: &Command) -> Receipt {
+        self.inner.dispatcher.execute(command).await
+    }
+}

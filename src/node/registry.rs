@@ -1,0 +1,84 @@
+//! Keeping the upstream pool equal to the registry (`K:upstreams` in a cluster): upstreams added
+//! and removed through the admin API, by other nodes, or by `--upstream` at start.
+
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{Node, NodeError};
+use crate::{
+    cluster::{BackendError, UpstreamEntry},
+    upstream::{self, stream},
+};
+
+impl Node {
+    /// Adds an upstream to the registry (id: its `host:port` unless given) and starts streaming
+    /// to it.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidUpstream`] for a bad URI; [`NodeError::Backend`] when the registry
+    /// cannot be written.
+    pub async fn add_upstream(&self, id: Option<String>, uri: String) -> Result<UpstreamEntry, NodeError> {
+        upstream::validate_uri(&uri).map_err(NodeError::InvalidUpstream)?;
+        let id = id.unwrap_or_else(|| upstream::default_id(&uri));
+        let entry = UpstreamEntry { id, uri };
+        self.inner.backend.add_upstream(entry.clone()).await?;
+        self.reconcile().await?;
+        Ok(entry)
+    }
+
+    /// Removes an upstream from the registry and stops streaming to it; `false` when unknown.
+    ///
+    /// # Errors
+    /// [`NodeError::Backend`] when the registry cannot be written.
+    pub async fn remove_upstream(&self, id: &str) -> Result<bool, NodeError> {
+        let removed = self.inner.backend.remove_upstream(id).await?;
+        self.reconcile().await?;
+        Ok(removed)
+    }
+
+    /// Makes the pool match the registry: starts new upstreams, stops removed ones.
+    async fn reconcile(&self) -> Result<(), BackendError> {
+        let _serial = self.inner.reconcile.lock().await;
+        if self.inner.drain.has_started() {
+            return Ok(());
+        }
+        let wanted = self.inner.backend.upstreams().await?;
+        for current in self.inner.pool.snapshot().iter() {
+            if !wanted.iter().any(|w| w.id == current.id && w.uri == current.uri) {
+                info!(upstream = %current.id, "upstream removed");
+                self.inner.pool.remove(&current.id);
+            }
+        }
+        for entry in wanted {
+            if self.inner.pool.get(&entry.id).is_none() {
+                self.spawn_upstream(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts streaming to an upstream (the caller holds the reconcile lock).
+    pub(super) fn spawn_upstream(&self, entry: UpstreamEntry) {
+        info!(upstream = %entry.id, uri = %entry.uri, "upstream added");
+        let (up, rx) = self.inner.pool.insert(entry.id.clone(), entry.uri);
+        let span = info_span!("upstream", upstream = %entry.id);
+        self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
+    }
+
+    /// Reconciles whenever the registry changes (in cluster mode, when another node changes it).
+    pub(super) fn spawn_registry_watch(&self) {
+        let node = self.clone();
+        let mut changes = self.inner.backend.registry_changes();
+        let finish = self.inner.stream_ctx.finish.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = finish.cancelled() => break,
+                    r = changes.changed() => if r.is_err() { break },
+                }
+                if let Err(e) = node.reconcile().await {
+                    warn!(error = %e, "could not reconcile the upstream registry");
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,173 @@
+//! Wiring a node together: the backend (memory or Redis), the pool, the router, the dispatcher,
+//! the upstream streams and the accept loop.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::Mutex};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::{Inner, Node, NodeError, drain::Drain};
+use crate::{
+    cluster::{
+        Backend, BackendError, UpstreamEntry,
+        memory::{self, MemoryBackend},
+        redis::RedisBackend,
+    },
+    command::Dispatcher,
+    config::Config,
+    downstream::{connection::Downstream, listener, table::SocketTable},
+    logging::LogFilter,
+    metrics as m,
+    proto::NodeHello,
+    routing::Router,
+    settings::Settings,
+    socket::unix_ms,
+    upstream::{self, pool::UpstreamPool, stream::StreamContext},
+};
+
+impl Node {
+    /// Starts a node on a bound listener: accepts sockets and streams to the configured
+    /// upstreams (the admin API is [`crate::server::start`]'s).
+    ///
+    /// # Errors
+    /// [`NodeError`] when the configuration is invalid or the backend cannot start.
+    pub async fn start(config: Config, listener: TcpListener) -> Result<Self, NodeError> {
+        Self::start_with(config, listener, Arc::new(LogFilter::detached("info"))).await
+    }
+
+    /// [`Node::start`] with the process's log filter, which `PATCH /v1/runtime` changes.
+    /// `config.admin_listen` is where the admin API is (to be) bound, as the cluster shows it.
+    ///
+    /// # Errors
+    /// [`NodeError`] when the configuration is invalid or the backend cannot start.
+    pub async fn start_with(mut config: Config, listener: TcpListener, log: Arc<LogFilter>) -> Result<Self, NodeError> {
+        config.validate()?;
+        // Drawn once (the default has a random suffix): every part of the node uses this one.
+        config.node_id = Some(config.node_id());
+        // Before any metric is touched, so the hot counters bind to the exporter.
+        m::install();
+        let local_addr = listener.local_addr()?;
+        let table = SocketTable::default();
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let (backend, redis) = backend(&config, &run_id, local_addr, &table)?;
+        let settings = Arc::new(Settings::new(&config, log));
+        let pool = UpstreamPool::new();
+        let router = Router::new(pool.clone(), backend.counter(), settings.clone());
+        let dispatcher = Dispatcher::new(table.clone(), backend.clone(), settings.clone());
+        if let Some(redis) = &redis {
+            redis.attach(dispatcher.clone());
+        }
+        let drain = Drain::default();
+        let tracker = TaskTracker::new();
+        let stream_ctx = StreamContext {
+            hello: hello(&config, run_id),
+            dispatcher: dispatcher.clone(),
+            router: router.clone(),
+            health_interval: config.health_interval,
+            finish: drain.streams_finish(),
+            tracker: tracker.clone(),
+        };
+        let downstream = Downstream {
+            node_id: config.node_id().as_str().into(),
+            router,
+            table: table.clone(),
+            backend: backend.clone(),
+            settings: settings.clone(),
+            framing: config.framing,
+            max_frame: config.max_frame,
+            write_queue: config.write_queue,
+        };
+        let limit = listener::Limit::new(settings.clone());
+        let inner = Inner {
+            node_id: config.node_id(),
+            config,
+            local_addr,
+            settings,
+            table,
+            pool,
+            dispatcher,
+            backend,
+            tracker,
+            stream_ctx,
+            reconcile: Mutex::new(()),
+            drain,
+        };
+        let node = Self { inner: Arc::new(inner) };
+        info!(node.id = %node.inner.node_id, mode = if redis.is_some() { "cluster" } else { "standalone" }, "node starting");
+        node.seed_upstreams().await?;
+        node.spawn_registry_watch();
+        node.spawn_runtime_watch();
+        node.spawn_announcements();
+        let tracker = node.inner.tracker.clone();
+        let stop = node.inner.drain.accepting();
+        tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
+        Ok(node)
+    }
+
+    /// Adds the `--upstream` seeds to the registry; when the cluster is unreachable, streams to
+    /// them anyway (the backend seeds the registry with them once it can).
+    async fn seed_upstreams(&self) -> Result<(), NodeError> {
+        for uri in self.inner.config.upstream.clone() {
+            match self.add_upstream(None, uri.clone()).await {
+                Ok(_) => {}
+                Err(NodeError::Backend(BackendError::Unavailable(e))) => {
+                    warn!(error = %e, "the upstream registry is unreachable; using --upstream as given");
+                    let _serial = self.inner.reconcile.lock().await;
+                    self.spawn_upstream(UpstreamEntry { id: upstream::default_id(&uri), uri });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the lifecycle events the cluster asks for (a reaped node's `closed`, this node's
+    /// `resumed` `opened`) to the upstreams, like any event of a socket.
+    fn spawn_announcements(&self) {
+        let Some(mut announcements) = self.inner.backend.announcements() else { return };
+        let router = self.inner.stream_ctx.router.clone();
+        let finish = self.inner.stream_ctx.finish.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                let announcement = tokio::select! {
+                    () = finish.cancelled() => break,
+                    a = announcements.recv() => a,
+                };
+                let Some(announcement) = announcement else { break };
+                for (event, socket) in announcement.events {
+                    tokio::select! {
+                        () = finish.cancelled() => return,
+                        () = router.forward(event, socket.as_deref(), None) => {}
+                    }
+                }
+                let _ = announcement.handed.send(());
+            }
+        });
+    }
+}
+
+/// The backend, and the Redis backend itself when it is one (the dispatcher is attached to it).
+type Backends = (Arc<dyn Backend>, Option<Arc<RedisBackend>>);
+
+/// The backend: Redis with `--redis`, else the memory stand-in.
+fn backend(config: &Config, run_id: &str, local_addr: SocketAddr, table: &SocketTable) -> Result<Backends, NodeError> {
+    let node_id = config.node_id();
+    if config.redis.is_some() {
+        let redis = RedisBackend::connect(config, &node_id, run_id, local_addr)?;
+        return Ok((redis.clone(), Some(redis)));
+    }
+    let me = memory::node_record(&node_id, &local_addr.to_string(), &config.admin_listen.to_string());
+    Ok((Arc::new(MemoryBackend::new(table.clone(), me)), None))
+}
+
+/// The first message of every stream of this run.
+fn hello(config: &Config, run_id: String) -> NodeHello {
+    NodeHello {
+        node_id: config.node_id(),
+        cluster: config.cluster.clone(),
+        version: crate::VERSION.to_owned(),
+        run_id,
+        started_at_unix_ms: unix_ms(),
+    }
+}
