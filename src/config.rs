@@ -84,26 +84,7 @@ pub enum Command {
     Ready,
 }
 
-/// How inbound events are spread over upstreams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// Each message to the next ready upstream, by a (cluster-wide) counter.
-    RoundRobin,
-    /// A socket is bound to one upstream when it opens, rebound only when that upstream is gone.
-    Sticky,
-}
-
-/// How a socket's bytes are cut into messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Framing {
-    /// `\n`-terminated lines; a trailing `\r` is stripped; outbound gets `\n` when missing.
-    Lines,
-    /// A 4-byte big-endian length, then that many bytes.
-    LengthPrefixed,
-    /// Each read is one message; outbound bytes are written as they are.
-    Raw,
-}
+pub use crate::{downstream::framing::Framing, upstream::router::Balance};
 
 /// `--idle-timeout`: a duration, or off. (A newtype because clap reads a plain `Option` field as
 /// "flag may be absent", not as "value may be off".)

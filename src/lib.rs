@@ -7,19 +7,24 @@
 //!
 //! # Layout
 //!
+//! The data path reads from the folder names: [`downstream`] (accept, admission, framing, one
+//! task per socket) → [`upstream`] (the router, the pool, one stream per upstream with its replay
+//! window, health) → back through [`command`] (the upstreams' commands) to the sockets.
+//!
 //! - [`config`]: the one typed configuration: flags, `PPP_*` environment, TOML file, validation.
 //! - [`proto`]: the generated `ppp.v1` protocol types (`proto/ppp/v1/upstream.proto`).
 //! - [`socket`]: socket ids, labels, close reasons and the per-socket shared state.
-//! - [`downstream`]: the TCP side: the accept loop ([`downstream::listener`]), framing codecs
-//!   ([`downstream::framing`]), the per-socket reader and writer tasks
-//!   ([`downstream::connection`]) and the table of this node's sockets ([`downstream::table`]).
-//! - [`routing`]: picks the upstream for each inbound event (round-robin or sticky) and applies
-//!   inbound backpressure.
-//! - [`upstream`]: the gRPC side: the pool of upstreams ([`upstream::pool`]), one `Connect` stream
-//!   per upstream with reconnect and backoff ([`upstream::stream`]), readiness polling
+//! - [`downstream`]: the TCP side: the accept loop ([`downstream::listener`]), `--max-connections`
+//!   ([`downstream::admission`]), framing codecs ([`downstream::framing`]), the per-socket reader
+//!   and writer tasks ([`downstream::connection`]) and the table of this node's sockets
+//!   ([`downstream::table`]).
+//! - [`upstream`]: the gRPC side: the router that picks an upstream for each event, round-robin
+//!   or sticky, with inbound backpressure ([`upstream::router`]), the pool of upstreams
+//!   ([`upstream::pool`]), one `Connect` stream per upstream with reconnect and backoff
+//!   ([`upstream::stream`]), the replay window ([`upstream::window`]), readiness and liveness
 //!   ([`upstream::health`]).
-//! - [`command`]: validates upstream commands and carries them out (send, broadcast, close,
-//!   labels), producing receipts.
+//! - [`command`]: the model of what upstreams and admins ask (send, broadcast, close, labels)
+//!   and its receipts, and the dispatcher that carries it out ([`command::dispatch`]).
 //! - [`cluster`]: the [`cluster::Backend`] trait (where socket metadata, lifecycle records and
 //!   cross-node commands go), its in-memory implementation for standalone nodes, its Redis
 //!   implementation, and [`cluster::view`], the cluster as the admin API lists it.
@@ -42,7 +47,6 @@ pub mod echo;
 pub mod logging;
 pub mod metrics;
 pub mod node;
-pub mod routing;
 pub mod server;
 pub mod settings;
 pub mod socket;

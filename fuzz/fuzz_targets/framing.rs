@@ -4,7 +4,7 @@
 #[path = "../../tests/codecs/mod.rs"]
 mod codecs;
 
-use ppp::config::Framing;
+use ppp::downstream::framing::Framing;
 
 /// Splits `data` into (max, read sizes, eof, stream) and checks the decoder for `framing` on it.
 pub fn run(framing: Framing, data: &[u8]) {

@@ -4,4 +4,4 @@
 
 mod framing;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| framing::run(ppp::config::Framing::Lines, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| framing::run(ppp::downstream::framing::Framing::Lines, data));

@@ -21,8 +21,8 @@ use tokio::{
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
+    admission::Admission,
     framing::{self, FrameDecoder, FrameError},
-    listener::Admission,
     table::SocketTable,
 };
 use crate::{
@@ -30,9 +30,9 @@ use crate::{
     config::Framing,
     metrics as m,
     proto::{NodeEvent, SocketClosed, SocketData, SocketInfo, SocketOpened, node_event::Event},
-    routing::Router,
     settings::Settings,
     socket::{CloseReason, SocketState, unix_ms},
+    upstream::router::Router,
 };
 
 /// Bytes reserved per read. Reads go straight into a buffer that frames are split off without

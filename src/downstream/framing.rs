@@ -12,7 +12,16 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
-use crate::config::Framing;
+/// How a socket's bytes are cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Framing {
+    /// `\n`-terminated lines; a trailing `\r` is stripped; outbound gets `\n` when missing.
+    Lines,
+    /// A 4-byte big-endian length, then that many bytes.
+    LengthPrefixed,
+    /// Each read is one message; outbound bytes are written as they are.
+    Raw,
+}
 
 /// Why a frame could not be decoded. Either closes that socket, and nothing else.
 #[derive(Debug, thiserror::Error)]

@@ -1,56 +1,17 @@
-//! The accept loop. `--max-connections` is a count of admitted sockets checked against the live
-//! setting (`PATCH /v1/runtime` changes it): a socket is admitted when it is accepted and leaves
-//! when it is gone. Beyond the limit a new socket is accepted and closed at once (counted), so
-//! the listen backlog never fills and nothing else is disturbed.
+//! The accept loop. Beyond `--max-connections` ([`super::admission`]) a new socket is accepted
+//! and closed at once (counted), so the listen backlog never fills and nothing else is disturbed.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
-use super::connection::{self, Downstream};
-use crate::{metrics as m, settings::Settings};
-
-/// The sockets admitted under `--max-connections`. A cheap `Clone` handle.
-#[derive(Debug, Clone)]
-pub struct Limit {
-    /// Sockets admitted and not yet gone.
-    admitted: Arc<AtomicUsize>,
-    /// Holds the limit.
-    settings: Arc<Settings>,
-}
-
-impl Limit {
-    /// No socket admitted yet; the limit is `settings.max_connections()`, read at every accept.
-    pub fn new(settings: Arc<Settings>) -> Self {
-        Self { admitted: Arc::default(), settings }
-    }
-
-    /// Admits a socket, unless the limit is reached.
-    pub fn try_admit(&self) -> Option<Admission> {
-        let max = self.settings.max_connections();
-        self.admitted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(Admission(self.admitted.clone()))
-    }
-}
-
-/// A socket's place under `--max-connections`, given back when dropped.
-#[derive(Debug)]
-pub struct Admission(Arc<AtomicUsize>);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+use super::{
+    admission::Limit,
+    connection::{self, Downstream},
+};
+use crate::metrics as m;
 
 /// The listen backlog: room for a burst of connects while the accept loop catches up (the
 /// default of 1024 overflows when thousands of clients reconnect at once).

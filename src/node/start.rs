@@ -16,13 +16,13 @@ use crate::{
     },
     command::Dispatcher,
     config::Config,
-    downstream::{connection::Downstream, listener, table::SocketTable},
+    downstream::{admission, connection::Downstream, listener, table::SocketTable},
     logging::LogFilter,
     metrics as m,
     proto::NodeHello,
-    routing::Router,
     settings::Settings,
     socket::unix_ms,
+    upstream::router::Router,
     upstream::{self, pool::UpstreamPool, stream::StreamContext},
 };
 
@@ -78,7 +78,7 @@ impl Node {
             max_frame: config.max_frame,
             write_queue: config.write_queue,
         };
-        let limit = listener::Limit::new(settings.clone());
+        let limit = admission::Limit::new(settings.clone());
         let inner = Inner {
             node_id: config.node_id(),
             config,

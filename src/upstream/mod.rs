@@ -1,6 +1,8 @@
 //! The gRPC side: every upstream the node knows, one `Connect` stream to each, and their
 //! readiness.
 //!
+//! - [`router`]: which upstream gets each inbound event (round-robin or sticky), and inbound
+//!   backpressure.
 //! - [`pool`]: the upstreams, their queues and their state (ready, open).
 //! - [`stream`]: the task that keeps one `Connect` stream open, feeds it and carries out the
 //!   commands that come back.
@@ -9,6 +11,7 @@
 
 pub mod health;
 pub mod pool;
+pub mod router;
 pub mod stream;
 pub mod window;
 

@@ -31,7 +31,7 @@ use crate::{
     command::{Command, Dispatcher, Receipt},
     metrics as m,
     proto::{self, CommandResult, NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient, upstream_command},
-    routing::Router,
+    upstream::router::Router,
 };
 
 /// Longest wait for the TCP (and HTTP/2) connection to an upstream.

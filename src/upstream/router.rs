@@ -11,14 +11,18 @@ use std::sync::Arc;
 
 use futures_util::future::select_all;
 
-use crate::{
-    cluster::Counter,
-    config::Balance,
-    proto::NodeEvent,
-    settings::Settings,
-    socket::SocketState,
-    upstream::pool::{Upstream, UpstreamPool},
-};
+use super::pool::{Upstream, UpstreamPool};
+use crate::{cluster::Counter, proto::NodeEvent, settings::Settings, socket::SocketState};
+
+/// How inbound events are spread over upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each message to the next ready upstream, by a (cluster-wide) counter.
+    RoundRobin,
+    /// A socket is bound to one upstream when it opens, rebound only when that upstream is gone.
+    Sticky,
+}
 
 /// Picks upstreams for inbound events. A cheap `Clone` handle.
 #[derive(Clone)]
