@@ -39,6 +39,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== scripts/structure.py: no import cycle between the modules of src/"
+python3 scripts/structure.py
 echo "== cargo test"
 cargo test --all-targets --locked
 echo "== deploy/prometheus: promtool check rules, promtool test rules (promtool check metrics runs in tests/metrics.rs)"

@@ -84,7 +84,7 @@ pub enum Command {
     Ready,
 }
 
-pub use crate::{downstream::framing::Framing, upstream::router::Balance};
+pub use crate::{downstream::framing::Framing, upstream::balance::Balance};
 
 /// `--idle-timeout`: a duration, or off. (A newtype because clap reads a plain `Option` field as
 /// "flag may be absent", not as "value may be off".)

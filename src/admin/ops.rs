@@ -7,6 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 
 use super::{
     AppState,
@@ -186,3 +187,22 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
 pub async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::not_found(format!("no route {method} {}", uri.path()))
 }
+
+impl utoipa::PartialSchema for RuntimeBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        let max = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(usize::MAX))
+            .description(Some("A new `--max-connections`; lowering it closes nothing"));
+        schema::closed_object("Settings to change; absent fields stay")
+            .property("log_filter", schema::matching(schema::LOG_FILTER, "A new log filter, e.g. `info,ppp=debug`"))
+            .property("idle_after", schema::matching(schema::DURATION, "A new `--idle-after`"))
+            .property("idle_timeout", schema::matching(schema::DURATION_OR_OFF, "A new `--idle-timeout`, or `off`"))
+            .property("balance", schema::one_of(&["round-robin", "sticky"], "A new `--balance`"))
+            .property("max_connections", max)
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RuntimeBody {}

@@ -16,11 +16,11 @@ use utoipa::{
     PartialSchema, ToSchema,
     openapi::{
         RefOr,
-        schema::{AdditionalProperties, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type},
+        schema::{AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type},
     },
 };
 
-use super::{error::ApiError, ops::RuntimeBody, sockets::BroadcastBody, upstreams::NewUpstream};
+use super::error::ApiError;
 use crate::socket::{MAX_LABEL_LEN, MAX_LABELS};
 
 /// An upstream id: letters, digits, `.`, `_`, `-`, `:`, 1 to 128 of them.
@@ -81,22 +81,22 @@ pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<O
 }
 
 /// A string schema.
-fn string(description: &str) -> ObjectBuilder {
+pub(super) fn string(description: &str) -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String).description(Some(description))
 }
 
 /// A string that matches `pattern`.
-fn matching(pattern: &str, description: &str) -> ObjectBuilder {
+pub(super) fn matching(pattern: &str, description: &str) -> ObjectBuilder {
     string(description).pattern(Some(pattern))
 }
 
 /// A string that is one of `values`.
-fn one_of(values: &[&str], description: &str) -> ObjectBuilder {
+pub(super) fn one_of(values: &[&str], description: &str) -> ObjectBuilder {
     string(description).enum_values(Some(values.iter().copied()))
 }
 
 /// An object whose fields are exactly the ones given to it (`additionalProperties: false`).
-fn closed_object(description: &str) -> ObjectBuilder {
+pub(super) fn closed_object(description: &str) -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .description(Some(description))
@@ -104,7 +104,7 @@ fn closed_object(description: &str) -> ObjectBuilder {
 }
 
 /// A map of label names to values, `limits`: as `PATCH /v1/sockets/{id}/labels` checks them.
-fn labels(description: &str, limits: bool) -> ObjectBuilder {
+pub(super) fn labels(description: &str, limits: bool) -> ObjectBuilder {
     let value = ObjectBuilder::new().schema_type(Type::String);
     let map = ObjectBuilder::new().schema_type(Type::Object).description(Some(description));
     if !limits {
@@ -144,62 +144,6 @@ impl PartialSchema for LabelPatch {
 }
 
 impl ToSchema for LabelPatch {}
-
-impl PartialSchema for BroadcastBody {
-    fn schema() -> RefOr<Schema> {
-        let with = |field: &str, payload: ObjectBuilder| {
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
-                .property("scope", one_of(&["all", "active", "inactive"], "Which sockets by activity (default `all`)"))
-                .property("selector", labels("Labels that must all match (default: none, every socket)", false))
-                .property(field, payload)
-                .required(field)
-        };
-        let text = with("payload", string("The payload as UTF-8 text"));
-        let bytes =
-            with("payload_base64", matching(BASE64, "The payload as standard base64, padded (arbitrary bytes)"));
-        OneOfBuilder::new()
-            .description(Some("Exactly one of `payload` and `payload_base64`"))
-            .item(text)
-            .item(bytes)
-            .into()
-    }
-}
-
-impl ToSchema for BroadcastBody {}
-
-impl PartialSchema for NewUpstream {
-    fn schema() -> RefOr<Schema> {
-        let id = "Its id (default: the URI's `host:port`); an existing id is re-pointed";
-        closed_object("An upstream for the registry")
-            .property("id", matching(UPSTREAM_ID, id))
-            .property("uri", matching(UPSTREAM_URI, "Its gRPC URI, `http://host:port`"))
-            .required("uri")
-            .into()
-    }
-}
-
-impl ToSchema for NewUpstream {}
-
-impl PartialSchema for RuntimeBody {
-    fn schema() -> RefOr<Schema> {
-        let max = ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .minimum(Some(1))
-            .maximum(Some(usize::MAX))
-            .description(Some("A new `--max-connections`; lowering it closes nothing"));
-        closed_object("Settings to change; absent fields stay")
-            .property("log_filter", matching(LOG_FILTER, "A new log filter, e.g. `info,ppp=debug`"))
-            .property("idle_after", matching(DURATION, "A new `--idle-after`"))
-            .property("idle_timeout", matching(DURATION_OR_OFF, "A new `--idle-timeout`, or `off`"))
-            .property("balance", one_of(&["round-robin", "sticky"], "A new `--balance`"))
-            .property("max_connections", max)
-            .into()
-    }
-}
-
-impl ToSchema for RuntimeBody {}
 
 /// Deserializes a whole number that may be absent but not `null`, as JSON Schema's `integer`
 /// means it: `3` and `3.0` alike (the schema types it as an integer, and a schema-driven client

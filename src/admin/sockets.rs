@@ -13,7 +13,9 @@ use serde::Deserialize;
 use utoipa::openapi::{
     Required,
     path::{Parameter, ParameterBuilder, ParameterIn},
-    schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type},
+    schema::{
+        AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+    },
 };
 
 use super::{
@@ -296,3 +298,32 @@ pub async fn broadcast(State(state): State<AppState>, Json(body): Json<Broadcast
     let command = Command::Broadcast(Broadcast { scope, selector: body.selector.unwrap_or_default(), payload });
     Ok(receipt_response(state.node.execute(&command).await))
 }
+
+impl utoipa::PartialSchema for BroadcastBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        let with = |field: &str, payload: ObjectBuilder| {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+                .property(
+                    "scope",
+                    schema::one_of(&["all", "active", "inactive"], "Which sockets by activity (default `all`)"),
+                )
+                .property("selector", schema::labels("Labels that must all match (default: none, every socket)", false))
+                .property(field, payload)
+                .required(field)
+        };
+        let text = with("payload", schema::string("The payload as UTF-8 text"));
+        let bytes = with(
+            "payload_base64",
+            schema::matching(schema::BASE64, "The payload as standard base64, padded (arbitrary bytes)"),
+        );
+        OneOfBuilder::new()
+            .description(Some("Exactly one of `payload` and `payload_base64`"))
+            .item(text)
+            .item(bytes)
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for BroadcastBody {}

@@ -117,3 +117,16 @@ pub async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Re
         Err(ApiError::not_found(format!("no upstream `{}`", id.chars().take(64).collect::<String>())))
     }
 }
+
+impl utoipa::PartialSchema for NewUpstream {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        let id = "Its id (default: the URI's `host:port`); an existing id is re-pointed";
+        schema::closed_object("An upstream for the registry")
+            .property("id", schema::matching(schema::UPSTREAM_ID, id))
+            .property("uri", schema::matching(schema::UPSTREAM_URI, "Its gRPC URI, `http://host:port`"))
+            .required("uri")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for NewUpstream {}

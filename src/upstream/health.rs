@@ -65,7 +65,7 @@ pub async fn run(upstream: Arc<Upstream>, channel: Channel, interval: Duration, 
             Err(_) => Err(format!("health check timed out after {timeout:?}")),
         };
         let ready = verdict.is_ok();
-        if upstream.set_ready(ready) {
+        if set_ready(&upstream, ready) {
             match verdict {
                 Ok(()) => info!(upstream = %upstream.id, "upstream ready"),
                 Err(e) => {
@@ -75,7 +75,17 @@ pub async fn run(upstream: Arc<Upstream>, channel: Channel, interval: Duration, 
             }
         }
     }
-    upstream.set_ready(false);
+    set_ready(&upstream, false);
+}
+
+/// Sets the upstream's readiness and, when it changed, `ppp_upstream_ready`.
+fn set_ready(upstream: &Upstream, ready: bool) -> bool {
+    let changed = upstream.set_ready(ready);
+    if changed {
+        metrics::gauge!(crate::metrics::UPSTREAM_READY, "upstream" => upstream.id.clone())
+            .set(f64::from(u8::from(ready)));
+    }
+    changed
 }
 
 /// Whether a check got no answer from the upstream at all: it timed out, or the connection

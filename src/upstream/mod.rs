@@ -1,14 +1,15 @@
 //! The gRPC side: every upstream the node knows, one `Connect` stream to each, and their
 //! readiness.
 //!
-//! - [`router`]: which upstream gets each inbound event (round-robin or sticky), and inbound
-//!   backpressure.
+//! - [`router`]: which upstream gets each inbound event (round-robin or sticky, [`balance`]),
+//!   and inbound backpressure.
 //! - [`pool`]: the upstreams, their queues and their state (ready, open).
 //! - [`stream`]: the task that keeps one `Connect` stream open, feeds it and carries out the
 //!   commands that come back.
 //! - [`window`]: the replay window: what a stream wrote and the upstream has not confirmed.
 //! - [`health`]: the task that polls `grpc.health.v1.Health/Check` for readiness and liveness.
 
+pub mod balance;
 pub mod health;
 pub mod pool;
 pub mod router;

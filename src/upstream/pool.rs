@@ -80,13 +80,12 @@ impl Upstream {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
 
-    /// Sets readiness; a change wakes waiting sockets. Returns whether it changed.
+    /// Sets readiness; a change wakes waiting sockets. Returns whether it changed (the health
+    /// task then sets `ppp_upstream_ready`).
     pub fn set_ready(&self, ready: bool) -> bool {
         let changed = self.ready.swap(ready, Ordering::AcqRel) != ready;
         if changed {
             self.changed.send_modify(|v| *v += 1);
-            metrics::gauge!(crate::metrics::UPSTREAM_READY, "upstream" => self.id.clone())
-                .set(f64::from(u8::from(ready)));
         }
         changed
     }

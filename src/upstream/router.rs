@@ -11,18 +11,11 @@ use std::sync::Arc;
 
 use futures_util::future::select_all;
 
-use super::pool::{Upstream, UpstreamPool};
+use super::{
+    balance::Balance,
+    pool::{Upstream, UpstreamPool},
+};
 use crate::{cluster::Counter, proto::NodeEvent, settings::Settings, socket::SocketState};
-
-/// How inbound events are spread over upstreams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// Each message to the next ready upstream, by a (cluster-wide) counter.
-    RoundRobin,
-    /// A socket is bound to one upstream when it opens, rebound only when that upstream is gone.
-    Sticky,
-}
 
 /// Picks upstreams for inbound events. A cheap `Clone` handle.
 #[derive(Clone)]
