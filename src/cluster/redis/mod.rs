@@ -7,19 +7,26 @@
 //! - [`listing`]: the cluster's nodes and sockets as the admin API reads them.
 //! - [`membership`]: the heartbeat, registration, and the reaper's judgement of death.
 //! - [`reaper`]: announcing a reaped node's `closed` events to the upstreams, once.
-//! - this file: the backend itself: the upstream registry, commands for other nodes' sockets
-//!   with their receipts, the bus subscriber, resync.
+//! - [`resync`]: anti-entropy of the socket registry, and the `last_seen` refresher.
+//! - [`subscriber`]: the bus subscriber (this node's, the broadcast and the control channel).
+//! - [`forwarding`]: commands for other nodes' sockets, and broadcasts.
+//! - [`registry`]: the shared upstream registry.
+//! - this file: the backend itself (its state, its tasks) and the [`Backend`] it implements.
 
 pub mod bus;
 pub mod counter;
+pub mod forwarding;
 pub mod keys;
 pub mod listing;
 pub mod membership;
 pub mod reaper;
 pub mod records;
+pub mod registry;
+pub mod resync;
+pub mod subscriber;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock,
@@ -30,14 +37,13 @@ use std::{
 
 use async_trait::async_trait;
 use deadpool_redis::Pool;
-use futures_util::StreamExt;
 use redis::{AsyncCommands, Script};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use self::{
-    bus::{BusMessage, WireCommand},
+    bus::BusMessage,
     counter::{LeasedCounter, SharedCounter},
     keys::Keys,
     records::{Record, RecordWriter, SharedConn, pool_error, timed},
@@ -144,15 +150,7 @@ impl RedisBackend {
     /// # Errors
     /// [`BackendError::Invalid`] when the URL is not a Redis URL.
     pub fn connect(config: &Config, node: &str, run_id: &str, listen: SocketAddr) -> Result<Arc<Self>, BackendError> {
-        let url = config.redis.clone().unwrap_or_default();
-        // `rediss://` goes through rustls, which needs a process-wide crypto provider; `Err`
-        // means one is installed already, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let invalid = |e: &dyn std::fmt::Display| BackendError::Invalid(format!("--redis: {e}"));
-        let client = redis::Client::open(url.as_str()).map_err(|e| invalid(&e))?;
-        let pool = deadpool_redis::Config::from_url(url)
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| invalid(&e))?;
+        let (client, pool) = open(config.redis.as_deref().unwrap_or_default())?;
         let keys = Keys::new(&config.redis_prefix, &config.cluster);
         let shared = Arc::new(SharedConn::new(pool.clone()));
         let registered = watch::Sender::new(false);
@@ -204,220 +202,24 @@ impl RedisBackend {
             known_upstreams: Mutex::default(),
             runtime: broadcast::Sender::new(RUNTIME_BACKLOG),
         });
-        let stop = backend.stop.child_token();
-        backend.tracker.spawn(writer.run(stop).instrument(info_span!("records")));
-        backend.tracker.spawn(backend.clone().heartbeat().instrument(info_span!("heartbeat")));
-        backend.tracker.spawn(backend.clone().subscribe().instrument(info_span!("bus")));
-        backend.tracker.spawn(backend.clone().resync_loop().instrument(info_span!("resync")));
-        backend.tracker.spawn(backend.clone().touch_loop().instrument(info_span!("last_seen")));
+        backend.spawn_tasks(writer);
         Ok(backend)
+    }
+
+    /// Starts the record writer, the heartbeat, the bus subscriber, the resync and the
+    /// `last_seen` refresher.
+    fn spawn_tasks(self: &Arc<Self>, writer: RecordWriter) {
+        let stop = self.stop.child_token();
+        self.tracker.spawn(writer.run(stop).instrument(info_span!("records")));
+        self.tracker.spawn(self.clone().heartbeat().instrument(info_span!("heartbeat")));
+        self.tracker.spawn(self.clone().subscribe().instrument(info_span!("bus")));
+        self.tracker.spawn(self.clone().resync_loop().instrument(info_span!("resync")));
+        self.tracker.spawn(self.clone().touch_loop().instrument(info_span!("last_seen")));
     }
 
     /// Gives the backend the dispatcher that carries out commands arriving from other nodes.
     pub fn attach(&self, dispatcher: Dispatcher) {
         let _ = self.local.set(dispatcher);
-    }
-
-    /// Every `--resync-interval` (or at once when asked), makes this node's socket registry in
-    /// Redis equal its own truth: anti-entropy after outages, failovers or data loss.
-    async fn resync_loop(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(self.resync_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = self.stop.cancelled() => break,
-                _ = ticker.tick() => {}
-                () = self.resync_now.notified() => {}
-            }
-            match timed(self.resync()).await {
-                Ok((added, removed)) if added + removed > 0 => {
-                    info!(added, removed, "socket registry repaired");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %e, "resync failed");
-                    metrics::counter!(m::REDIS_ERRORS).increment(1);
-                }
-            }
-            metrics::counter!(m::RESYNCS).increment(1);
-        }
-    }
-
-    /// One resync; returns how many sockets were added to and removed from Redis.
-    async fn resync(&self) -> Result<(usize, usize), redis::RedisError> {
-        // Not before this run is registered: the socket set in Redis may still be a previous
-        // run's, which must be reaped (with its `closed` events), not repaired away.
-        let Some(local) = self.local.get().filter(|_| *self.registered.borrow()) else { return Ok((0, 0)) };
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
-        let in_redis: HashSet<String> = conn.smembers(self.keys.node_sockets(&self.node)).await?;
-        let truth = local.sockets();
-        let truth_ids: HashSet<&str> = truth.iter().map(|s| &*s.id_str).collect();
-        let mut pipe = redis::pipe();
-        let mut added = 0;
-        for socket in truth.iter().filter(|s| !in_redis.contains(&*s.id_str)) {
-            records::register(&mut pipe, &self.keys, &self.node, socket);
-            added += 1;
-        }
-        let mut removed = 0;
-        for id in in_redis.iter().filter(|id| !truth_ids.contains(id.as_str())) {
-            pipe.del(self.keys.socket(id)).ignore();
-            pipe.srem(self.keys.node_sockets(&self.node), id).ignore();
-            pipe.zrem(self.keys.sockets(), id).ignore();
-            removed += 1;
-        }
-        if added + removed > 0 {
-            pipe.query_async::<()>(&mut *conn).await?;
-        }
-        Ok((added, removed))
-    }
-
-    /// Refreshes `last_seen` and the counters of the sockets that talked or were written to,
-    /// every quarter of `--idle-after`, in one pipeline: state filters and counters read from
-    /// Redis are exact to within that.
-    async fn touch_loop(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval((self.idle_after / 4).max(Duration::from_millis(250)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // What was last written per socket: (`last_seen`, messages out).
-        let mut written: HashMap<crate::socket::SocketId, (i64, u64)> = HashMap::new();
-        let touch_sha = Script::new(TOUCH_LUA).get_hash().to_owned();
-        loop {
-            tokio::select! {
-                () = self.stop.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
-            let Some(local) = self.local.get() else { continue };
-            let sockets = local.sockets();
-            let live: HashSet<crate::socket::SocketId> = sockets.iter().map(|s| s.id).collect();
-            written.retain(|id, _| live.contains(id));
-            let mut pipe = redis::pipe();
-            // Loaded in the same pipeline, so a Redis that restarted empty still has it.
-            pipe.cmd("SCRIPT").arg("LOAD").arg(TOUCH_LUA).ignore();
-            let mut changed = Vec::new();
-            for s in &sockets {
-                let now = (s.last_seen_ms(), s.messages_out.load(Ordering::Relaxed));
-                let before = written.get(&s.id).copied().unwrap_or((s.connected_at_ms, 0));
-                if now != before {
-                    touch(&mut pipe, &touch_sha, &self.keys.socket(&s.id_str), s);
-                    changed.push((s.id, now));
-                }
-            }
-            if changed.is_empty() {
-                continue;
-            }
-            let result: Result<(), redis::RedisError> = timed(async {
-                let mut conn = self.pool.get().await.map_err(pool_error)?;
-                pipe.query_async(&mut *conn).await
-            })
-            .await;
-            match result {
-                Ok(()) => written.extend(changed),
-                Err(e) => debug!(error = %e, "could not refresh last_seen"),
-            }
-        }
-    }
-
-    /// Listens on this node's channel, the broadcast channel and the control channel, on a
-    /// dedicated connection, resubscribing after every reconnect.
-    async fn subscribe(self: Arc<Self>) {
-        let control = self.keys.control_channel();
-        let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel(), control.clone()];
-        while !self.stop.is_cancelled() {
-            match self.client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&channels).await {
-                    Ok(()) => {
-                        debug!("bus subscribed");
-                        // Anything may have changed while we were away.
-                        self.registry.send_modify(|v| *v += 1);
-                        let mut messages = pubsub.on_message();
-                        loop {
-                            let message = tokio::select! {
-                                () = self.stop.cancelled() => return,
-                                m = messages.next() => m,
-                            };
-                            let Some(message) = message else { break };
-                            if message.get_channel_name() == control {
-                                self.on_control(message.get_payload_bytes());
-                                continue;
-                            }
-                            self.on_bus(message.get_payload_bytes());
-                        }
-                        warn!("bus connection lost; resubscribing");
-                    }
-                    Err(e) => warn!(error = %e, "bus subscribe failed"),
-                },
-                Err(e) => warn!(error = %e, "bus connection failed"),
-            }
-            metrics::counter!(m::REDIS_ERRORS).increment(1);
-            tokio::select! {
-                () = self.stop.cancelled() => return,
-                () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
-            }
-        }
-    }
-
-    /// Handles a message on the control channel: runtime settings from another node are
-    /// applied; anything else, even a message typed by hand in `redis-cli`, means "re-read the
-    /// registry".
-    fn on_control(&self, payload: &[u8]) {
-        match BusMessage::decode(payload) {
-            Ok(BusMessage::Runtime { origin, patch }) => {
-                if origin != self.node {
-                    info!(from = %origin, "runtime settings changed by another node");
-                    let _ = self.runtime.send(patch);
-                }
-            }
-            _ => self.registry.send_modify(|v| *v += 1),
-        }
-    }
-
-    /// Handles one bus message.
-    fn on_bus(self: &Arc<Self>, payload: &[u8]) {
-        let message = match BusMessage::decode(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "bad bus message");
-                metrics::counter!(m::MESSAGES_REFUSED, "reason" => "bad_bus_message").increment(1);
-                return;
-            }
-        };
-        match message {
-            BusMessage::Command { request, reply_to, command } => {
-                let receipt = match (command.into_command(), self.local.get()) {
-                    (Ok(command), Some(local)) => local
-                        .execute_local(&command)
-                        .unwrap_or_else(|| Receipt::unknown_socket(command.socket().unwrap_or_default())),
-                    (Err(e), _) => Receipt::failed(e),
-                    (_, None) => Receipt::failed("the node is starting"),
-                };
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.publish(&this.keys.node_channel(&reply_to), BusMessage::receipt(request, receipt)).await
-                });
-            }
-            BusMessage::Receipt { request, status, detail, refused } => {
-                let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
-                if let Some(tx) = waiting {
-                    let _ = tx.send(bus::receipt_from_wire(status, detail, refused));
-                }
-            }
-            BusMessage::Broadcast { origin, scope, selector, payload } if origin != self.node => {
-                match (bus::broadcast_from_wire(scope, selector, payload), self.local.get()) {
-                    (Ok(b), Some(local)) => {
-                        local.broadcast_local(&b);
-                    }
-                    (Err(e), _) => warn!(error = %e, "bad broadcast on the bus"),
-                    (_, None) => {}
-                }
-            }
-            BusMessage::Broadcast { .. } | BusMessage::Runtime { .. } => {}
-            BusMessage::Control { .. } => self.registry.send_modify(|v| *v += 1),
-        }
-    }
-
-    /// Publishes a bus message; returns how many nodes received it.
-    async fn publish(&self, channel: &str, message: BusMessage) -> Result<usize, redis::RedisError> {
-        let channel = channel.to_owned();
-        self.shared.run(|mut conn| async move { conn.publish(channel, message.encode()).await }).await
     }
 
     /// Queues a lifecycle record; `false` when the queue is full (the record is lost: the
@@ -455,38 +257,11 @@ impl Backend for RedisBackend {
     }
 
     async fn forward_command(&self, command: &Command) -> Receipt {
-        let (Some(socket), Some(wire)) = (command.socket(), WireCommand::from_command(command)) else {
-            return Receipt::ok();
-        };
-        let key = self.keys.socket(&socket.to_string());
-        let owner: Result<Option<String>, redis::RedisError> =
-            self.shared.run(|mut conn| async move { conn.hget(key, "node").await }).await;
-        let owner = match owner {
-            Ok(Some(owner)) if owner != self.node => owner,
-            Ok(_) => return Receipt::unknown_socket(socket),
-            Err(e) => return Receipt::failed(format!("the cluster state is unreachable: {e}")),
-        };
-        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(request, tx);
-        let message = BusMessage::Command { request, reply_to: self.node.clone(), command: wire };
-        let failed = match self.publish(&self.keys.node_channel(&owner), message).await {
-            Ok(0) => Some(format!("node {owner}, which holds the socket, is not reachable")),
-            Ok(_) => match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
-                Ok(Ok(receipt)) => return receipt,
-                _ => Some(format!("node {owner}, which holds the socket, did not answer within {COMMAND_TIMEOUT:?}")),
-            },
-            Err(e) => Some(format!("could not reach node {owner}: {e}")),
-        };
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
-        Receipt::failed(failed.unwrap_or_default())
+        self.forward(command).await
     }
 
     async fn broadcast(&self, broadcast: &Broadcast) -> Receipt {
-        match self.publish(&self.keys.broadcast_channel(), BusMessage::broadcast(&self.node, broadcast)).await {
-            Ok(_) => Receipt::ok(),
-            Err(e) => Receipt::failed(format!("the broadcast reached only this node: {e}")),
-        }
+        self.publish_broadcast(broadcast).await
     }
 
     fn counter(&self) -> Arc<dyn Counter> {
@@ -494,57 +269,15 @@ impl Backend for RedisBackend {
     }
 
     async fn upstreams(&self) -> Result<Vec<UpstreamEntry>, BackendError> {
-        within(async {
-            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            let (registered, all): (Option<i64>, HashMap<String, String>) = redis::pipe()
-                .zscore(self.keys.nodes(), &self.node)
-                .hgetall(self.keys.upstreams())
-                .query_async(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-            let mut entries: Vec<_> = all.into_iter().map(|(id, uri)| UpstreamEntry { id, uri }).collect();
-            entries.sort();
-            let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if registered.is_none() && entries.is_empty() && !known.is_empty() {
-                // Redis lost its data (restarted empty, failed over) or reaped us: the registry is
-                // not empty, it is gone. Seed it again from what this node knew.
-                warn!(upstreams = known.len(), "the upstream registry is gone; seeding it again");
-                let fields: Vec<(&str, &str)> = known.iter().map(|e| (e.id.as_str(), e.uri.as_str())).collect();
-                let _: () = conn.hset_multiple(self.keys.upstreams(), &fields).await.map_err(unavailable)?;
-                known.sort();
-                return Ok(known);
-            }
-            *self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()) = entries.clone();
-            Ok(entries)
-        })
-        .await
+        self.registry_entries().await
     }
 
     async fn add_upstream(&self, entry: UpstreamEntry) -> Result<(), BackendError> {
-        {
-            // Remembered first: if Redis is unreachable now, the heartbeat seeds it later.
-            let mut known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner());
-            known.retain(|e| e.id != entry.id);
-            known.push(entry.clone());
-        }
-        within(async {
-            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            let _: () = conn.hset(self.keys.upstreams(), &entry.id, &entry.uri).await.map_err(unavailable)?;
-            self.announce(&mut conn).await;
-            Ok(())
-        })
-        .await
+        self.registry_add(entry).await
     }
 
     async fn remove_upstream(&self, id: &str) -> Result<bool, BackendError> {
-        within(async {
-            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            let removed: usize = conn.hdel(self.keys.upstreams(), id).await.map_err(unavailable)?;
-            self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).retain(|e| e.id != id);
-            self.announce(&mut conn).await;
-            Ok(removed > 0)
-        })
-        .await
+        self.registry_remove(id).await
     }
 
     fn registry_changes(&self) -> watch::Receiver<u64> {
@@ -645,15 +378,17 @@ impl Backend for RedisBackend {
     }
 }
 
-impl RedisBackend {
-    /// Tells every node the registry changed.
-    async fn announce(&self, conn: &mut deadpool_redis::Connection) {
-        let notice = BusMessage::Control { what: "upstreams".to_owned() }.encode();
-        if let Err(e) = conn.publish::<_, _, ()>(self.keys.control_channel(), notice).await {
-            warn!(error = %e, "could not announce a registry change; nodes see it at their next resync");
-        }
-        self.registry.send_modify(|v| *v += 1);
-    }
+/// The client (for the subscriber's dedicated connection) and the pool for a `--redis` URL.
+fn open(url: &str) -> Result<(redis::Client, Pool), BackendError> {
+    // `rediss://` goes through rustls, which needs a process-wide crypto provider; `Err` means
+    // one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let invalid = |e: &dyn std::fmt::Display| BackendError::Invalid(format!("--redis: {e}"));
+    let client = redis::Client::open(url).map_err(|e| invalid(&e))?;
+    let pool = deadpool_redis::Config::from_url(url)
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| invalid(&e))?;
+    Ok((client, pool))
 }
 
 /// Runs a registry operation with [`records::REDIS_TIMEOUT`].
@@ -665,22 +400,4 @@ async fn within<T>(op: impl Future<Output = Result<T, BackendError>>) -> Result<
 
 fn unavailable(e: redis::RedisError) -> BackendError {
     BackendError::Unavailable(e.to_string())
-}
-
-/// Refreshes a socket's `last_seen` and counters in its hash, if the hash is there (a socket
-/// whose record was not written yet, or was just removed, is left to the record writer).
-fn touch(pipe: &mut redis::Pipeline, sha: &str, key: &str, s: &SocketState) {
-    let fields = [
-        ("last_seen", s.last_seen_ms().to_string()),
-        ("messages_in", s.messages_in.load(Ordering::Relaxed).to_string()),
-        ("bytes_in", s.bytes_in.load(Ordering::Relaxed).to_string()),
-        ("messages_out", s.messages_out.load(Ordering::Relaxed).to_string()),
-        ("bytes_out", s.bytes_out.load(Ordering::Relaxed).to_string()),
-    ];
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha).arg(1).arg(key);
-    for (k, v) in fields {
-        cmd.arg(k).arg(v);
-    }
-    pipe.add_command(cmd).ignore();
 }

@@ -1,0 +1,120 @@
+//! The bus subscriber: this node's channel, the broadcast channel and the control channel, on a
+//! dedicated connection, subscribed again after every reconnect.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use tracing::{debug, info, warn};
+
+use super::{
+    RESUBSCRIBE_PAUSE, RedisBackend,
+    bus::{self, BusMessage},
+};
+use crate::{command::Receipt, metrics as m};
+
+impl RedisBackend {
+    /// Listens on this node's channel, the broadcast channel and the control channel, on a
+    /// dedicated connection, resubscribing after every reconnect.
+    pub(super) async fn subscribe(self: Arc<Self>) {
+        let control = self.keys.control_channel();
+        let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel(), control.clone()];
+        while !self.stop.is_cancelled() {
+            match self.client.get_async_pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(&channels).await {
+                    Ok(()) => {
+                        debug!("bus subscribed");
+                        // Anything may have changed while we were away.
+                        self.registry.send_modify(|v| *v += 1);
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            let message = tokio::select! {
+                                () = self.stop.cancelled() => return,
+                                m = messages.next() => m,
+                            };
+                            let Some(message) = message else { break };
+                            if message.get_channel_name() == control {
+                                self.on_control(message.get_payload_bytes());
+                                continue;
+                            }
+                            self.on_bus(message.get_payload_bytes());
+                        }
+                        warn!("bus connection lost; resubscribing");
+                    }
+                    Err(e) => warn!(error = %e, "bus subscribe failed"),
+                },
+                Err(e) => warn!(error = %e, "bus connection failed"),
+            }
+            metrics::counter!(m::REDIS_ERRORS).increment(1);
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+            }
+        }
+    }
+
+    /// Handles a message on the control channel: runtime settings from another node are
+    /// applied; anything else, even a message typed by hand in `redis-cli`, means "re-read the
+    /// registry".
+    fn on_control(&self, payload: &[u8]) {
+        match BusMessage::decode(payload) {
+            Ok(BusMessage::Runtime { origin, patch }) => {
+                if origin != self.node {
+                    info!(from = %origin, "runtime settings changed by another node");
+                    let _ = self.runtime.send(patch);
+                }
+            }
+            _ => self.registry.send_modify(|v| *v += 1),
+        }
+    }
+
+    /// Handles one bus message.
+    fn on_bus(self: &Arc<Self>, payload: &[u8]) {
+        let message = match BusMessage::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "bad bus message");
+                metrics::counter!(m::MESSAGES_REFUSED, "reason" => "bad_bus_message").increment(1);
+                return;
+            }
+        };
+        match message {
+            BusMessage::Command { request, reply_to, command } => {
+                let receipt = match (command.into_command(), self.local.get()) {
+                    (Ok(command), Some(local)) => local
+                        .execute_local(&command)
+                        .unwrap_or_else(|| Receipt::unknown_socket(command.socket().unwrap_or_default())),
+                    (Err(e), _) => Receipt::failed(e),
+                    (_, None) => Receipt::failed("the node is starting"),
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.publish(&this.keys.node_channel(&reply_to), BusMessage::receipt(request, receipt)).await
+                });
+            }
+            BusMessage::Receipt { request, status, detail, refused } => {
+                let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
+                if let Some(tx) = waiting {
+                    let _ = tx.send(bus::receipt_from_wire(status, detail, refused));
+                }
+            }
+            BusMessage::Broadcast { origin, scope, selector, payload } if origin != self.node => {
+                match (bus::broadcast_from_wire(scope, selector, payload), self.local.get()) {
+                    (Ok(b), Some(local)) => {
+                        local.broadcast_local(&b);
+                    }
+                    (Err(e), _) => warn!(error = %e, "bad broadcast on the bus"),
+                    (_, None) => {}
+                }
+            }
+            BusMessage::Broadcast { .. } | BusMessage::Runtime { .. } => {}
+            BusMessage::Control { .. } => self.registry.send_modify(|v| *v += 1),
+        }
+    }
+
+    /// Publishes a bus message; returns how many nodes received it.
+    pub(super) async fn publish(&self, channel: &str, message: BusMessage) -> Result<usize, redis::RedisError> {
+        let channel = channel.to_owned();
+        self.shared.run(|mut conn| async move { conn.publish(channel, message.encode()).await }).await
+    }
+}
