@@ -1,7 +1,7 @@
 //! Chaos schedules (issue 6): a 3-node cluster of real `ppp` processes, 2 upstreams, Redis, and a
 //! fault proxy on every link, under continuous load; after each schedule the checker asserts that
 //! nothing was lost, duplicated or misrouted, that only the sockets the schedule closes were
-//! closed, and that Redis equals the live nodes' truth (`tests/common/chaos/check.rs`).
+//! closed, and that Redis equals the live nodes' truth (`tests/chaos/check.rs`).
 //!
 //! The fault proxy itself is tested first, against a plain echo server.
 //!
@@ -22,7 +22,10 @@
 //! duplicates), and `k_events_are_written_once_across_a_redis_pause` (a lifecycle batch retried
 //! after a Redis timeout was written twice; `redis/records.lua` now applies each batch once).
 
+#[allow(dead_code)]
 mod common;
+#[path = "chaos/mod.rs"]
+mod harness;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -30,15 +33,13 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    chaos::{
-        Cluster, Options,
-        check::{self, Events, Expect},
-        load,
-        state::K,
-        upstream::{Acks, Record, Seen},
-    },
-    fault::{Fault, FaultProxy},
+use common::fault::{Fault, FaultProxy};
+use harness::{
+    Cluster, Options,
+    check::{self, Events, Expect},
+    load,
+    state::K,
+    upstream::{Acks, Record, Seen},
 };
 use redis::AsyncCommands;
 use tokio::{
@@ -935,13 +936,13 @@ fn the_lifecycle_check_finds_an_acknowledged_event_delivered_again() {
 
 /// The soak: the cluster under load for `PPP_SOAK_MINUTES` (default 2) with a random schedule
 /// of every fault above, one at a time, sampling memory and descriptors
-/// (`tests/common/chaos/soak.rs`). `scripts/soak.sh [MINUTES]` runs it in release from a clean
+/// (`tests/chaos/soak.rs`). `scripts/soak.sh [MINUTES]` runs it in release from a clean
 /// clone and keeps its output; `PPP_SOAK_SEED` replays a schedule. The whole report is printed
 /// before anything is asserted, so a failing run still shows its figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: run by scripts/soak.sh"]
 async fn soak() {
-    use common::chaos::soak::{self as soaking, Settings, Soak};
+    use harness::soak::{self as soaking, Settings, Soak};
     let (mut cluster, load) = cluster_under_load("soak", soaking::options()).await;
     let mut run = Soak::new(&cluster, Settings::from_env());
     run.run(&mut cluster, &load).await;

@@ -1,6 +1,7 @@
 //! Cluster mode: nodes sharing state through a real `redis-server`, inspected with plain Redis
 //! commands as `redis-cli` would.
 
+#[allow(dead_code)]
 mod common;
 
 use std::collections::HashMap;

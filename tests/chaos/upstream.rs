@@ -258,11 +258,6 @@ fn send(socket: &str, payload: Bytes) -> UpstreamCommand {
 }
 
 impl EchoUpstream {
-    /// Starts one on a free port, serving and healthy, that never acks.
-    pub async fn start() -> Self {
-        Self::start_with(Acks::Never).await
-    }
-
     /// Starts one on a free port, serving and healthy, acknowledging as `acks` says.
     pub async fn start_with(acks: Acks) -> Self {
         // Not port 0: it comes back on the same port after a kill (see `free_port`).
@@ -302,11 +297,6 @@ impl EchoUpstream {
     /// The log itself, for a checker that looks again later.
     pub fn log(&self) -> Arc<Mutex<Vec<Record>>> {
         self.log.clone()
-    }
-
-    /// How many `data` events it received so far.
-    pub fn data_count(&self) -> usize {
-        self.log.lock().unwrap().iter().filter(|r| matches!(r.seen, Seen::Data { .. })).count()
     }
 }
 

@@ -178,7 +178,8 @@ impl LifecycleReport {
 /// One `closed` an upstream received.
 #[derive(Debug, Clone)]
 pub struct Closed {
-    /// Which upstream.
+    /// Which upstream (read only through `Debug`, in a failing report).
+    #[allow(dead_code)]
     pub upstream: usize,
     /// When.
     pub at: Instant,

@@ -31,7 +31,7 @@ use self::{
     process::{NodeProc, RedisProc},
     upstream::{Acks, EchoUpstream, Record},
 };
-use super::fault::FaultProxy;
+use crate::common::fault::FaultProxy;
 
 /// The cluster's shape and its nodes' settings (short, so schedules are quick).
 #[derive(Debug, Clone)]
