@@ -11,21 +11,14 @@
 #[allow(dead_code)]
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::*;
 use ppp::{
     config::{Config, Framing, IdleTimeout},
     proto::{self, upstream_command::Command},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -39,86 +32,12 @@ async fn echoes(c: &mut Client, text: &str, within: Duration) {
     assert!(took < within, "an echo took {took:?}");
 }
 
-/// A node in its own process, so that its memory is its own: `ppp` with `args`, on free ports,
-/// logging JSON to a pipe that a thread drains.
-struct NodeProcess {
-    child: std::process::Child,
-    /// Its downstream listener.
-    addr: SocketAddr,
-}
-
-impl NodeProcess {
-    fn start(up: &TestUpstream, args: &[&str]) -> Self {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--upstream", &up.uri(), "--health-interval", "50ms", "--node-id", "proc"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in stderr.lines().map_while(Result::ok) {
-                if line.contains("accepting sockets")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx.recv_timeout(DEADLINE).expect("the node logged its listener");
-        let addr = line.split("\"listen\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().parse().unwrap();
-        Self { child, addr }
-    }
-
-    /// A field of `/proc/{pid}/status`, in KiB (`VmRSS`, `VmSize`, `VmHWM`).
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    /// Waits until the node has read every byte its clients sent: the receive queue of each of its
-    /// established sockets (`/proc/net/tcp`, the node's side) is empty.
-    async fn wait_read_all(&self) {
-        let port = format!(":{:04X}", self.addr.port());
-        eventually("the node read everything sent to it", || {
-            let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-            table.lines().skip(1).all(|row| {
-                let cols: Vec<&str> = row.split_whitespace().collect();
-                let (local, state, queues) = (cols[1], cols[3], cols[4]);
-                let rx_queue = queues.split(':').nth(1).unwrap();
-                !(local.ends_with(&port) && state == "01") || u64::from_str_radix(rx_queue, 16).unwrap() == 0
-            })
-        })
-        .await;
-    }
-
-    async fn connect(&self) -> Client {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (r, w) = stream.into_split();
-        Client { reader: tokio::io::BufReader::new(r), writer: w }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Length prefixes and memory.
 
 /// `count` sockets that each send `sent` and then nothing; returns them once the node has read it
 /// all, with the growth of the node's memory (VmRSS, VmSize, in KiB) they caused.
-async fn claimers(node: &NodeProcess, up: &TestUpstream, prefix: &[u8], count: usize) -> (Vec<Client>, u64, u64) {
+async fn claimers(node: &NodeProc, up: &TestUpstream, prefix: &[u8], count: usize) -> (Vec<Client>, u64, u64) {
     let opened_before = up.opened().len();
     let (rss, size) = (node.status_kib("VmRSS"), node.status_kib("VmSize"));
     let mut clients = Vec::new();
@@ -135,9 +54,11 @@ async fn claimers(node: &NodeProcess, up: &TestUpstream, prefix: &[u8], count: u
 }
 
 /// A warmed-up node in its own process with `framing`, and its upstream.
-async fn process_node(framing: &str) -> (TestUpstream, NodeProcess) {
+async fn process_node(framing: &str) -> (TestUpstream, NodeProc) {
     let up = TestUpstream::start(true).await;
-    let node = NodeProcess::start(&up, &["--framing", framing]);
+    let uri = up.uri();
+    let args = ["--upstream", &uri, "--health-interval", "50ms", "--framing", framing];
+    let node = NodeProc::start("proc", &args, 1).await;
     up.wait_for("the node's hello", |_| hellos(&up) > 0).await;
     // One round trip first, so the memory read before the test is that of a node at work.
     let mut c = node.connect().await;

@@ -228,7 +228,7 @@ async fn redis_killed_and_restarted_empty() {
     load.churn(3); // Sockets close and open while Redis is away.
     tokio::time::sleep(Duration::from_secs(5)).await;
     cluster.redis.forget_data();
-    cluster.redis.start_again().await;
+    cluster.redis.restart().await;
     let lifted = Instant::now();
     healed(&mut cluster, &load).await;
     let expect = Expect { events: Events::Lost, ..cluster.expect_since(lifted) };
@@ -245,7 +245,7 @@ async fn redis_restarted_with_stale_data() {
     tokio::time::sleep(cluster.options.resync_interval).await;
     cluster.redis.kill();
     cluster.redis.restore(&snapshot);
-    cluster.redis.start_again().await;
+    cluster.redis.restart().await;
     let lifted = Instant::now();
     healed(&mut cluster, &load).await;
     let expect = Expect { events: Events::Lost, ..cluster.expect_since(lifted) };
@@ -323,7 +323,7 @@ async fn an_upstream_killed_mid_stream_and_restarted() {
     for _ in 0..2 {
         cluster.upstreams[0].kill().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        cluster.upstreams[0].restart();
+        cluster.upstreams[0].restart().await;
         lifted = Instant::now();
         healed(&mut cluster, &load).await;
     }
@@ -360,7 +360,7 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_nobody_els
     let expect = cluster.expect();
     let report = cluster.finish(load, &expect).await;
     report.assert_ok();
-    let records: Vec<_> = cluster.upstreams.iter().flat_map(|u| u.records()).collect();
+    let records: Vec<_> = cluster.upstreams.iter().flat_map(|u| harness::upstream::records(&u.recording())).collect();
     let socket = records.iter().find_map(|r| match &r.seen {
         // By address and node: a client port may be in use towards another node at once.
         Seen::Opened { socket_id, remote_addr, node_id, .. }
@@ -680,7 +680,7 @@ async fn redis_restored_from_a_snapshot_taken_30s_earlier() {
     }
     cluster.redis.kill();
     cluster.redis.restore(&snapshot);
-    cluster.redis.start_again().await;
+    cluster.redis.restart().await;
     let lifted = Instant::now();
     // Every heartbeat in Redis is now 30 s old: a node that judged by the scores would reap
     // the others at once. Watch for twice --node-ttl.
@@ -722,7 +722,7 @@ async fn an_upstream_killed_under_load_with_acking_upstreams() {
     for _ in 0..2 {
         cluster.upstreams[0].kill().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        cluster.upstreams[0].restart();
+        cluster.upstreams[0].restart().await;
         lifted = Instant::now();
         healed(&mut cluster, &load).await;
     }

@@ -1,6 +1,8 @@
 //! The downstream line client: a real TCP socket to a node.
 
 use ppp::Node;
+use std::net::SocketAddr;
+
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -18,7 +20,12 @@ pub struct Client {
 impl Client {
     /// Connects to a node.
     pub async fn connect(node: &Node) -> Self {
-        let stream = TcpStream::connect(node.local_addr()).await.unwrap();
+        Self::connect_to(node.local_addr()).await
+    }
+
+    /// Connects to a node's downstream listener at `addr`.
+    pub async fn connect_to(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
         let (r, w) = stream.into_split();
         Self { reader: BufReader::new(r), writer: w }

@@ -11,6 +11,9 @@ pub mod client;
 pub mod external;
 pub mod fault;
 pub mod node;
+pub mod node_process;
+pub mod process;
+pub mod recorder;
 pub mod redis_server;
 pub mod sockets;
 pub mod upstream;
@@ -18,4 +21,6 @@ pub mod wait;
 
 // What `use common::*;` brings; a binary that uses none of one file's helpers is not wrong.
 #[allow(unused_imports)]
-pub use self::{admin::*, client::*, node::*, redis_server::*, sockets::*, upstream::*, wait::*};
+pub use self::{
+    admin::*, client::*, node::*, node_process::*, recorder::*, redis_server::*, sockets::*, upstream::*, wait::*,
+};

@@ -1,112 +1,78 @@
-//! The recording upstream: real tonic gRPC over loopback, on its own runtime thread, with
-//! controllable health; it can be killed (every connection drops at once) and restarted on the
-//! same port.
+//! The recording upstream, [`TestUpstream`]: real tonic gRPC over loopback, on its own runtime
+//! thread, with controllable health; it records every event (with its arrival time and stream,
+//! for the chaos checker), may echo `data` back and acknowledge what it processed
+//! ([`UpstreamOptions`]), and can be killed (every connection drops at once, as when the
+//! process dies) and restarted on the same port. Its gRPC side is in [`super::recorder`].
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use ppp::{
     UPSTREAM_SERVICE,
     proto::{
-        self, NodeEvent, UpstreamCommand,
-        node_event::Event,
-        upstream_command::Command,
-        upstream_server::{Upstream, UpstreamServer},
+        self, NodeEvent, UpstreamCommand, node_event::Event, upstream_command::Command, upstream_server::UpstreamServer,
     },
 };
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, watch},
-};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{
-    Request, Response, Status, Streaming,
-    transport::{Server, server::TcpIncoming},
-};
+use tokio::time::Instant;
 use tonic_health::server::HealthReporter;
 
-use super::wait::{DEADLINE, eventually};
+use super::{
+    process::free_port,
+    recorder::{Acks, Recording, RecordingService, ServerHandle, bind, serve_upstream},
+    wait::{DEADLINE, eventually},
+};
 
-/// State shared between a [`TestUpstream`] and its gRPC service.
-#[derive(Default)]
-struct Recorder {
-    /// Every event received, in order of arrival, over all streams.
-    events: Mutex<Vec<NodeEvent>>,
-    /// Bumped on every event.
-    seen: watch::Sender<usize>,
-    /// The command senders of the open streams (latest last).
-    streams: Mutex<Vec<mpsc::Sender<Result<UpstreamCommand, Status>>>>,
-    /// Echo every data payload back to its socket.
-    echo: bool,
+/// How a [`TestUpstream`] behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamOptions {
+    /// Echo every `data` payload back to its socket.
+    pub echo: bool,
+    /// Whether it acknowledges what it processed.
+    pub acks: Acks,
+    /// Commands a stream may hold for a node that does not read them.
+    pub queue: usize,
 }
 
-/// A recording upstream: real gRPC over loopback, health controllable, stoppable and
-/// restartable on the same port.
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self { echo: false, acks: Acks::Never, queue: 100_000 }
+    }
+}
+
+/// A recording upstream.
 pub struct TestUpstream {
-    /// Where it listens.
+    /// Where it listens: not an ephemeral port, so it can come back on it (see [`free_port`]).
     pub addr: SocketAddr,
-    recorder: Arc<Recorder>,
+    recording: Recording,
     health: HealthReporter,
     /// The server's own runtime on its own thread, so killing it drops every connection at
-    /// once, as when a process dies: (stop signal, thread).
+    /// once, as when a process dies.
     server: Option<ServerHandle>,
-}
-
-struct RecordingService(Arc<Recorder>);
-
-#[tonic::async_trait]
-impl Upstream for RecordingService {
-    type ConnectStream = ReceiverStream<Result<UpstreamCommand, Status>>;
-    type ConnectBatchStream = ReceiverStream<Result<ppp::proto::UpstreamCommandBatch, Status>>;
-
-    /// Not implemented, as in an upstream written before batches: the node falls back to `Connect`.
-    async fn connect_batch(
-        &self,
-        _request: Request<Streaming<ppp::proto::NodeEventBatch>>,
-    ) -> Result<Response<Self::ConnectBatchStream>, Status> {
-        Err(Status::unimplemented("ConnectBatch"))
-    }
-
-    async fn connect(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::ConnectStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(100_000);
-        self.0.streams.lock().unwrap().push(tx.clone());
-        let recorder = self.0.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(event)) = inbound.message().await {
-                if recorder.echo
-                    && let Some(Event::Data(d)) = &event.event
-                {
-                    let _ = tx.send(Ok(send_cmd(&d.socket_id, d.payload.clone()))).await;
-                }
-                recorder.events.lock().unwrap().push(event);
-                recorder.seen.send_modify(|n| *n += 1);
-            }
-            // The node ended its side: end ours, as a well-behaved upstream does.
-            recorder.streams.lock().unwrap().retain(|s| !s.same_channel(&tx));
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
+    /// When it was killed, each time.
+    kills: Vec<Instant>,
 }
 
 impl TestUpstream {
-    /// Starts an upstream on a free port; with `echo` it sends every payload back.
+    /// Starts an upstream on a free port, serving and healthy, that never acks; with `echo` it
+    /// sends every payload back.
     pub async fn start(echo: bool) -> Self {
-        let listener = bind("127.0.0.1:0".parse().unwrap());
+        Self::start_with(UpstreamOptions { echo, ..UpstreamOptions::default() }).await
+    }
+
+    /// Starts an upstream on a free port, serving and healthy, behaving as `options` say.
+    pub async fn start_with(options: UpstreamOptions) -> Self {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], free_port())));
         let addr = listener.local_addr().unwrap();
         let health = HealthReporter::new();
         health.set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving).await;
-        let recorder = Arc::new(Recorder { echo, seen: watch::Sender::new(0), ..Default::default() });
-        let mut up = Self { addr, recorder, health, server: None };
+        let recording = Recording::new(options.echo, options.acks, options.queue);
+        let mut up = Self { addr, recording, health, server: None, kills: Vec::new() };
         up.serve(listener);
         up
     }
 
     fn serve(&mut self, listener: std::net::TcpListener) {
-        let service = UpstreamServer::new(RecordingService(self.recorder.clone()));
+        let service = UpstreamServer::new(RecordingService(self.recording.clone()));
         self.server = Some(serve_upstream(listener, &self.health, service));
     }
 
@@ -123,15 +89,24 @@ impl TestUpstream {
     /// Kills the server: every connection drops at once, as when the process dies.
     pub async fn kill(&mut self) {
         if let Some((stop, thread)) = self.server.take() {
+            self.kills.push(Instant::now());
             let _ = stop.send(());
             tokio::task::spawn_blocking(move || thread.join()).await.unwrap().unwrap();
         }
-        for s in self.recorder.streams.lock().unwrap().drain(..) {
-            drop(s);
-        }
+        self.recording.streams().clear();
     }
 
-    /// Serves again on the same port.
+    /// When it was killed, each time.
+    pub fn kills(&self) -> Vec<Instant> {
+        self.kills.clone()
+    }
+
+    /// What it recorded, as a handle that sees later records too.
+    pub fn recording(&self) -> Recording {
+        self.recording.clone()
+    }
+
+    /// Serves again on the same port, with the same records.
     pub async fn restart(&mut self) {
         self.serve(bind(self.addr));
     }
@@ -145,56 +120,37 @@ impl TestUpstream {
 
     /// Every event received so far.
     pub fn events(&self) -> Vec<NodeEvent> {
-        self.recorder.events.lock().unwrap().clone()
+        self.recording.events()
+    }
+
+    /// What `pick` takes from each event received so far (in order of arrival).
+    fn picked<T>(&self, pick: impl Fn(Event) -> Option<T>) -> Vec<T> {
+        self.events().into_iter().filter_map(|e| pick(e.event?)).collect()
     }
 
     /// The data events received so far.
     pub fn data(&self) -> Vec<proto::SocketData> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e.event {
-                Some(Event::Data(d)) => Some(d),
-                _ => None,
-            })
-            .collect()
+        self.picked(|e| if let Event::Data(d) = e { Some(d) } else { None })
     }
 
     /// The receipts received so far.
     pub fn results(&self) -> Vec<proto::CommandResult> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e.event {
-                Some(Event::Result(r)) => Some(r),
-                _ => None,
-            })
-            .collect()
+        self.picked(|e| if let Event::Result(r) = e { Some(r) } else { None })
     }
 
     /// The closed events received so far, as (socket, reason).
     pub fn closed(&self) -> Vec<(String, String)> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e.event {
-                Some(Event::Closed(c)) => Some((c.socket_id, c.reason)),
-                _ => None,
-            })
-            .collect()
+        self.picked(|e| if let Event::Closed(c) = e { Some((c.socket_id, c.reason)) } else { None })
     }
 
     /// The opened sockets' ids so far.
     pub fn opened(&self) -> Vec<String> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e.event {
-                Some(Event::Opened(o)) => o.socket.map(|s| s.id),
-                _ => None,
-            })
-            .collect()
+        self.picked(|e| if let Event::Opened(o) = e { o.socket.map(|s| s.id) } else { None })
     }
 
     /// Waits until the recorded events satisfy `check`.
     pub async fn wait_for(&self, what: &str, check: impl Fn(&[NodeEvent]) -> bool) {
-        let mut seen = self.recorder.seen.subscribe();
+        let mut seen = self.recording.subscribe();
         let waiting = async {
             loop {
                 let events = self.events(); // Not under the lock: `check` may read events too.
@@ -217,14 +173,14 @@ impl TestUpstream {
 
     /// Sends a command on the latest open stream.
     pub async fn command(&self, command: UpstreamCommand) {
-        eventually("an open stream", || !self.recorder.streams.lock().unwrap().is_empty()).await;
-        let tx = self.recorder.streams.lock().unwrap().last().unwrap().clone();
+        eventually("an open stream", || !self.recording.streams().is_empty()).await;
+        let tx = self.recording.streams().last().unwrap().clone();
         tx.send(Ok(command)).await.unwrap();
     }
 
     /// How many streams are open to it.
     pub fn open_streams(&self) -> usize {
-        self.recorder.streams.lock().unwrap().len()
+        self.recording.streams().len()
     }
 }
 
@@ -234,13 +190,6 @@ impl Drop for TestUpstream {
             let _ = stop.send(());
         }
     }
-}
-
-/// A non-blocking std listener (handed to the upstream's own runtime).
-pub fn bind(addr: SocketAddr) -> std::net::TcpListener {
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    listener
 }
 
 fn opened_count(events: &[NodeEvent]) -> usize {
@@ -253,38 +202,6 @@ pub fn send_cmd(socket: &str, payload: impl Into<Bytes>) -> UpstreamCommand {
         command_id: String::new(),
         command: Some(Command::Send(proto::Send { socket_id: socket.to_owned(), payload: payload.into() })),
     }
-}
-
-/// A running upstream server: send on the sender, then join the thread, to stop it.
-pub type ServerHandle = (tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>);
-
-/// Serves `service` and the health service of `health` on `listener`, on a runtime thread of its
-/// own. Stopping it drops the runtime, so every connection closes at once, as when an upstream
-/// process dies.
-pub fn serve_upstream<S: Upstream>(
-    listener: std::net::TcpListener,
-    health: &HealthReporter,
-    service: UpstreamServer<S>,
-) -> ServerHandle {
-    let health = tonic_health::pb::health_server::HealthServer::new(
-        tonic_health::server::HealthService::from_health_reporter(health.clone()),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(listener).unwrap();
-            let server = Server::builder()
-                .add_service(health)
-                .add_service(service)
-                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
-            tokio::select! {
-                _ = server => {}
-                _ = stopped => {}
-            }
-        });
-    });
-    (stop, thread)
 }
 
 /// A `send` command, to wrap with [`with_id`] or [`send_cmd`]'s empty id.
