@@ -9,7 +9,7 @@
 # that edits and rebuilds in the working tree during a long run cannot swap the binaries under
 # it (uncommitted changes are not part of the run: commit them first). To save a full rebuild,
 # the clone's target directory starts as a copy of this tree's target/release when there is one.
-# SOAK_OVERLAY="tests/chaos.rs tests/common/chaos" copies those paths from the working tree over
+# SOAK_OVERLAY="tests/chaos.rs tests/chaos" copies those paths from the working tree over
 # the clone: to soak uncommitted test changes against committed code.
 # The whole output goes to bench-results/soak-<time>.log (named at the end); the script exits
 # with the test's status.

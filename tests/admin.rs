@@ -1,6 +1,7 @@
 //! The admin HTTP API of a standalone node, over real HTTP: every route, every error status,
 //! access control, and the OpenAPI document against the routes served.
 
+#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,7 @@
 //! The admin API in cluster mode: two nodes and a real `redis-server`. Every answer is
 //! cluster-wide: node 1 lists, reads and commands the sockets node 2 holds.
 
+#[allow(dead_code)]
 mod common;
 
 use common::*;

@@ -3,6 +3,7 @@
 //! tokens) and to routes that do not exist. No answer may be a 5xx, every error must be JSON
 //! `{ "error": "…" }`, and the node must serve on afterwards.
 
+#[allow(dead_code)]
 mod common;
 
 use common::*;

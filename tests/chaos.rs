@@ -1,7 +1,7 @@
 //! Chaos schedules (issue 6): a 3-node cluster of real `ppp` processes, 2 upstreams, Redis, and a
 //! fault proxy on every link, under continuous load; after each schedule the checker asserts that
 //! nothing was lost, duplicated or misrouted, that only the sockets the schedule closes were
-//! closed, and that Redis equals the live nodes' truth (`tests/common/chaos/check.rs`).
+//! closed, and that Redis equals the live nodes' truth (`tests/chaos/check.rs`).
 //!
 //! The fault proxy itself is tested first, against a plain echo server.
 //!
@@ -22,7 +22,10 @@
 //! duplicates), and `k_events_are_written_once_across_a_redis_pause` (a lifecycle batch retried
 //! after a Redis timeout was written twice; `redis/records.lua` now applies each batch once).
 
+#[allow(dead_code)]
 mod common;
+#[path = "chaos/mod.rs"]
+mod harness;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -30,15 +33,13 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    chaos::{
-        Cluster, Options,
-        check::{self, Events, Expect},
-        load,
-        state::K,
-        upstream::{Acks, Record, Seen},
-    },
-    fault::{Fault, FaultProxy},
+use common::fault::{Fault, FaultProxy};
+use harness::{
+    Cluster, Options,
+    check::{self, Events, Expect},
+    load,
+    state::K,
+    upstream::{Acks, Record, Seen},
 };
 use redis::AsyncCommands;
 use tokio::{
@@ -227,7 +228,7 @@ async fn redis_killed_and_restarted_empty() {
     load.churn(3); // Sockets close and open while Redis is away.
     tokio::time::sleep(Duration::from_secs(5)).await;
     cluster.redis.forget_data();
-    cluster.redis.start_again().await;
+    cluster.redis.restart().await;
     let lifted = Instant::now();
     healed(&mut cluster, &load).await;
     let expect = Expect { events: Events::Lost, ..cluster.expect_since(lifted) };
@@ -244,7 +245,7 @@ async fn redis_restarted_with_stale_data() {
     tokio::time::sleep(cluster.options.resync_interval).await;
     cluster.redis.kill();
     cluster.redis.restore(&snapshot);
-    cluster.redis.start_again().await;
+    cluster.redis.restart().await;
     let lifted = Instant::now();
     healed(&mut cluster, &load).await;
     let expect = Expect { events: Events::Lost, ..cluster.expect_since(lifted) };
@@ -322,7 +323,7 @@ async fn an_upstream_killed_mid_stream_and_restarted() {
     for _ in 0..2 {
         cluster.upstreams[0].kill().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        cluster.upstreams[0].restart();
+        cluster.upstreams[0].restart().await;
         lifted = Instant::now();
         healed(&mut cluster, &load).await;
     }
@@ -359,7 +360,7 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_nobody_els
     let expect = cluster.expect();
     let report = cluster.finish(load, &expect).await;
     report.assert_ok();
-    let records: Vec<_> = cluster.upstreams.iter().flat_map(|u| u.records()).collect();
+    let records: Vec<_> = cluster.upstreams.iter().flat_map(|u| harness::upstream::records(&u.recording())).collect();
     let socket = records.iter().find_map(|r| match &r.seen {
         // By address and node: a client port may be in use towards another node at once.
         Seen::Opened { socket_id, remote_addr, node_id, .. }
@@ -679,7 +680,7 @@ async fn redis_restored_from_a_snapshot_taken_30s_earlier() {
     }
     cluster.redis.kill();
     cluster.redis.restore(&snapshot);
-    cluster.redis.start_again().await;
+    cluster.redis.restart().await;
     let lifted = Instant::now();
     // Every heartbeat in Redis is now 30 s old: a node that judged by the scores would reap
     // the others at once. Watch for twice --node-ttl.
@@ -721,7 +722,7 @@ async fn an_upstream_killed_under_load_with_acking_upstreams() {
     for _ in 0..2 {
         cluster.upstreams[0].kill().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        cluster.upstreams[0].restart();
+        cluster.upstreams[0].restart().await;
         lifted = Instant::now();
         healed(&mut cluster, &load).await;
     }
@@ -935,13 +936,13 @@ fn the_lifecycle_check_finds_an_acknowledged_event_delivered_again() {
 
 /// The soak: the cluster under load for `PPP_SOAK_MINUTES` (default 2) with a random schedule
 /// of every fault above, one at a time, sampling memory and descriptors
-/// (`tests/common/chaos/soak.rs`). `scripts/soak.sh [MINUTES]` runs it in release from a clean
+/// (`tests/chaos/soak.rs`). `scripts/soak.sh [MINUTES]` runs it in release from a clean
 /// clone and keeps its output; `PPP_SOAK_SEED` replays a schedule. The whole report is printed
 /// before anything is asserted, so a failing run still shows its figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: run by scripts/soak.sh"]
 async fn soak() {
-    use common::chaos::soak::{self as soaking, Settings, Soak};
+    use harness::soak::{self as soaking, Settings, Soak};
     let (mut cluster, load) = cluster_under_load("soak", soaking::options()).await;
     let mut run = Soak::new(&cluster, Settings::from_env());
     run.run(&mut cluster, &load).await;

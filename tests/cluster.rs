@@ -1,6 +1,7 @@
 //! Cluster mode: nodes sharing state through a real `redis-server`, inspected with plain Redis
 //! commands as `redis-cli` would.
 
+#[allow(dead_code)]
 mod common;
 
 use std::collections::HashMap;
@@ -429,29 +430,17 @@ async fn a_node_killed_with_sigkill_is_reaped_exactly_once() {
     };
     let _n1 = start_node(config("n1")).await;
     let _n2 = start_node(config("n2")).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut victim = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
-        .args(["--redis", &redis.url(), "--node-id", "victim", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", "127.0.0.1:0", "--upstream", &up.uri()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (url, uri) = (redis.url(), up.uri());
+    let mut victim = NodeProc::start("victim", &["--redis", &url, "--upstream", &uri], 1).await;
     let mut clients = Vec::new();
     for _ in 0..2 {
-        let stream = loop {
-            if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                break s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
-        clients.push(stream);
+        clients.push(tokio::net::TcpStream::connect(victim.listen).await.unwrap());
     }
     eventually_async("victim's sockets registered", || async {
         redis.conn().await.scard::<_, usize>("ppp:default:node:victim:sockets").await.unwrap() == 2
     })
     .await;
-    victim.kill().unwrap();
-    victim.wait().unwrap();
+    victim.kill();
     eventually_async("victim reaped", || async {
         redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "victim").await.unwrap().is_none()
     })

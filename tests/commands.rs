@@ -1,5 +1,6 @@
 //! Upstream commands over a real gRPC stream: send, broadcast, close, set_labels, receipts.
 
+#[allow(dead_code)]
 mod common;
 
 use std::{collections::HashMap, time::Duration};

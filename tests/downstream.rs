@@ -1,5 +1,6 @@
 //! The TCP side: framing over real sockets, limits, slow consumers, idle sockets.
 
+#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;

@@ -9,6 +9,7 @@
 //! round-robin evenly; `send` to another socket, `broadcast`, `set_labels` with a receipt and
 //! `close` work.
 
+#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -6,6 +6,7 @@
 //!
 //! No test here opens a socket: the zeros a fresh node exports stay zeros for the whole binary.
 
+#[allow(dead_code)]
 mod common;
 
 use std::{

@@ -1,5 +1,6 @@
 //! Upstreams: readiness, loss and return, balancing, registry changes at run time, drain.
 
+#[allow(dead_code)]
 mod common;
 
 use std::collections::HashSet;

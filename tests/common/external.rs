@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use super::DEADLINE;
+use super::{DEADLINE, process::TempDir};
 
 /// A language with a stock example upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +53,8 @@ impl ExternalUpstream {
     /// Starts an upstream of `lang` named `name` on a free port and waits until it listens.
     pub async fn start(lang: Lang, name: &str) -> Self {
         let addr = free_addr();
-        let dir = TempDir::new();
-        let log = dir.0.join("upstream.log");
+        let dir = TempDir::new("ppp-interop");
+        let log = dir.path().join("upstream.log");
         let out = std::fs::File::create(&log).expect("a log file");
         let mut command = match lang {
             Lang::Python => {
@@ -183,21 +183,4 @@ fn run(command: &mut Command, what: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// A temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("ppp-interop-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

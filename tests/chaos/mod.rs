@@ -2,8 +2,8 @@
 //! fault proxy on every link, and a checker of invariants.
 //!
 //! # Layout
-//! - [`process`]: the `redis-server` and the `ppp` child processes (kill -9, SIGTERM, SIGSTOP,
-//!   snapshots).
+//! - from `tests/common`: the `redis-server` ([`RedisServer`]) and the `ppp` child processes
+//!   ([`NodeProc`]): kill -9, SIGTERM, SIGSTOP, snapshots.
 //! - [`upstream`]: the recording, echoing upstream.
 //! - [`load`]: the load generator.
 //! - [`check`]: the checker and its report; [`state`], its Redis half.
@@ -13,7 +13,6 @@
 
 pub mod check;
 pub mod load;
-pub mod process;
 pub mod soak;
 pub mod state;
 pub mod upstream;
@@ -28,10 +27,9 @@ use std::{
 use self::{
     check::{Events, Expect, Lifecycle, Observed, Report},
     load::Load,
-    process::{NodeProc, RedisProc},
-    upstream::{Acks, EchoUpstream, Record},
+    upstream::{Acks, Record},
 };
-use super::fault::FaultProxy;
+use crate::common::{NodeIds, NodeProc, RedisServer, TestUpstream, fault::FaultProxy};
 
 /// The cluster's shape and its nodes' settings (short, so schedules are quick).
 #[derive(Debug, Clone)]
@@ -89,11 +87,11 @@ pub struct Cluster {
     /// Logs and Redis's data; removed when the test passes (unless `PPP_CHAOS_KEEP` is set).
     dir: PathBuf,
     /// The real `redis-server`.
-    pub redis: RedisProc,
+    pub redis: RedisServer,
     /// Each node slot's link to Redis.
     pub redis_links: Vec<FaultProxy>,
     /// The upstreams.
-    pub upstreams: Vec<EchoUpstream>,
+    pub upstreams: Vec<TestUpstream>,
     /// Each upstream's link (every node reaches it through this one).
     pub upstream_links: Vec<FaultProxy>,
     /// The node slots.
@@ -116,11 +114,11 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("ppp-chaos-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let redis = RedisProc::start(&dir).await;
+        let redis = RedisServer::start_in(&dir).await;
         let mut upstreams = Vec::new();
         let mut upstream_links = Vec::new();
         for _ in 0..options.upstreams {
-            let up = EchoUpstream::start_with(options.acks).await;
+            let up = upstream::start(options.acks).await;
             upstream_links.push(FaultProxy::start(up.addr).await);
             upstreams.push(up);
         }
@@ -150,7 +148,8 @@ impl Cluster {
             }
             redis_links.push(link);
             let env = options.node_env.iter().filter(|(s, ..)| *s == slot).map(|(_, k, v)| (k.clone(), v.clone()));
-            nodes.push(NodeProc::new(slot, args, env.collect(), options.fixed_node_ids, &dir));
+            let ids = if options.fixed_node_ids { NodeIds::Fixed(format!("n{slot}")) } else { NodeIds::PerStart };
+            nodes.push(NodeProc::new(slot, args, env.collect(), ids, &dir));
         }
         let node_ids = Arc::new(Mutex::new(vec![String::new(); options.nodes]));
         let mut cluster = Self {
@@ -231,7 +230,7 @@ impl Cluster {
 
     /// Every upstream's records so far, one list per upstream.
     pub fn upstream_records(&self) -> Vec<Vec<Record>> {
-        self.upstreams.iter().map(EchoUpstream::records).collect()
+        self.upstreams.iter().map(|u| upstream::records(&u.recording())).collect()
     }
 
     /// Every entry of `K:events` so far, oldest first: its fields.
@@ -276,9 +275,9 @@ impl Cluster {
         let observed = Observed {
             name: &self.name,
             conns: load.conns(),
-            records: self.upstreams.iter().map(EchoUpstream::records).collect(),
-            logs: self.upstreams.iter().map(EchoUpstream::log).collect(),
-            kills: self.upstreams.iter().map(|u| u.kills.clone()).collect(),
+            records: self.upstreams.iter().map(|u| upstream::records(&u.recording())).collect(),
+            logs: self.upstreams.iter().map(TestUpstream::recording).collect(),
+            kills: self.upstreams.iter().map(TestUpstream::kills).collect(),
             live_nodes,
             upstreams: upstreams.collect(),
         };

@@ -284,7 +284,7 @@ impl Soak {
                 load.churn(churn);
                 self.idle(cluster, d).await;
                 cluster.redis.forget_data();
-                cluster.redis.start_again().await;
+                cluster.redis.restart().await;
                 format!("down {:.1} s, back empty, {churn} clients churned meanwhile", d.as_secs_f64())
             }
             Kind::NodeKilled | Kind::NodeDrained => {
@@ -312,7 +312,7 @@ impl Soak {
                 let d = self.secs(1.0, 5.0);
                 cluster.upstreams[i].kill().await;
                 self.idle(cluster, d).await;
-                cluster.upstreams[i].restart();
+                cluster.upstreams[i].restart().await;
                 format!("upstream {i}, down {:.1} s", d.as_secs_f64())
             }
             Kind::SlowConsumer => {
@@ -552,11 +552,9 @@ async fn flood(addr: SocketAddr, n: usize, hold: Duration) -> (usize, usize) {
     (refused, spoke)
 }
 
-/// A field of `/proc/{pid}/status` in KiB (`VmRSS`).
+/// `VmRSS` of a process, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    crate::common::process::proc_status_kib(pid, "VmRSS")
 }
 
 /// Open file descriptors of a process.

@@ -38,6 +38,7 @@ use super::{
     state::{self, Truth},
     upstream::{Record, Seen},
 };
+use crate::common::Recording;
 
 /// An ack handed to a stream this soon before its upstream was killed may have died with it
 /// (not yet read by the node): a copy of an event it covered, seen again, is counted apart, not
@@ -178,7 +179,8 @@ impl LifecycleReport {
 /// One `closed` an upstream received.
 #[derive(Debug, Clone)]
 pub struct Closed {
-    /// Which upstream.
+    /// Which upstream (read only through `Debug`, in a failing report).
+    #[allow(dead_code)]
     pub upstream: usize,
     /// When.
     pub at: Instant,
@@ -513,7 +515,7 @@ pub struct Observed<'a> {
     pub records: Vec<Vec<Record>>,
     /// Each upstream's log, read again once Redis converged (the reaper's `closed` events come
     /// as it reaps) for the lifecycle invariant.
-    pub logs: Vec<Arc<std::sync::Mutex<Vec<Record>>>>,
+    pub logs: Vec<Recording>,
     /// Each upstream's kill times.
     pub kills: Vec<Vec<Instant>>,
     /// The nodes running now: id → `--listen` address.
@@ -585,7 +587,7 @@ pub async fn check(observed: Observed<'_>, redis: &mut redis::aio::MultiplexedCo
     if !expect.closing_nodes.is_empty() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let records: Vec<Vec<Record>> = observed.logs.iter().map(|l| l.lock().unwrap().clone()).collect();
+    let records: Vec<Vec<Record>> = observed.logs.iter().map(super::upstream::records).collect();
     let open: HashMap<String, bool> = known.iter().cloned().collect();
     report.lifecycle = lifecycle(&records, &observed.kills, &open);
     for ((conn, state), socket) in states.iter().zip(&sockets) {

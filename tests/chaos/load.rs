@@ -79,7 +79,8 @@ impl ConnState {
 pub struct Conn {
     /// The line prefix: `c{client}.{generation}`.
     pub key: String,
-    /// The node slot it connected to.
+    /// The node slot it connected to (read only through `Debug`, in a failing report).
+    #[allow(dead_code)]
     pub slot: usize,
     /// That slot's node id when it connected.
     pub node_id: String,
@@ -170,11 +171,6 @@ impl Load {
     /// Every connection so far.
     pub fn conns(&self) -> Vec<Arc<Conn>> {
         self.shared.conns.lock().unwrap().clone()
-    }
-
-    /// Messages sent so far.
-    pub fn sent(&self) -> usize {
-        self.conns().iter().map(|c| c.state.lock().unwrap().sent.len()).sum()
     }
 
     /// Echoes received so far.

@@ -1,0 +1,195 @@
+//! Bad input from the cluster side, against real nodes: garbage published on the Redis bus
+//! channels, and a runtime patch with a huge duration. The node counts or ignores what it cannot
+//! use and the cluster goes on. (Clients' bad bytes: `bad_input_downstream.rs`; upstreams'
+//! commands: `bad_input_upstream.rs`.)
+
+#[allow(dead_code)]
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use bytes::Bytes;
+use common::*;
+use ppp::{
+    cluster::redis::bus::{BusMessage, WireCommand},
+    proto::{self, Status, upstream_command::Command},
+    settings::RuntimePatch,
+};
+use redis::AsyncCommands;
+
+// ---------------------------------------------------------------------------------------------
+// The Redis bus.
+
+/// `ppp_messages_refused_total{reason="bad_bus_message"}` in this process's recorder (every node
+/// of this test binary counts into it).
+fn bad_bus_messages() -> u64 {
+    let text = ppp::metrics::install().expect("the nodes' recorder").render();
+    text.lines()
+        .find(|l| l.starts_with("ppp_messages_refused_total{") && l.contains("reason=\"bad_bus_message\""))
+        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+}
+
+/// Publishes `payload` on `channel` as `redis-cli PUBLISH` does; returns how many received it.
+async fn publish(redis: &RedisServer, channel: &str, payload: &[u8]) -> usize {
+    redis.conn().await.publish(channel, payload).await.unwrap()
+}
+
+/// Waits until `channel` has `n` subscribers (`PUBSUB NUMSUB`).
+async fn wait_subscribers(redis: &RedisServer, channel: &str, n: usize) {
+    eventually_async(&format!("{n} subscribers on {channel}"), || async {
+        let counts: Vec<(String, usize)> =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut redis.conn().await).await.unwrap();
+        counts[0].1 == n
+    })
+    .await;
+}
+
+/// Payloads that are no bus message at all.
+fn undecodable() -> Vec<Vec<u8>> {
+    let mut nested = vec![0x81, 0xa7];
+    nested.extend_from_slice(b"Command");
+    nested.extend(std::iter::repeat_n(0x91, 100_000));
+    vec![
+        Vec::new(),
+        b"hello from redis-cli".to_vec(),
+        vec![0xc1],
+        noise(11, 1 << 10),
+        noise(12, 1 << 20),
+        nested,
+        // Headers that claim 4 GiB of array, string and map.
+        vec![0xdd, 0xff, 0xff, 0xff, 0xff],
+        vec![0x81, 0xa7, b'C', b'o', b'n', b't', b'r', b'o', b'l', 0x91, 0xdb, 0xff, 0xff, 0xff, 0xff],
+        vec![
+            0x81, 0xa9, b'B', b'r', b'o', b'a', b'd', b'c', b'a', b's', b't', 0x94, 0xa1, b'x', 0x00, 0xdf, 0xff, 0xff,
+            0xff, 0xff,
+        ],
+        // A real message cut short.
+        {
+            let m = BusMessage::Control { what: "upstreams".into() }.encode();
+            m[..m.len() - 3].to_vec()
+        },
+    ]
+}
+
+/// Bus messages that decode but must not do anything (or only answer FAILED).
+fn decodable_but_wrong() -> Vec<(&'static str, Vec<u8>)> {
+    let command = |socket: &str, reply_to: String| BusMessage::Command {
+        request: 424_242,
+        reply_to,
+        command: WireCommand::Send { socket: socket.to_owned(), payload: Bytes::from_static(b"forged") },
+    };
+    let no_such = uuid::Uuid::now_v7().to_string();
+    vec![
+        ("node", command("not-a-uuid", "n2".into()).encode()),
+        ("node", command(&no_such, "n2".into()).encode()),
+        ("node", command(&no_such, "r".repeat(100 << 10)).encode()),
+        ("node", BusMessage::Receipt { request: 99_999, status: 42, detail: "forged".into(), refused: true }.encode()),
+        (
+            "broadcast",
+            BusMessage::Broadcast {
+                origin: "forger".into(),
+                scope: 7,
+                selector: HashMap::new(),
+                payload: Bytes::from_static(b"never"),
+            }
+            .encode(),
+        ),
+        ("control", BusMessage::Control { what: "garbage".into() }.encode()),
+        (
+            "control",
+            BusMessage::Runtime {
+                origin: "forger".into(),
+                patch: RuntimePatch {
+                    balance: Some("random".into()),
+                    idle_after: Some("1ms".into()),
+                    ..RuntimePatch::default()
+                },
+            }
+            .encode(),
+        ),
+    ]
+}
+
+/// Garbage published with plain Redis commands on every bus channel: each undecodable message
+/// is counted once per node that received it (`bad_bus_message`; on the control channel any
+/// message only means "re-read the registry"), messages that decode but make no sense change
+/// nothing, and both nodes go on carrying commands, broadcasts and heartbeats.
+#[tokio::test]
+async fn garbage_on_the_bus_is_counted_or_ignored_and_the_cluster_goes_on() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(false).await;
+    let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    let n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
+    let (mut on_n1, first) = connect(&n1, &up, 0).await;
+    let (mut on_n2, second) = connect(&n2, &up, 1).await;
+    for id in [&first, &second] {
+        redis.wait_exists("registered", &format!("ppp:default:socket:{id}")).await;
+    }
+    let (node, broadcast, control) = ("ppp:default:ch:node:n1", "ppp:default:ch:broadcast", "ppp:default:ch:control");
+    wait_subscribers(&redis, node, 1).await;
+    wait_subscribers(&redis, broadcast, 2).await;
+    wait_subscribers(&redis, control, 2).await;
+    let settings = n1.settings().view();
+    let before = bad_bus_messages();
+
+    let garbage = undecodable();
+    for payload in &garbage {
+        assert_eq!(publish(&redis, node, payload).await, 1);
+        assert_eq!(publish(&redis, broadcast, payload).await, 2);
+        assert_eq!(publish(&redis, control, payload).await, 2);
+    }
+    for (channel, payload) in decodable_but_wrong() {
+        let channel = format!("ppp:default:ch:{channel}");
+        let channel = if channel.ends_with(":node") { node.to_owned() } else { channel };
+        assert!(publish(&redis, &channel, &payload).await >= 1);
+    }
+    // Once per message on n1's channel, twice (n1 and n2) per message on the broadcast channel.
+    let expected = before + 3 * garbage.len() as u64;
+    eventually("every undecodable message counted", || bad_bus_messages() >= expected).await;
+
+    // Both nodes still carry everything: commands across nodes, broadcasts, messages in.
+    up.command(with_id("to-second", send_command(&second, "to second"))).await;
+    up.command(with_id("to-first", send_command(&first, "to first"))).await;
+    let all = proto::Broadcast { scope: 0, payload: "everyone".into(), ..Default::default() };
+    up.command(with_id("all", Command::Broadcast(all))).await;
+    // The forged messages wrote nothing: the next lines are these (in either order: a command and
+    // a broadcast travel on different channels).
+    for (c, text) in [(&mut on_n1, "to first"), (&mut on_n2, "to second")] {
+        let mut lines = [c.line().await, c.line().await];
+        lines.sort();
+        assert_eq!(lines, ["everyone", text]);
+    }
+    up.wait_for("receipts", |_| ["to-second", "to-first", "all"].iter().all(|id| receipts(&up).contains_key(*id)))
+        .await;
+    assert!(["to-second", "to-first", "all"].iter().all(|id| receipts(&up)[*id].status == Status::Ok as i32));
+    on_n1.write(b"from n1\n").await;
+    up.wait_for("n1's message", |_| up.data().iter().any(|d| d.socket_id == first)).await;
+    assert_eq!(n1.settings().view(), settings, "an invalid runtime patch changed nothing");
+    assert_eq!(bad_bus_messages(), expected, "counted once per node that received it");
+    let beat = |node: &'static str| {
+        let redis = &redis;
+        async move { redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", node).await.unwrap().unwrap() }
+    };
+    let (beat1, beat2) = (beat("n1").await, beat("n2").await);
+    eventually_async("both heartbeats go on", || async { beat("n1").await > beat1 && beat("n2").await > beat2 }).await;
+    assert!(up.closed().is_empty(), "no socket closed: {:?}", up.closed());
+}
+
+/// A runtime patch from the bus is validated again by every node; a duration too large for the
+/// settings must be refused or kept as very long, never wrapped into a short one.
+#[tokio::test]
+async fn a_runtime_patch_with_a_huge_duration_on_the_bus_never_becomes_a_short_one() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(false).await;
+    let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
+    wait_subscribers(&redis, "ppp:default:ch:control", 1).await;
+    let runtime = |patch: RuntimePatch| BusMessage::Runtime { origin: "other".into(), patch }.encode();
+    let huge = RuntimePatch { idle_timeout: Some("18446744073709552s 616ms".into()), ..RuntimePatch::default() };
+    publish(&redis, "ppp:default:ch:control", &runtime(huge)).await;
+    // A second, plain patch: once it is applied, so was (or was refused) the first.
+    let marker = RuntimePatch { max_connections: Some(777), ..RuntimePatch::default() };
+    publish(&redis, "ppp:default:ch:control", &runtime(marker)).await;
+    eventually("the marker applied", || n1.settings().max_connections() == 777).await;
+    let t = n1.settings().idle_timeout();
+    assert!(t.is_none_or(|t| t > Duration::from_secs(365 * 86_400)), "idle_timeout became {t:?}");
+}
