@@ -38,6 +38,8 @@
 //!   benchmark.
 //! - [`metrics`]: the names of every metric the node records.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod admin;
 pub mod cluster;
 pub mod command;

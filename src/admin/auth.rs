@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use super::{AppState, error::ApiError};
 
 /// Lets the request through when it carries the token (or none is configured).
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(token) = state.token.as_deref() else {
         return next.run(request).await;
     };

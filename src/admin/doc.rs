@@ -19,7 +19,7 @@ use utoipa::openapi::{
 use super::REQUEST_TIMEOUT;
 
 /// Adds the layers' answers to every operation of `api`.
-pub fn add_layer_answers(api: &mut OpenApi) {
+pub(super) fn add_layer_answers(api: &mut OpenApi) {
     for item in api.paths.paths.values_mut() {
         let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
         for op in ops.into_iter().flatten() {
@@ -44,7 +44,7 @@ const LINKS: [(&str, &str, &str, &str, &str, &str); 10] = [
 
 /// The document as JSON, with [`LINKS`] added to the answers they start from. (Links are added to
 /// the JSON rather than through utoipa's `Link`, which serializes its fields in snake case.)
-pub fn render(api: &OpenApi) -> String {
+pub(super) fn render(api: &OpenApi) -> String {
     let mut doc = serde_json::to_value(api).unwrap_or_default();
     for (path, method, status, name, to, id) in LINKS {
         if let Some(response) = doc.pointer_mut(&format!("/paths/{}/{method}/responses/{status}", pointer(path)))

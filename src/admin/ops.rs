@@ -21,14 +21,14 @@ use crate::{
 
 /// `GET /healthz`'s answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Health {
+pub(super) struct Health {
     /// `ok`.
     pub status: &'static str,
 }
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, body = Health)))]
-pub async fn healthz() -> Json<Health> {
+pub(super) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
@@ -37,7 +37,7 @@ pub async fn healthz() -> Json<Health> {
     (status = 200, body = Health, description = "Ready"),
     (status = 503, body = ErrorBody, description = "Draining, or cut off from Redis"),
 ))]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     if state.node.is_ready() {
         return Ok(Json(Health { status: "ok" }));
     }
@@ -48,7 +48,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 /// Prometheus metrics of this node (text exposition format).
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", security(("bearer" = [])),
     responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     state.node.refresh_gauges();
     let text = crate::metrics::install().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -56,7 +56,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 /// `GET /v1/nodes`' answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Nodes {
+pub(super) struct Nodes {
     /// The nodes, by id.
     pub nodes: Vec<NodeRecord>,
 }
@@ -66,14 +66,14 @@ pub struct Nodes {
     (status = 200, body = Nodes),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
-pub async fn nodes(State(state): State<AppState>) -> Result<Json<Nodes>, ApiError> {
+pub(super) async fn nodes(State(state): State<AppState>) -> Result<Json<Nodes>, ApiError> {
     Ok(Json(Nodes { nodes: state.node.backend().nodes().await? }))
 }
 
 /// This node's runtime settings.
 #[utoipa::path(get, path = "/v1/runtime", operation_id = "get_runtime", tag = "runtime", security(("bearer" = [])),
     responses((status = 200, body = RuntimeView)))]
-pub async fn runtime(State(state): State<AppState>) -> Json<RuntimeView> {
+pub(super) async fn runtime(State(state): State<AppState>) -> Json<RuntimeView> {
     Json(state.node.settings().view())
 }
 
@@ -81,7 +81,7 @@ pub async fn runtime(State(state): State<AppState>) -> Json<RuntimeView> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterParam {
+pub(super) struct ClusterParam {
     /// Also apply the change on every other node (through `K:ch:control`).
     #[serde(default)]
     pub cluster: bool,
@@ -92,7 +92,7 @@ pub struct ClusterParam {
 /// but not `null`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuntimeBody {
+pub(super) struct RuntimeBody {
     /// A new log filter ([`schema::LOG_FILTER`]).
     #[serde(default, deserialize_with = "schema::present")]
     pub log_filter: Option<String>,
@@ -145,7 +145,7 @@ impl RuntimeBody {
     (status = 400, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Applied here, but could not be handed to the cluster"),
 ))]
-pub async fn patch_runtime(
+pub(super) async fn patch_runtime(
     State(state): State<AppState>,
     Query(q): Query<ClusterParam>,
     Json(body): Json<RuntimeBody>,
@@ -156,7 +156,7 @@ pub async fn patch_runtime(
 
 /// `POST /v1/drain`'s answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Draining {
+pub(super) struct Draining {
     /// Always true.
     pub draining: bool,
 }
@@ -165,7 +165,7 @@ pub struct Draining {
 /// `--drain-timeout` with reason `shutdown`, leaves the cluster and exits.
 #[utoipa::path(post, path = "/v1/drain", operation_id = "drain", tag = "runtime", security(("bearer" = [])),
     responses((status = 202, body = Draining)))]
-pub async fn drain(State(state): State<AppState>) -> (StatusCode, Json<Draining>) {
+pub(super) async fn drain(State(state): State<AppState>) -> (StatusCode, Json<Draining>) {
     if !state.node.is_draining() {
         tracing::info!("drain requested through the admin API");
         let node = state.node.clone();
@@ -179,12 +179,12 @@ pub async fn drain(State(state): State<AppState>) -> (StatusCode, Json<Draining>
 /// This API's OpenAPI document.
 #[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi", tag = "health", security(("bearer" = [])),
     responses((status = 200, content_type = "application/json", body = Object)))]
-pub async fn openapi(State(state): State<AppState>) -> Response {
+pub(super) async fn openapi(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.openapi.to_string()).into_response()
 }
 
 /// Any other path.
-pub async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+pub(super) async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::not_found(format!("no route {method} {}", uri.path()))
 }
 

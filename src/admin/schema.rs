@@ -24,24 +24,24 @@ use super::error::ApiError;
 use crate::socket::{MAX_LABEL_LEN, MAX_LABELS};
 
 /// An upstream id: letters, digits, `.`, `_`, `-`, `:`, 1 to 128 of them.
-pub const UPSTREAM_ID: &str = r"^[A-Za-z0-9._:-]{1,128}$";
+pub(super) const UPSTREAM_ID: &str = r"^[A-Za-z0-9._:-]{1,128}$";
 /// An upstream URI: `http(s)://host:port`, the host a DNS name or an IPv4 address, the port 0
 /// to 65535. (An IPv6 upstream is given with `--upstream`: a pattern that took exactly the IPv6
 /// addresses the URI parser takes would be unreadable, and a loose one lets through text that
 /// clients of this API cannot parse as a URL.)
-pub const UPSTREAM_URI: &str = r"^https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*:(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$";
+pub(super) const UPSTREAM_URI: &str = r"^https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*:(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$";
 /// A duration above zero and under 10 000 hours: a number and one unit, `500ms`, `10s`, `2m`, `1h`.
-pub const DURATION: &str = r"^[1-9][0-9]{0,3}(ms|s|m|h)$";
+pub(super) const DURATION: &str = r"^[1-9][0-9]{0,3}(ms|s|m|h)$";
 /// A [`DURATION`], or `off`.
-pub const DURATION_OR_OFF: &str = r"^(off|[1-9][0-9]{0,3}(ms|s|m|h))$";
+pub(super) const DURATION_OR_OFF: &str = r"^(off|[1-9][0-9]{0,3}(ms|s|m|h))$";
 /// A log filter: comma-separated directives, each a level, or a target (a Rust module path)
 /// `=` a level (the part of `RUST_LOG`'s syntax the API takes).
-pub const LOG_FILTER: &str = r"^([A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*=)?(trace|debug|info|warn|error|off)(,([A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*=)?(trace|debug|info|warn|error|off))*$";
+pub(super) const LOG_FILTER: &str = r"^([A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*=)?(trace|debug|info|warn|error|off)(,([A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*=)?(trace|debug|info|warn|error|off))*$";
 /// Standard base64 with padding, in canonical form (the unused bits of the last symbol are zero),
 /// which is what the decoder takes.
-pub const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+pub(super) const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
 /// A label filter of `GET /v1/sockets`: `name=value`, the name not empty (the value may hold `=`).
-pub const LABEL_FILTER: &str = r"^[^=]+=";
+pub(super) const LABEL_FILTER: &str = r"^[^=]+=";
 
 /// Every pattern, compiled once.
 static COMPILED: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
@@ -53,7 +53,7 @@ static COMPILED: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
 });
 
 /// Whether `value` matches `pattern` (one of the constants above).
-pub fn matches(pattern: &str, value: &str) -> bool {
+pub(super) fn matches(pattern: &str, value: &str) -> bool {
     COMPILED.iter().find(|(p, _)| *p == pattern).is_some_and(|(_, r)| r.is_match(value))
 }
 
@@ -61,7 +61,7 @@ pub fn matches(pattern: &str, value: &str) -> bool {
 ///
 /// # Errors
 /// An [`ApiError`] (400) naming the field and what it must look like.
-pub fn check(field: &str, pattern: &str, value: &str, what: &str) -> Result<(), ApiError> {
+pub(super) fn check(field: &str, pattern: &str, value: &str, what: &str) -> Result<(), ApiError> {
     if matches(pattern, value) {
         Ok(())
     } else {
@@ -76,7 +76,7 @@ pub fn check(field: &str, pattern: &str, value: &str, what: &str) -> Result<(), 
 ///
 /// # Errors
 /// The value's own deserialization error (`null` included).
-pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
 
@@ -117,7 +117,7 @@ pub(super) fn labels(description: &str, limits: bool) -> ObjectBuilder {
 }
 
 /// `POST /v1/sockets/{id}/messages`' body: the payload, any bytes.
-pub struct Payload;
+pub(super) struct Payload;
 
 impl PartialSchema for Payload {
     fn schema() -> RefOr<Schema> {
@@ -132,7 +132,7 @@ impl PartialSchema for Payload {
 impl ToSchema for Payload {}
 
 /// `PATCH /v1/sockets/{id}/labels`' body: label name → value.
-pub struct LabelPatch;
+pub(super) struct LabelPatch;
 
 impl PartialSchema for LabelPatch {
     fn schema() -> RefOr<Schema> {
@@ -151,7 +151,7 @@ impl ToSchema for LabelPatch {}
 ///
 /// # Errors
 /// When the value is not a number, or not a whole one from 0 to `u64::MAX`.
-pub fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+pub(super) fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     /// 2^64, the first whole number past `u64::MAX`, exactly as an `f64`.
     const PAST_U64: f64 = 18_446_744_073_709_551_616.0;
     let n = serde_json::Number::deserialize(d)?;

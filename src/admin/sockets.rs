@@ -46,7 +46,7 @@ fn clip(s: &str) -> String {
 
 /// `GET /v1/sockets`' query parameters, as the document states them; [`parse_query`] reads them
 /// (by hand: `label` may repeat) and checks exactly this.
-pub struct ListParams;
+pub(super) struct ListParams;
 
 impl utoipa::IntoParams for ListParams {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
@@ -86,7 +86,7 @@ impl utoipa::IntoParams for ListParams {
     (status = 400, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
-pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<SocketPage>, ApiError> {
+pub(super) async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<SocketPage>, ApiError> {
     let mut query = parse_query(raw.as_deref().unwrap_or(""))?;
     query.idle_after = state.node.settings().idle_after();
     Ok(Json(state.node.backend().sockets(&query).await?))
@@ -144,7 +144,7 @@ fn parse_query(raw: &str) -> Result<SocketQuery, ApiError> {
     (status = 404, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<SocketRecord>, ApiError> {
+pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<SocketRecord>, ApiError> {
     let id = socket_id(&id)?;
     let node = &state.node;
     let idle_after = node.settings().idle_after();
@@ -165,7 +165,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
 ))]
-pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let socket = socket_id(&id)?;
     tracing::info!(socket.id = %socket, "admin: close");
     let command = Command::Close { socket, reason: CloseReason::Admin, detail: "closed by an admin".to_owned() };
@@ -182,7 +182,11 @@ pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Res
     (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
 ))]
-pub async fn send(State(state): State<AppState>, Path(id): Path<String>, payload: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn send(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    payload: Bytes,
+) -> Result<Response, ApiError> {
     let socket = socket_id(&id)?;
     check_size(&state, payload.len())?;
     Ok(receipt_response(state.node.execute(&Command::Send { socket, payload }).await))
@@ -203,7 +207,7 @@ fn check_size(state: &AppState, len: usize) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ReplaceParam {
+pub(super) struct ReplaceParam {
     /// Replace all labels instead of merging (in a merge, an empty value removes a label).
     #[serde(default)]
     pub replace: bool,
@@ -219,7 +223,7 @@ pub struct ReplaceParam {
     (status = 409, body = ErrorBody, description = "The result would exceed the label limits (64 labels, 1024 bytes of UTF-8 per name and value)"),
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
 ))]
-pub async fn labels(
+pub(super) async fn labels(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<ReplaceParam>,
@@ -253,7 +257,7 @@ fn check_labels(labels: &Labels) -> Result<(), ApiError> {
 /// is in `schema.rs`. A field may be absent but not `null`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BroadcastBody {
+pub(super) struct BroadcastBody {
     /// `all` (default), `active` or `inactive`.
     #[serde(default, deserialize_with = "schema::present")]
     pub scope: Option<String>,
@@ -275,7 +279,10 @@ pub struct BroadcastBody {
     (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),
     (status = 503, body = ErrorBody, description = "It reached only this node"),
 ))]
-pub async fn broadcast(State(state): State<AppState>, Json(body): Json<BroadcastBody>) -> Result<Response, ApiError> {
+pub(super) async fn broadcast(
+    State(state): State<AppState>,
+    Json(body): Json<BroadcastBody>,
+) -> Result<Response, ApiError> {
     let scope = match body.scope.as_deref().unwrap_or("all") {
         "all" => Scope::All,
         "active" => Scope::Active,

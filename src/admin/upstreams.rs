@@ -15,7 +15,7 @@ use super::{
 
 /// An upstream as this node sees it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct UpstreamView {
+pub(super) struct UpstreamView {
     /// Its id in the registry.
     pub id: String,
     /// Its gRPC URI.
@@ -32,7 +32,7 @@ pub struct UpstreamView {
 
 /// `GET /v1/upstreams`' answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Upstreams {
+pub(super) struct Upstreams {
     /// The registry, by id.
     pub upstreams: Vec<UpstreamView>,
 }
@@ -42,7 +42,7 @@ pub struct Upstreams {
     (status = 200, body = Upstreams),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<Upstreams>, ApiError> {
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Upstreams>, ApiError> {
     let registry = state.node.backend().upstreams().await?;
     let pool = state.node.upstreams();
     let upstreams = registry
@@ -65,7 +65,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Upstreams>, ApiE
 /// `POST /v1/upstreams`' body (its schema is in `schema.rs`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NewUpstream {
+pub(super) struct NewUpstream {
     /// Its id (letters, digits, `.`, `_`, `-`, `:`); default: the URI's `host:port`. An
     /// existing id is re-pointed.
     #[serde(default, deserialize_with = "schema::present")]
@@ -76,7 +76,7 @@ pub struct NewUpstream {
 
 /// `POST /v1/upstreams`' answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct UpstreamEntryView {
+pub(super) struct UpstreamEntryView {
     /// Its id.
     pub id: String,
     /// Its URI.
@@ -89,7 +89,7 @@ pub struct UpstreamEntryView {
     (status = 201, body = UpstreamEntryView), (status = 400, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
-pub async fn add(
+pub(super) async fn add(
     State(state): State<AppState>,
     Json(body): Json<NewUpstream>,
 ) -> Result<(StatusCode, Json<UpstreamEntryView>), ApiError> {
@@ -109,7 +109,7 @@ pub async fn add(
     (status = 204, description = "Removed"), (status = 404, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "Redis is not reachable"),
 ))]
-pub async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub(super) async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     tracing::info!(upstream = %id, "admin: remove upstream");
     if state.node.remove_upstream(&id).await? {
         Ok(StatusCode::NO_CONTENT)
