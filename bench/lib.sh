@@ -119,3 +119,11 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 now() { date +%s.%N; }
+
+# build_release: the release binaries, unless SKIP_BUILD is set (then $BIN's are used as they are).
+build_release() {
+    if [[ -z ${SKIP_BUILD:-} ]]; then
+        log "building (release)"
+        cargo build --release --examples --bins
+    fi
+}

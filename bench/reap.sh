@@ -24,10 +24,7 @@ mkdir -p "$OUT"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "building (release)"
-    cargo build --release --examples --bins
-fi
+build_release
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # one_run N: prints `run=N sockets=… ms_to_last_closed=…`.

@@ -31,10 +31,7 @@ mkdir -p "$OUT"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "building (release)"
-    cargo build --release --examples --bins
-fi
+build_release
 
 # replayed ADMIN_PORT: the node's ppp_events_replayed_total, summed over upstreams.
 replayed() {

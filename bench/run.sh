@@ -39,10 +39,7 @@ if [[ ! -x $HAPROXY ]]; then
     apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
 fi
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "building (release)"
-    cargo build --release --examples --bins
-fi
+build_release
 
 {
     echo "date: $(date -u +%FT%TZ)"

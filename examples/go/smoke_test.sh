@@ -23,57 +23,9 @@ ppp_bin=${PPP_BIN:-$root/target/debug/ppp}
 timeout=${PPP_SMOKE_TIMEOUT:-30}
 started=$SECONDS
 
-work=$(mktemp -d)
-node_pid=
-upstream_pid=
-
-say() { echo "smoke_test: $*"; }
-
-# Prints the logs, so a failure in CI can be understood from its output alone.
-show_logs() {
-  for log in "$work"/upstream.log "$work"/node.log; do
-    [[ -s $log ]] || continue
-    echo "----- $(basename "$log") (last 40 lines) -----"
-    tail -n 40 "$log"
-  done
-}
-
-fail() {
-  echo "smoke_test: FAIL: $*" >&2
-  show_logs >&2
-  exit 1
-}
-
-# Stops whatever is still running (SIGTERM, then SIGKILL after a few seconds) and removes the
-# temporary folder, whichever way the script ends.
-cleanup() {
-  local pid
-  for pid in $node_pid $upstream_pid; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in $node_pid $upstream_pid; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Polls `condition` (a command) every 100 ms until it succeeds; fails with `what` after $timeout s.
-wait_for() {
-  local what=$1
-  shift
-  local deadline=$((SECONDS + timeout))
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "$what: not within ${timeout}s"
-    sleep 0.1
-  done
-}
-
-alive() { kill -0 "$1" 2>/dev/null; }
+HARNESS=smoke_test
+# shellcheck source=scripts/harness.sh
+source "$root/scripts/harness.sh"
 
 [[ -x $ppp_bin ]] || fail "no node binary at $ppp_bin (run \`cargo build\` first, or set PPP_BIN)"
 
@@ -103,6 +55,7 @@ EOF
 # A short grace: long enough for the node to see NOT_SERVING (below), short for the test.
 "$go_bin" --listen "127.0.0.1:$upstream_port" --grace 2 >"$work/upstream.log" 2>&1 &
 upstream_pid=$!
+track "$upstream_pid"
 
 # A standalone node on loopback, whatever PPP_* settings the caller's environment holds (a token
 # or a Redis URL there would change what this test sees). A short health interval makes the node
@@ -113,6 +66,7 @@ upstream_pid=$!
     --upstream "http://127.0.0.1:$upstream_port" --health-interval 200ms
 ) >"$work/node.log" 2>&1 &
 node_pid=$!
+track "$node_pid"
 
 # `"ready":true` in the node's view of its (only) upstream: the health service answered SERVING.
 # `"open":true`: its Connect stream is open, so the first message goes straight to it.
@@ -177,7 +131,7 @@ upstream_exited() { ! alive "$upstream_pid"; }
 wait_for "the upstream to exit after SIGTERM" upstream_exited
 status=0
 wait "$upstream_pid" || status=$?
-upstream_pid=
+untrack "$upstream_pid"
 ((status == 0)) || fail "the upstream exited with status $status after SIGTERM"
 say "ok: after SIGTERM the node saw the upstream NOT_SERVING, and it exited 0"
 

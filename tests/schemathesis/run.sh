@@ -29,53 +29,9 @@ seed=${PPP_SCHEMATHESIS_SEED:-$RANDOM$RANDOM}
 token=schemathesis-$RANDOM$RANDOM
 started=$SECONDS
 
-work=$(mktemp -d)
-pids=()
-
-say() { echo "schemathesis: $*"; }
-
-show_logs() {
-  local log
-  for log in "$work"/upstream.log "$work"/node.log; do
-    [[ -s $log ]] || continue
-    echo "----- $(basename "$log") (last 40 lines) -----"
-    tail -n 40 "$log"
-  done
-}
-
-fail() {
-  echo "schemathesis: FAIL: $*" >&2
-  show_logs >&2
-  exit 1
-}
-
-# Stops whatever is still running, last started first (SIGTERM, then SIGKILL), and removes the
-# temporary folder.
-cleanup() {
-  local pid i
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    pid=${pids[i]}
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Polls `condition` (a command) every 100 ms until it succeeds; fails with `what` after $timeout s.
-wait_for() {
-  local what=$1
-  shift
-  local deadline=$((SECONDS + timeout))
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "$what: not within ${timeout}s"
-    sleep 0.1
-  done
-}
+HARNESS=schemathesis
+# shellcheck source=scripts/harness.sh
+source "$root/scripts/harness.sh"
 
 # --- The venv and the binaries ------------------------------------------------------------------
 venv=${PPP_SCHEMATHESIS_VENV:-$target/venv-schemathesis}
@@ -98,13 +54,13 @@ print(*(s.getsockname()[1] for s in socks))
 PY
 )
 "$target/debug/examples/echo_upstream" --listen "127.0.0.1:$upstream_port" >"$work/upstream.log" 2>&1 &
-pids+=($!)
+track $!
 (
   for var in $(compgen -e | grep '^PPP_' || true); do unset "$var"; done
   exec "$target/debug/ppp" --listen "127.0.0.1:$node_port" --admin-listen "127.0.0.1:$admin_port" \
     --admin-token "$token" --upstream "http://127.0.0.1:$upstream_port" --health-interval 200ms --drain-timeout 1s
 ) >"$work/node.log" 2>&1 &
-pids+=($!)
+track $!
 admin=http://127.0.0.1:$admin_port
 
 upstream_ready() {
@@ -146,7 +102,7 @@ while True:
             time.sleep(0.2)
             connect()
 PY
-pids+=($!)
+track $!
 sockets_open() {
   [[ $(curl -s --max-time 1 -H "Authorization: Bearer $token" "$admin/v1/sockets") == *'"id"'* ]]
 }
