@@ -13,33 +13,30 @@
 //! until a health check sent after it is answered. When a stream breaks, what is unconfirmed goes
 //! out again, flagged `redelivered`, to the next usable upstream: delivery is at least once.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
-use rand::Rng;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
+    backoff::Backoff,
+    commands::{handle_command, remote_commands},
     health,
     pool::Upstream,
     window::{Kept, ReplayWindow},
 };
 use crate::{
-    command::{Command, Dispatcher, Receipt},
+    command::{Command, Dispatcher},
     metrics as m,
-    proto::{self, CommandResult, NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient, upstream_command},
+    proto::{self, NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient},
     upstream::router::Router,
 };
 
 /// Longest wait for the TCP (and HTTP/2) connection to an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// First reconnect delay; doubles per failure up to [`BACKOFF_MAX`].
-pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// HTTP/2 keepalive: a ping after this long without a frame from the upstream. Stock gRPC
 /// servers (grpc-core in Python, C++, Ruby; grpc-go; grpc-java) by default accept at most one
 /// ping per 5 minutes while they send nothing, and end the connection (`GOAWAY too_many_pings`)
@@ -189,9 +186,8 @@ async fn session(
     backlog: &Arc<Mutex<Backlog>>,
     ctx: &StreamContext,
 ) -> Outcome {
-    let broken = |error: String| Outcome::Broken { error, opened: false };
     let Ok(mut guard) = tokio::time::timeout(QUEUE_HANDOVER_TIMEOUT, backlog.clone().lock_owned()).await else {
-        return broken("the previous stream did not release the queue".to_owned());
+        return broken("the previous stream did not release the queue");
     };
     // What the previous stream left unconfirmed, if the reroute could not take it: first in line.
     guard.replay(upstream);
@@ -209,11 +205,35 @@ async fn session(
     // Pinned once for the session: building it per command would cost a waiter registration
     // for every command of a busy stream.
     let lost = lost.changed();
-    let call = client.connect(outbound);
-    tokio::pin!(call, accepted, lost);
+    tokio::pin!(lost);
+    let inbound = match open(upstream, client.connect(outbound), accepted, lost.as_mut()).await {
+        Ok(inbound) => inbound,
+        Err(outcome) => return outcome,
+    };
+    mark_open(upstream);
+    serve(upstream, inbound, ctx, &session_end, lost).await
+}
+
+/// An outcome for a stream that broke before it was open.
+fn broken(error: impl Into<String>) -> Outcome {
+    Outcome::Broken { error: error.into(), opened: false }
+}
+
+/// Waits for the upstream's answer to the call (its response headers may come late: with some
+/// servers only with their first command). Meanwhile the stream is open as soon as the transport
+/// took `hello` (`accepted`).
+async fn open<F, L>(
+    upstream: &Upstream,
+    call: F,
+    accepted: oneshot::Receiver<()>,
+    mut lost: Pin<&mut L>,
+) -> Result<tonic::Streaming<proto::UpstreamCommand>, Outcome>
+where
+    F: Future<Output = Result<tonic::Response<tonic::Streaming<proto::UpstreamCommand>>, tonic::Status>>,
+    L: Future,
+{
+    tokio::pin!(call, accepted);
     let mut accepted_seen = false;
-    // The response (its headers) may come late: with some servers only with their first command.
-    // Meanwhile the stream is open as soon as the transport took `hello`.
     let response = loop {
         tokio::select! {
             r = &mut call => break r,
@@ -223,15 +243,21 @@ async fn session(
                     mark_open(upstream);
                 }
             }
-            () = upstream.stop.cancelled() => return Outcome::Stopped,
-            _ = &mut lost => return broken("the upstream answers no health check".to_owned()),
+            () = upstream.stop.cancelled() => return Err(Outcome::Stopped),
+            _ = &mut lost => return Err(broken("the upstream answers no health check")),
         }
     };
-    let mut inbound = match response {
-        Ok(response) => response.into_inner(),
-        Err(status) => return broken(format!("connect failed: {}", status.message())),
-    };
-    mark_open(upstream);
+    response.map(tonic::Response::into_inner).map_err(|status| broken(format!("connect failed: {}", status.message())))
+}
+
+/// Carries out the commands of an open stream until it ends.
+async fn serve<L: Future>(
+    upstream: &Arc<Upstream>,
+    mut inbound: tonic::Streaming<proto::UpstreamCommand>,
+    ctx: &StreamContext,
+    session_end: &CancellationToken,
+    mut lost: Pin<&mut L>,
+) -> Outcome {
     let (remote, remote_rx) = mpsc::channel(REMOTE_QUEUE);
     ctx.tracker.spawn(remote_commands(upstream.clone(), remote_rx, ctx.dispatcher.clone()).in_current_span());
     let stopped = upstream.stop.cancelled();
@@ -239,7 +265,7 @@ async fn session(
     loop {
         let message = tokio::select! {
             biased;
-            () = &mut stopped => return removed(upstream, inbound, ctx, &remote, &session_end).await,
+            () = &mut stopped => return removed(upstream, inbound, ctx, &remote, session_end).await,
             _ = &mut lost => {
                 return Outcome::Broken { error: "the upstream answers no health check".to_owned(), opened: true };
             }
@@ -368,66 +394,6 @@ async fn next_event(backlog: &mut Backlog, finish: &CancellationToken, end: &Can
     }
 }
 
-/// Carries out one command and, when it carries a `command_id`, queues its receipt. A command
-/// for a socket of another node waits for that node; it goes to `remote` (carried out in order by
-/// [`remote_commands`]) so that it never holds up the commands behind it on this stream.
-async fn handle_command(
-    upstream: &Upstream,
-    command: proto::UpstreamCommand,
-    dispatcher: &Dispatcher,
-    remote: &mpsc::Sender<(Option<String>, Command)>,
-) {
-    if let Some(upstream_command::Command::Ack(ack)) = &command.command {
-        upstream.delivery.ack(ack.event_seq);
-        return;
-    }
-    let (command_id, parsed) = Command::from_proto(command);
-    let receipt = match parsed {
-        Ok(command) if command.socket().is_some() => match dispatcher.execute_local(&command) {
-            Some(receipt) => {
-                m::hot().command(command.kind(), receipt.status_label());
-                receipt
-            }
-            None => {
-                if let Err(mpsc::error::SendError((command_id, _))) = remote.send((command_id, command)).await {
-                    send_receipt(upstream, command_id, Receipt::failed("the stream is closing"));
-                }
-                return;
-            }
-        },
-        Ok(command) => dispatcher.execute(&command).await,
-        Err(e) => {
-            warn!(error = %e, command_id = command_id.as_deref().unwrap_or(""), "invalid command");
-            m::hot().command("invalid", "failed");
-            Receipt::failed(e.to_string())
-        }
-    };
-    send_receipt(upstream, command_id, receipt);
-}
-
-/// Carries out, in order, the commands of one stream for sockets held by other nodes.
-async fn remote_commands(
-    upstream: Arc<Upstream>,
-    mut commands: mpsc::Receiver<(Option<String>, Command)>,
-    dispatcher: Dispatcher,
-) {
-    while let Some((command_id, command)) = commands.recv().await {
-        let receipt = dispatcher.execute(&command).await;
-        send_receipt(&upstream, command_id, receipt);
-    }
-}
-
-/// Queues the receipt of a command that carried a `command_id`.
-fn send_receipt(upstream: &Upstream, command_id: Option<String>, receipt: Receipt) {
-    let Some(command_id) = command_id else { return };
-    let result = CommandResult { command_id, status: receipt.status as i32, detail: receipt.detail };
-    let event = NodeEvent { event: Some(node_event::Event::Result(result)), ..NodeEvent::default() };
-    if upstream.try_hand(event).is_err() {
-        warn!("receipt refused: the upstream's queue is full");
-        metrics::counter!(m::MESSAGES_REFUSED, "reason" => "receipt_queue_full").increment(1);
-    }
-}
-
 /// Hands what waits for a broken or removed upstream to other usable upstreams, without waiting;
 /// what none can take stays for this upstream's next stream. Receipts stay: they are for this
 /// upstream only.
@@ -460,43 +426,5 @@ async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, router: &Ro
     if moved > 0 {
         debug!(events = moved, "rerouted to other upstreams");
         metrics::counter!(m::EVENTS_REROUTED).increment(moved);
-    }
-}
-
-/// Capped exponential backoff with jitter: each delay is drawn from the upper half of the
-/// current step, so nodes that lost an upstream together do not reconnect in lockstep.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let step = BACKOFF_BASE.saturating_mul(1 << self.failures.min(16)).min(BACKOFF_MAX);
-        self.failures = self.failures.saturating_add(1);
-        let half = step / 2;
-        half + half.mul_f64(rand::rng().random::<f64>())
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter() {
-        let mut b = Backoff::default();
-        let first = b.next_delay();
-        assert!(first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE);
-        for _ in 0..20 {
-            assert!(b.next_delay() <= BACKOFF_MAX);
-        }
-        assert!(b.next_delay() >= BACKOFF_MAX / 2);
-        b.reset();
-        assert!(b.next_delay() <= BACKOFF_BASE);
     }
 }

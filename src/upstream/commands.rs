@@ -1,0 +1,75 @@
+//! What an upstream sends on its stream: commands, carried out here (for this node's sockets) or
+//! by the owning node (in order, without holding up the rest of the stream), receipts queued back
+//! on the upstream's own queue, and acks, which confirm the replay window.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::pool::Upstream;
+use crate::{
+    command::{Command, Dispatcher, Receipt},
+    metrics as m,
+    proto::{self, CommandResult, NodeEvent, node_event, upstream_command},
+};
+
+/// Carries out one command and, when it carries a `command_id`, queues its receipt. A command
+/// for a socket of another node waits for that node; it goes to `remote` (carried out in order by
+/// [`remote_commands`]) so that it never holds up the commands behind it on this stream.
+pub(super) async fn handle_command(
+    upstream: &Upstream,
+    command: proto::UpstreamCommand,
+    dispatcher: &Dispatcher,
+    remote: &mpsc::Sender<(Option<String>, Command)>,
+) {
+    if let Some(upstream_command::Command::Ack(ack)) = &command.command {
+        upstream.delivery.ack(ack.event_seq);
+        return;
+    }
+    let (command_id, parsed) = Command::from_proto(command);
+    let receipt = match parsed {
+        Ok(command) if command.socket().is_some() => match dispatcher.execute_local(&command) {
+            Some(receipt) => {
+                m::hot().command(command.kind(), receipt.status_label());
+                receipt
+            }
+            None => {
+                if let Err(mpsc::error::SendError((command_id, _))) = remote.send((command_id, command)).await {
+                    send_receipt(upstream, command_id, Receipt::failed("the stream is closing"));
+                }
+                return;
+            }
+        },
+        Ok(command) => dispatcher.execute(&command).await,
+        Err(e) => {
+            warn!(error = %e, command_id = command_id.as_deref().unwrap_or(""), "invalid command");
+            m::hot().command("invalid", "failed");
+            Receipt::failed(e.to_string())
+        }
+    };
+    send_receipt(upstream, command_id, receipt);
+}
+
+/// Carries out, in order, the commands of one stream for sockets held by other nodes.
+pub(super) async fn remote_commands(
+    upstream: Arc<Upstream>,
+    mut commands: mpsc::Receiver<(Option<String>, Command)>,
+    dispatcher: Dispatcher,
+) {
+    while let Some((command_id, command)) = commands.recv().await {
+        let receipt = dispatcher.execute(&command).await;
+        send_receipt(&upstream, command_id, receipt);
+    }
+}
+
+/// Queues the receipt of a command that carried a `command_id`.
+fn send_receipt(upstream: &Upstream, command_id: Option<String>, receipt: Receipt) {
+    let Some(command_id) = command_id else { return };
+    let result = CommandResult { command_id, status: receipt.status as i32, detail: receipt.detail };
+    let event = NodeEvent { event: Some(node_event::Event::Result(result)), ..NodeEvent::default() };
+    if upstream.try_hand(event).is_err() {
+        warn!("receipt refused: the upstream's queue is full");
+        metrics::counter!(m::MESSAGES_REFUSED, "reason" => "receipt_queue_full").increment(1);
+    }
+}
