@@ -6,15 +6,9 @@
 //! name. The file is applied by handing its values to the same clap parser the flags use, so a value
 //! is parsed and validated exactly one way wherever it comes from.
 
-use std::{
-    ffi::OsString,
-    fmt,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, parser::ValueSource};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// What can be wrong with the configuration. Always fatal at start-up, with a message naming the
 /// setting.
@@ -84,6 +78,13 @@ pub enum Command {
     Ready,
 }
 
+mod load;
+mod units;
+
+pub use self::{
+    load::{load, load_from},
+    units::{MAX_DURATION, parse_duration, parse_optional_duration, parse_size},
+};
 pub use crate::{downstream::framing::Framing, upstream::balance::Balance};
 
 /// `--idle-timeout`: a duration, or off. (A newtype because clap reads a plain `Option` field as
@@ -230,7 +231,7 @@ impl fmt::Debug for Config {
 impl Default for Config {
     /// The defaults, exactly as an empty command line gives them, ignoring the environment.
     fn default() -> Self {
-        parse_from_no_env().expect("the defaults parse")
+        load::parse_from_no_env().expect("the defaults parse")
     }
 }
 
@@ -289,157 +290,6 @@ impl Config {
 
 /// The upper bound of `--max-frame`: one frame must fit comfortably in memory and in a gRPC message.
 pub const MAX_FRAME_LIMIT: usize = 256 << 20;
-
-/// Parses the process's arguments, environment and optional config file.
-///
-/// # Errors
-/// A [`ConfigError`] naming the bad flag, variable or key.
-pub fn load() -> Result<Cli, ConfigError> {
-    load_from(std::env::args_os().collect())
-}
-
-/// Like [`load`], for the given argument vector (the first element is the program name).
-///
-/// # Errors
-/// A [`ConfigError`] naming the bad flag, variable or key.
-pub fn load_from(args: Vec<OsString>) -> Result<Cli, ConfigError> {
-    let command = Cli::command();
-    let matches = command.clone().try_get_matches_from(&args)?;
-    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
-        return Ok(Cli::from_arg_matches(&matches)?);
-    };
-    let file_args = file_arguments(&command, &matches, &path)?;
-    let mut merged = Vec::with_capacity(args.len() + file_args.len());
-    merged.extend(args.first().cloned());
-    merged.extend(file_args.into_iter().map(OsString::from));
-    merged.extend(args.into_iter().skip(1));
-    let matches = command.try_get_matches_from(merged).map_err(|e| ConfigError::BadValue {
-        path: path.clone(),
-        key: error_key(&e),
-        message: e.kind().to_string(),
-    })?;
-    Ok(Cli::from_arg_matches(&matches)?)
-}
-
-/// Names the flag a clap error is about, for an error blamed on the config file.
-fn error_key(error: &clap::Error) -> String {
-    match error.get(clap::error::ContextKind::InvalidArg) {
-        Some(clap::error::ContextValue::String(arg)) => arg.clone(),
-        _ => error.to_string().lines().next().unwrap_or_default().to_owned(),
-    }
-}
-
-/// Turns the file's keys that neither a flag nor the environment set into `--key=value` arguments.
-fn file_arguments(
-    command: &clap::Command,
-    matches: &clap::ArgMatches,
-    path: &Path,
-) -> Result<Vec<String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    let table: toml::Table = toml::from_str(&text)
-        .map_err(|source| ConfigError::Toml { path: path.to_owned(), source: Box::new(source) })?;
-    let mut out = Vec::new();
-    for (key, value) in table {
-        let id = key.replace('-', "_");
-        let known = command.get_arguments().any(|a| a.get_id() == id.as_str() && a.get_long().is_some());
-        if !known || id == "config" {
-            return Err(ConfigError::UnknownKey { path: path.to_owned(), key });
-        }
-        if matches!(matches.value_source(&id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
-            continue;
-        }
-        let flag = format!("--{}", id.replace('_', "-"));
-        let bad = |message: &str| ConfigError::BadValue {
-            path: path.to_owned(),
-            key: key.clone(),
-            message: message.to_owned(),
-        };
-        match value {
-            toml::Value::Boolean(true) => out.push(flag),
-            toml::Value::Boolean(false) => {}
-            toml::Value::Array(items) => {
-                for item in items {
-                    out.push(format!("{flag}={}", scalar(&item).ok_or_else(|| bad("arrays hold strings or numbers"))?));
-                }
-            }
-            other => out.push(format!("{flag}={}", scalar(&other).ok_or_else(|| bad("expected a string or number"))?)),
-        }
-    }
-    Ok(out)
-}
-
-/// A TOML scalar as the text a flag would carry.
-fn scalar(value: &toml::Value) -> Option<String> {
-    match value {
-        toml::Value::String(s) => Some(s.clone()),
-        toml::Value::Integer(i) => Some(i.to_string()),
-        toml::Value::Float(f) => Some(f.to_string()),
-        _ => None,
-    }
-}
-
-/// The defaults with no environment: clap reads `PPP_*` even for an empty command line, so the
-/// env-backed args are stripped of their `env` first.
-fn parse_from_no_env() -> Result<Config, clap::Error> {
-    let mut command = Cli::command();
-    let ids: Vec<_> = command.get_arguments().map(|a| a.get_id().clone()).collect();
-    for id in ids {
-        command = command.mut_arg(id, |a| a.env(None::<&str>));
-    }
-    let matches = command.try_get_matches_from(["ppp"])?;
-    Ok(Cli::from_arg_matches(&matches)?.config)
-}
-
-/// Parses a human duration: `500ms`, `10s`, `2m`, `1h 30m`.
-///
-/// # Errors
-/// A message for clap when the text is not a duration.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 500ms, 10s, 2m: {e}"))?;
-    if d > MAX_DURATION {
-        return Err(format!("`{text}` is longer than the longest duration allowed, 10 years"));
-    }
-    Ok(d)
-}
-
-/// The longest duration any setting takes: far beyond any sensible value, and small enough that
-/// no arithmetic on times (unix milliseconds as `i64`, `Instant + Duration`) can overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// Parses a duration that may be switched off with `off` (or `0`).
-///
-/// # Errors
-/// A message for clap when the text is neither `off` nor a duration.
-pub fn parse_optional_duration(text: &str) -> Result<IdleTimeout, String> {
-    match text.trim() {
-        "off" | "none" | "0" => Ok(IdleTimeout(None)),
-        other => parse_duration(other).map(|d| IdleTimeout(Some(d))),
-    }
-}
-
-/// Parses a byte size: a plain number, or one with a unit (`B`, `KiB`, `MiB`, `GiB`, `kB`, `MB`,
-/// `GB`; `K`/`M`/`G` mean the binary units).
-///
-/// # Errors
-/// A message for clap when the text is not a size.
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 65536, 64KiB, 1MiB"))?;
-    let multiplier: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "kB" | "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => return Err(format!("`{other}` is not a size unit (B, KiB, MiB, GiB, kB, MB, GB)")),
-    };
-    n.checked_mul(multiplier).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| format!("`{text}` is too large"))
-}
 
 /// Node ids, cluster names and prefixes become parts of Redis keys: keep them to a safe alphabet.
 fn valid_name(s: &str) -> bool {
