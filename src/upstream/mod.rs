@@ -4,15 +4,18 @@
 //! - [`router`]: which upstream gets each inbound event (round-robin or sticky, [`balance`]),
 //!   and inbound backpressure.
 //! - [`pool`]: the upstreams, their queues and their state (ready, open).
-//! - [`stream`]: the task that keeps one `Connect` stream open and feeds it, reconnecting with
-//!   [`backoff`]; [`commands`]: what comes back on it (commands, receipts, acks).
+//! - [`stream`]: the task that keeps one `Connect` stream open, reconnecting with [`backoff`];
+//!   [`outbound`]: what the node writes on it, from the upstream's [`backlog`]; [`commands`]:
+//!   what comes back (commands, receipts, acks).
 //! - [`window`]: the replay window: what a stream wrote and the upstream has not confirmed.
 //! - [`health`]: the task that polls `grpc.health.v1.Health/Check` for readiness and liveness.
 
+pub mod backlog;
 pub mod backoff;
 pub mod balance;
 pub mod commands;
 pub mod health;
+pub mod outbound;
 pub mod pool;
 pub mod router;
 pub mod stream;

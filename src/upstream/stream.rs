@@ -15,18 +15,19 @@
 
 use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use futures_util::{Stream, StreamExt, stream};
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
+    backlog::Backlog,
     backoff::Backoff,
     commands::{handle_command, remote_commands},
     health,
+    outbound::outbound,
     pool::Upstream,
-    window::{Kept, ReplayWindow},
+    window::ReplayWindow,
 };
 use crate::{
     command::{Command, Dispatcher},
@@ -69,33 +70,6 @@ pub struct StreamContext {
     pub finish: CancellationToken,
     /// Where the health task is spawned.
     pub tracker: TaskTracker,
-}
-
-/// The events waiting for an upstream: its queue, and those taken from the queue while the
-/// stream was down and not yet rerouted. `pending` holds at most what the queue held plus one
-/// replay window: while the stream is down the upstream is not usable, so nothing new is queued
-/// for it but receipts for its own commands, and those stop with its stream.
-struct Backlog {
-    rx: mpsc::Receiver<NodeEvent>,
-    pending: VecDeque<NodeEvent>,
-    /// Events the current stream wrote that the upstream has not confirmed.
-    window: ReplayWindow,
-    /// `ppp_replay_window_overflow_total` for this upstream, looked up once: under a saturating
-    /// load it is touched for every event.
-    overflow: metrics::Counter,
-}
-
-impl Backlog {
-    /// Puts the events of the replay window that are still unconfirmed back in front of the
-    /// queue, flagged `redelivered`, for the next stream or another upstream; returns how many.
-    fn replay(&mut self, upstream: &Upstream) -> usize {
-        let again = self.window.take_unconfirmed(&upstream.delivery);
-        let n = again.len();
-        for event in again.into_iter().rev() {
-            self.pending.push_front(event);
-        }
-        n
-    }
 }
 
 /// How a stream ended.
@@ -199,7 +173,8 @@ async fn session(
     let session_end = CancellationToken::new();
     let _end_guard = session_end.clone().drop_guard();
     let (accepted_tx, accepted) = oneshot::channel();
-    let outbound = outbound(ctx.hello.clone(), guard, upstream.clone(), ctx, session_end.clone(), accepted_tx);
+    let outbound =
+        outbound(ctx.hello.clone(), guard, upstream.clone(), ctx.finish.clone(), session_end.clone(), accepted_tx);
     let mut client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
     let mut lost = upstream.lost();
     // Pinned once for the session: building it per command would cost a waiter registration
@@ -328,71 +303,6 @@ async fn removed(
 
 /// How long a removed upstream has to end its side of the stream.
 const REMOVAL_GRACE: Duration = Duration::from_secs(2);
-
-/// The node's side of a stream: `hello`, then the backlog, then the queue as events arrive, each
-/// numbered (`event_seq`) and kept in the replay window. `accepted` is told when the transport
-/// takes `hello`: the call is accepted. When the node drains it ends after the last queued event;
-/// when `end` is cancelled (the session is over) it ends at once, leaving what is queued for the
-/// next stream. Holding the backlog's guard for the stream's life makes sure only one stream
-/// drains it; the guard returns when the stream ends or is dropped.
-fn outbound(
-    hello: NodeHello,
-    guard: OwnedMutexGuard<Backlog>,
-    upstream: Arc<Upstream>,
-    ctx: &StreamContext,
-    end: CancellationToken,
-    accepted: oneshot::Sender<()>,
-) -> impl Stream<Item = NodeEvent> + Send + 'static {
-    let hello = NodeEvent { event: Some(node_event::Event::Hello(hello)), event_seq: 1, redelivered: false };
-    let first = stream::once(async move {
-        let _ = accepted.send(());
-        hello
-    });
-    let state = (guard, ctx.finish.clone(), end, 2u64);
-    let rest = stream::unfold(state, move |(mut backlog, finish, end, event_seq)| {
-        let upstream = upstream.clone();
-        async move {
-            if end.is_cancelled() {
-                return None;
-            }
-            if backlog.window.must_wait(&upstream.delivery) {
-                // An acknowledging upstream is a whole window behind: wait for its acks
-                // (backpressure) rather than let events go unconfirmed.
-                tokio::select! {
-                    () = end.cancelled() => return None,
-                    () = backlog.window.wait_for_room(&upstream.delivery) => {}
-                }
-            }
-            let mut event = next_event(&mut backlog, &finish, &end).await?;
-            event.event_seq = event_seq;
-            let backlog_ref = &mut *backlog;
-            if backlog_ref.window.keep(&upstream.delivery, event_seq, &event) == Kept::Overflowed {
-                backlog_ref.overflow.increment(1);
-            }
-            Some((event, (backlog, finish, end, event_seq + 1)))
-        }
-    });
-    first.chain(rest)
-}
-
-/// The next event for the stream: what waits in the backlog first, then the queue. `None` when
-/// the session ends, or when the node drains and the queue is empty.
-async fn next_event(backlog: &mut Backlog, finish: &CancellationToken, end: &CancellationToken) -> Option<NodeEvent> {
-    if let Some(event) = backlog.pending.pop_front() {
-        return Some(event);
-    }
-    // Under load the queue is rarely empty: take what is there without building the
-    // cancellation futures (which register and unregister a waiter every time).
-    match backlog.rx.try_recv() {
-        Ok(event) => Some(event),
-        Err(_) => tokio::select! {
-            biased;
-            () = end.cancelled() => None,
-            event = backlog.rx.recv() => event,
-            () = finish.cancelled() => backlog.rx.try_recv().ok(),
-        },
-    }
-}
 
 /// Hands what waits for a broken or removed upstream to other usable upstreams, without waiting;
 /// what none can take stays for this upstream's next stream. Receipts stay: they are for this
