@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use super::{
     RedisBackend,
-    records::{self, pool_error, timed},
+    connection::{pool_error, timed},
+    records,
 };
 use crate::{metrics as m, socket::unix_ms};
 

@@ -1,6 +1,8 @@
 //! The cluster backend on Redis (DESIGN §4).
 //!
 //! - [`keys`]: every key and channel name.
+//! - [`connection`]: the pool, the shared connection of the hot paths, and the timeout on every
+//!   round trip.
 //! - [`records`]: lifecycle records, queued and applied in batches, each exactly once.
 //! - [`bus`]: pub/sub messages between nodes (MessagePack).
 //! - [`counter`]: the shared round-robin counter, leased in blocks.
@@ -14,6 +16,7 @@
 //! - this file: the backend itself (its state, its tasks) and the [`Backend`] it implements.
 
 pub mod bus;
+pub mod connection;
 pub mod counter;
 pub mod forwarding;
 pub mod keys;
@@ -44,9 +47,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use self::{
     bus::BusMessage,
+    connection::{SharedConn, open, pool_error, timed, unavailable, within},
     counter::{LeasedCounter, SharedCounter},
     keys::Keys,
-    records::{Record, RecordWriter, SharedConn, pool_error, timed},
+    records::{Record, RecordWriter},
 };
 use super::{
     Backend, BackendError, Counter, UpstreamEntry,
@@ -376,28 +380,4 @@ impl Backend for RedisBackend {
             Err(e) => warn!(error = %e, "could not leave the cluster cleanly; it will be reaped"),
         }
     }
-}
-
-/// The client (for the subscriber's dedicated connection) and the pool for a `--redis` URL.
-fn open(url: &str) -> Result<(redis::Client, Pool), BackendError> {
-    // `rediss://` goes through rustls, which needs a process-wide crypto provider; `Err` means
-    // one is installed already, which is as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let invalid = |e: &dyn std::fmt::Display| BackendError::Invalid(format!("--redis: {e}"));
-    let client = redis::Client::open(url).map_err(|e| invalid(&e))?;
-    let pool = deadpool_redis::Config::from_url(url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| invalid(&e))?;
-    Ok((client, pool))
-}
-
-/// Runs a registry operation with [`records::REDIS_TIMEOUT`].
-async fn within<T>(op: impl Future<Output = Result<T, BackendError>>) -> Result<T, BackendError> {
-    tokio::time::timeout(records::REDIS_TIMEOUT, op)
-        .await
-        .unwrap_or_else(|_| Err(BackendError::Unavailable("Redis did not answer in time".to_owned())))
-}
-
-fn unavailable(e: redis::RedisError) -> BackendError {
-    BackendError::Unavailable(e.to_string())
 }

@@ -22,7 +22,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     RedisBackend,
-    records::{Record, pool_error, timed},
+    connection::{pool_error, timed},
+    records::Record,
 };
 use crate::{
     cluster::Announcement,

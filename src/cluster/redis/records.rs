@@ -10,13 +10,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use deadpool_redis::Pool;
 use redis::Script;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::keys::Keys;
+use super::{connection::SharedConn, keys::Keys};
 use crate::{metrics as m, socket::Labels};
 
 /// Most records waiting for Redis at once (about 200 bytes each).
@@ -219,76 +218,4 @@ pub fn register(pipe: &mut redis::Pipeline, keys: &Keys, node: &str, socket: &cr
     pipe.hset_multiple(&key, &fields).ignore();
     pipe.sadd(keys.node_sockets(node), &*socket.id_str).ignore();
     pipe.zadd(keys.sockets(), &*socket.id_str, socket.connected_at_ms).ignore();
-}
-
-/// Longest wait for any Redis round trip: a paused or black-holed Redis must not stall a task.
-pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Runs a Redis operation with [`REDIS_TIMEOUT`]; a timeout is an I/O error like any other.
-///
-/// # Errors
-/// The operation's error, or a timeout.
-pub async fn timed<T>(op: impl Future<Output = Result<T, redis::RedisError>>) -> Result<T, redis::RedisError> {
-    match tokio::time::timeout(REDIS_TIMEOUT, op).await {
-        Ok(result) => result,
-        Err(_) => Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "timeout",
-            format!("Redis did not answer within {REDIS_TIMEOUT:?}"),
-        ))),
-    }
-}
-
-/// One multiplexed connection taken from the pool and shared by the hot callers (the counter,
-/// the record writer, commands for other nodes): it pipelines concurrent requests on one socket,
-/// and skips the pool's per-checkout health check (a `PING` round trip each time). Replaced by a
-/// fresh one from the pool after any error.
-pub struct SharedConn {
-    pool: Pool,
-    conn: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
-}
-
-impl SharedConn {
-    /// A shared connection over `pool`.
-    pub fn new(pool: Pool) -> Self {
-        Self { pool, conn: std::sync::Mutex::new(None) }
-    }
-
-    /// Runs `op` on the shared connection, with [`REDIS_TIMEOUT`]; drops the connection if `op`
-    /// fails, so the next call starts from a healthy one.
-    ///
-    /// # Errors
-    /// The operation's error, or a timeout.
-    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, redis::RedisError>
-    where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
-        Fut: Future<Output = Result<T, redis::RedisError>>,
-    {
-        let result = timed(async {
-            let cached = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let conn = match cached {
-                Some(conn) => conn,
-                None => {
-                    let pooled = self.pool.get().await.map_err(pool_error)?;
-                    let conn = (*pooled).clone();
-                    *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-                    conn
-                }
-            };
-            op(conn).await
-        })
-        .await;
-        if result.is_err() {
-            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
-        result
-    }
-}
-
-/// A pool error as a Redis error, so callers handle one kind.
-pub fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
-    match e {
-        deadpool_redis::PoolError::Backend(e) => e,
-        other => redis::RedisError::from((redis::ErrorKind::Io, "pool", other.to_string())),
-    }
 }

@@ -6,7 +6,11 @@ use std::collections::HashMap;
 use redis::AsyncCommands;
 use tracing::warn;
 
-use super::{RedisBackend, bus::BusMessage, records::pool_error, unavailable, within};
+use super::{
+    RedisBackend,
+    bus::BusMessage,
+    connection::{pool_error, unavailable, within},
+};
 use crate::cluster::{BackendError, UpstreamEntry};
 
 impl RedisBackend {

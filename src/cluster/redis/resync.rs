@@ -13,7 +13,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     RedisBackend, TOUCH_LUA,
-    records::{self, pool_error, timed},
+    connection::{pool_error, timed},
+    records,
 };
 use crate::{metrics as m, socket::SocketState};
 
