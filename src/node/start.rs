@@ -68,16 +68,7 @@ impl Node {
             finish: drain.streams_finish(),
             tracker: tracker.clone(),
         };
-        let downstream = Downstream {
-            node_id: config.node_id().as_str().into(),
-            router,
-            table: table.clone(),
-            backend: backend.clone(),
-            settings: settings.clone(),
-            framing: config.framing,
-            max_frame: config.max_frame,
-            write_queue: config.write_queue,
-        };
+        let downstream = downstream(&config, router, &table, &backend, &settings);
         let limit = admission::Limit::new(settings.clone());
         let inner = Inner {
             node_id: config.node_id(),
@@ -96,13 +87,19 @@ impl Node {
         let node = Self { inner: Arc::new(inner) };
         info!(node.id = %node.inner.node_id, mode = if redis.is_some() { "cluster" } else { "standalone" }, "node starting");
         node.seed_upstreams().await?;
-        node.spawn_registry_watch();
-        node.spawn_runtime_watch();
-        node.spawn_announcements();
-        let tracker = node.inner.tracker.clone();
-        let stop = node.inner.drain.accepting();
-        tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
+        node.spawn_tasks(listener, downstream, limit);
         Ok(node)
+    }
+
+    /// Starts the node's own tasks: the registry and runtime watches, the announcements, and the
+    /// accept loop.
+    fn spawn_tasks(&self, listener: TcpListener, downstream: Downstream, limit: admission::Limit) {
+        self.spawn_registry_watch();
+        self.spawn_runtime_watch();
+        self.spawn_announcements();
+        let tracker = self.inner.tracker.clone();
+        let stop = self.inner.drain.accepting();
+        tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
     }
 
     /// Adds the `--upstream` seeds to the registry; when the cluster is unreachable, streams to
@@ -159,6 +156,26 @@ fn backend(config: &Config, run_id: &str, local_addr: SocketAddr, table: &Socket
     }
     let me = memory::node_record(&node_id, &local_addr.to_string(), &config.admin_listen.to_string());
     Ok((Arc::new(MemoryBackend::new(table.clone(), me)), None))
+}
+
+/// What every socket's task needs.
+fn downstream(
+    config: &Config,
+    router: Router,
+    table: &SocketTable,
+    backend: &Arc<dyn Backend>,
+    settings: &Arc<Settings>,
+) -> Downstream {
+    Downstream {
+        node_id: config.node_id().as_str().into(),
+        router,
+        table: table.clone(),
+        backend: backend.clone(),
+        settings: settings.clone(),
+        framing: config.framing,
+        max_frame: config.max_frame,
+        write_queue: config.write_queue,
+    }
 }
 
 /// The first message of every stream of this run.

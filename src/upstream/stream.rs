@@ -16,7 +16,10 @@
 use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::{CancellationToken, DropGuard},
+    task::TaskTracker,
+};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -109,11 +112,7 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
         }
     };
     // Health polling lives exactly as long as this task: the guard stops it on every way out.
-    let health_stop = upstream.stop.child_token();
-    let _health_guard = health_stop.clone().drop_guard();
-    let span = info_span!("health", upstream = %upstream.id);
-    let health = health::run(upstream.clone(), channel.clone(), ctx.health_interval, health_stop);
-    ctx.tracker.spawn(health.instrument(span));
+    let _health_guard = spawn_health(&upstream, &channel, &ctx);
     let overflow = metrics::counter!(m::REPLAY_WINDOW_OVERFLOW, "upstream" => upstream.id.clone());
     let backlog =
         Arc::new(Mutex::new(Backlog { rx, pending: VecDeque::new(), window: ReplayWindow::default(), overflow }));
@@ -151,6 +150,15 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
         warn!(events = left, "upstream gone with events no other upstream could take");
         metrics::counter!(m::MESSAGES_REFUSED, "reason" => "upstream_gone").increment(left as u64);
     }
+}
+
+/// Starts the upstream's health polling on the same channel; it stops when the guard drops.
+fn spawn_health(upstream: &Arc<Upstream>, channel: &Channel, ctx: &StreamContext) -> DropGuard {
+    let stop = upstream.stop.child_token();
+    let guard = stop.clone().drop_guard();
+    let span = info_span!("health", upstream = %upstream.id);
+    ctx.tracker.spawn(health::run(upstream.clone(), channel.clone(), ctx.health_interval, stop).instrument(span));
+    guard
 }
 
 /// One stream, from `Connect` until it ends.
