@@ -101,7 +101,7 @@ def reexports(path: Path) -> dict[str, str]:
     return REEXPORTS[path]
 
 
-def resolve(here: tuple[str, ...], is_mod_file: bool, path: str, depth: int = 0) -> Path | None:
+def resolve(here: tuple[str, ...], path: str, depth: int = 0) -> Path | None:
     """The deepest module file a path names, seen from the module `here`; a name the file only
     re-exports is followed to where it is defined."""
     segments = path.split("::")
@@ -128,7 +128,7 @@ def resolve(here: tuple[str, ...], is_mod_file: bool, path: str, depth: int = 0)
         if found is None:
             following = reexports(best).get(rest[i]) if best is not None else None
             if following and depth < 8:
-                return resolve(module, is_mod_file, following, depth + 1) or best
+                return resolve(module, following, depth + 1) or best
             break
         best, module = found, base + tuple(rest[: i + 1])
     return best
@@ -150,7 +150,7 @@ def graph() -> dict[Path, set[Path]]:
         here = module_of(path)
         targets = set()
         for p in use_paths(code) + ["".join(m) for m in PATH.findall(code)]:
-            target = resolve(here, path.name == "mod.rs", p)
+            target = resolve(here, p)
             if target is not None and target != path and not parent_and_child(path, target):
                 targets.add(target)
         edges[path] = targets

@@ -178,11 +178,6 @@ impl ReplayWindow {
         self.entries.clear();
     }
 
-    /// Events kept.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     /// Whether nothing is kept.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

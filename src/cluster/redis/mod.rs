@@ -115,6 +115,8 @@ pub struct RedisBackend {
     tracker: TaskTracker,
     /// `redis/reap.lua`.
     reap_script: Script,
+    /// `redis/announce.lua` (hashed once, not per batch).
+    announce_script: Script,
     /// This run's id (`NodeHello.run_id`, `run_id` in `K:node:{node}`).
     run_id: String,
     /// True once this run is registered (and its node id's previous run reaped).
@@ -191,6 +193,7 @@ impl RedisBackend {
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             reap_script: Script::new(REAP_LUA),
+            announce_script: Script::new(reaper::ANNOUNCE_LUA),
             run_id: run_id.to_owned(),
             registered,
             beats: AtomicU64::new(0),

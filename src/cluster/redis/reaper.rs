@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -142,7 +142,7 @@ impl RedisBackend {
         let (list, owner, sent) = self.keys.reap_job(job);
         timed(async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
-            Script::new(ANNOUNCE_LUA)
+            self.announce_script
                 .key(list)
                 .key(owner)
                 .key(sent)
