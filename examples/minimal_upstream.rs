@@ -11,14 +11,14 @@ use ppp::proto::{
     NodeEvent, NodeEventBatch, Send, UpstreamCommand, UpstreamCommandBatch,
     node_event::Event,
     upstream_command::Command,
-    upstream_server::{Upstream, UpstreamServer},
+    upstream_server::{Upstream as UpstreamService, UpstreamServer},
 };
 use tonic::{Request, Response, Status, Streaming, transport::Server};
 
 struct Echo;
 
 #[tonic::async_trait]
-impl Upstream for Echo {
+impl UpstreamService for Echo {
     type ConnectStream = Pin<Box<dyn Stream<Item = Result<UpstreamCommand, Status>> + std::marker::Send>>;
     type ConnectBatchStream = Pin<Box<dyn Stream<Item = Result<UpstreamCommandBatch, Status>> + std::marker::Send>>;
 

@@ -39,7 +39,7 @@ use crate::{
         self, NodeEvent, NodeEventBatch, UpstreamCommand, UpstreamCommandBatch,
         node_event::Event,
         upstream_command::Command,
-        upstream_server::{Upstream, UpstreamServer},
+        upstream_server::{Upstream as UpstreamService, UpstreamServer},
     },
 };
 
@@ -74,58 +74,13 @@ const ACK_AFTER: Duration = Duration::from_millis(50);
 const OUT_QUEUE: usize = 4096;
 
 #[tonic::async_trait]
-impl Upstream for EchoUpstream {
+impl UpstreamService for EchoUpstream {
     type ConnectStream = Pin<Box<dyn Stream<Item = Result<UpstreamCommand, Status>> + Send>>;
     type ConnectBatchStream = Pin<Box<dyn Stream<Item = Result<UpstreamCommandBatch, Status>> + Send>>;
 
     async fn connect(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::ConnectStream>, Status> {
-        let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
-        let mut session = Session::new(self.greet);
-        let no_ack = self.no_ack;
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            let mut acks = Acks::default();
-            // One timer for the stream, reset when an ack becomes due: a timer per event would
-            // cost more than the acks save.
-            let ack_timer = tokio::time::sleep(Duration::from_secs(3600));
-            tokio::pin!(ack_timer);
-            // The stream ends when the node ends its side; dropping `tx` then ends ours.
-            loop {
-                // Under load the next event is already there: no select, no timer.
-                let ready = inbound.message().now_or_never();
-                let event = match ready {
-                    Some(Ok(Some(event))) => event,
-                    Some(_) => return,
-                    None => tokio::select! {
-                        m = inbound.message() => match m {
-                            Ok(Some(event)) => event,
-                            _ => return,
-                        },
-                        () = &mut ack_timer, if acks.deadline().is_some() => {
-                            out.extend(acks.take());
-                            if send_all(&tx, &mut out).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                    },
-                };
-                if !no_ack
-                    && acks.processed(event.event_seq)
-                    && let Some(due) = acks.deadline()
-                {
-                    ack_timer.as_mut().reset(due.into());
-                }
-                session.handle(event, &mut out);
-                if acks.unacked() >= ACK_EVERY || acks.deadline().is_some_and(|due| due <= Instant::now()) {
-                    out.extend(acks.take());
-                }
-                if send_all(&tx, &mut out).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(serve_events(request.into_inner(), tx, Session::new(self.greet), self.no_ack));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -133,28 +88,84 @@ impl Upstream for EchoUpstream {
         &self,
         request: Request<Streaming<NodeEventBatch>>,
     ) -> Result<Response<Self::ConnectBatchStream>, Status> {
-        let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
-        let mut session = Session::new(self.greet);
-        let no_ack = self.no_ack;
-        tokio::spawn(async move {
-            let mut acks = Acks::default();
-            while let Ok(Some(batch)) = inbound.message().await {
-                let mut commands = Vec::new();
-                for event in batch.events {
-                    if !no_ack {
-                        acks.processed(event.event_seq);
-                    }
-                    session.handle(event, &mut commands);
-                }
-                // An ack per batch rides in the batch: it costs no message of its own.
-                commands.extend(acks.take());
-                if tx.send(Ok(UpstreamCommandBatch { commands })).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(serve_batches(request.into_inner(), tx, Session::new(self.greet), self.no_ack));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves one `Connect` stream: answers each event, acks every [`ACK_EVERY`] events or
+/// [`ACK_AFTER`].
+async fn serve_events(
+    mut inbound: Streaming<NodeEvent>,
+    tx: mpsc::Sender<Result<UpstreamCommand, Status>>,
+    mut session: Session,
+    no_ack: bool,
+) {
+    // One timer for the stream, reset when an ack becomes due: a timer per event would
+    // cost more than the acks save.
+    let ack_timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(ack_timer);
+    let mut out = Vec::new();
+    let mut acks = Acks::default();
+    // The stream ends when the node ends its side; dropping `tx` then ends ours.
+    loop {
+        // Under load the next event is already there: no select, no timer.
+        let ready = inbound.message().now_or_never();
+        let event = match ready {
+            Some(Ok(Some(event))) => event,
+            Some(_) => return,
+            None => tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(event)) => event,
+                    _ => return,
+                },
+                () = &mut ack_timer, if acks.deadline().is_some() => {
+                    out.extend(acks.take());
+                    if send_all(&tx, &mut out).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        if !no_ack
+            && acks.processed(event.event_seq)
+            && let Some(due) = acks.deadline()
+        {
+            ack_timer.as_mut().reset(due.into());
+        }
+        session.handle(event, &mut out);
+        if acks.unacked() >= ACK_EVERY || acks.deadline().is_some_and(|due| due <= Instant::now()) {
+            out.extend(acks.take());
+        }
+        if send_all(&tx, &mut out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves one `ConnectBatch` stream: a batch of answers per batch of events, with an ack in it.
+async fn serve_batches(
+    mut inbound: Streaming<NodeEventBatch>,
+    tx: mpsc::Sender<Result<UpstreamCommandBatch, Status>>,
+    mut session: Session,
+    no_ack: bool,
+) {
+    let mut acks = Acks::default();
+    while let Ok(Some(batch)) = inbound.message().await {
+        let mut commands = Vec::new();
+        for event in batch.events {
+            if !no_ack {
+                acks.processed(event.event_seq);
+            }
+            session.handle(event, &mut commands);
+        }
+        // An ack per batch rides in the batch: it costs no message of its own.
+        commands.extend(acks.take());
+        if tx.send(Ok(UpstreamCommandBatch { commands })).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! # Layout
 //!
 //! The data path reads from the folder names: [`downstream`] (accept, admission, framing, one
-//! task per socket) → [`upstream`] (the router, the pool, one stream per upstream with its replay
+//! task per socket) → [`upstream`] (the balancer, the pool, one stream per upstream with its replay
 //! window, health) → back through [`command`] (the upstreams' commands) to the sockets.
 //!
 //! - [`config`]: the one typed configuration: flags, `PPP_*` environment, TOML file, validation.
@@ -18,8 +18,8 @@
 //!   ([`downstream::admission`]), framing codecs ([`downstream::framing`]), the per-socket reader
 //!   and writer tasks ([`downstream::connection`]) and the table of this node's sockets
 //!   ([`downstream::table`]).
-//! - [`upstream`]: the gRPC side: the router that picks an upstream for each event, round-robin
-//!   or sticky, with inbound backpressure ([`upstream::router`]), the pool of upstreams
+//! - [`upstream`]: the gRPC side: the balancer that picks an upstream for each event, round-robin
+//!   or sticky, with inbound backpressure ([`upstream::balancer`]), the pool of upstreams
 //!   ([`upstream::pool`]), one `Connect` stream per upstream with reconnect and backoff
 //!   ([`upstream::stream`]), the replay window ([`upstream::window`]), readiness and liveness
 //!   ([`upstream::health`]).

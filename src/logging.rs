@@ -7,7 +7,23 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, layer::SubscriberExt, reloa
 use crate::config::LogFormat;
 
 /// Changes the process's log filter.
-type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), LogFilterError> + Send + Sync>;
+
+/// Why a log filter could not be set (an operator's input: `PATCH /v1/runtime`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogFilterError {
+    /// Not a filter `RUST_LOG` would take.
+    #[error("log filter `{filter}` is not valid: {reason}")]
+    Invalid {
+        /// What was written.
+        filter: String,
+        /// Why it is not valid.
+        reason: String,
+    },
+    /// The subscriber refused the new filter.
+    #[error("could not change the log filter: {0}")]
+    Reload(String),
+}
 
 /// The log filter of the process: what it is now, and how to change it.
 pub struct LogFilter {
@@ -39,7 +55,7 @@ impl LogFilter {
     ///
     /// # Errors
     /// A message when `filter` is not valid `RUST_LOG` syntax; nothing changes then.
-    pub fn set(&self, filter: &str) -> Result<(), String> {
+    pub fn set(&self, filter: &str) -> Result<(), LogFilterError> {
         let parsed = parse(filter)?;
         if let Some(reload) = &self.reload {
             reload(parsed)?;
@@ -50,8 +66,10 @@ impl LogFilter {
     }
 }
 
-fn parse(filter: &str) -> Result<EnvFilter, String> {
-    EnvFilter::builder().parse(filter).map_err(|e| format!("log filter `{filter}` is not valid: {e}"))
+fn parse(filter: &str) -> Result<EnvFilter, LogFilterError> {
+    EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| LogFilterError::Invalid { filter: filter.to_owned(), reason: e.to_string() })
 }
 
 /// Installs the process's subscriber, writing to stderr in `format`, filtered by `RUST_LOG`
@@ -65,7 +83,6 @@ pub fn init(format: LogFormat) -> LogFilter {
         LogFormat::Json => fmt.json().boxed(),
     };
     tracing_subscriber::registry().with(filter).with(fmt).init();
-    let reload: Reload =
-        Box::new(move |f| handle.reload(f).map_err(|e| format!("could not change the log filter: {e}")));
+    let reload: Reload = Box::new(move |f| handle.reload(f).map_err(|e| LogFilterError::Reload(e.to_string())));
     LogFilter { current: Mutex::new(initial), reload: Some(reload) }
 }

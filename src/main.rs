@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ppp::{
     Listeners,
-    config::{self, Command, ConfigError},
+    config::{self, Action, ConfigError},
     downstream::listener,
     echo::{self, EchoUpstream},
     logging::{self, LogFilter},
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => return fail(&e),
     };
-    if let Some(Command::Ready) = cli.command {
+    if let Some(Action::Ready) = cli.action {
         return ready(cli.config.admin_listen);
     }
     let log = Arc::new(logging::init(cli.config.log_format));
@@ -33,10 +33,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        match cli.action {
             None => node(cli.config, log).await,
-            Some(Command::Demo) => demo(cli.config, log).await,
-            Some(Command::Ready) => Ok(()),
+            Some(Action::Demo) => demo(cli.config, log).await,
+            Some(Action::Ready) => Ok(()),
         }
     });
     match result {
@@ -48,11 +48,10 @@ fn main() -> ExitCode {
 /// `ppp ready`: exit 0 when the node is ready, else 1 (not 2: Docker reserves 2 in health
 /// checks). Needs no valid node configuration, only where the admin API is.
 fn ready(admin: std::net::SocketAddr) -> ExitCode {
-    let probe = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(ppp::admin::probe::ready(admin)));
+    let probe = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(ppp::admin::probe::ready(admin)).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     match probe {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

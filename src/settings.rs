@@ -121,23 +121,23 @@ impl Settings {
     /// Validates a whole patch, then applies it (all of it, or nothing when a field is invalid).
     ///
     /// # Errors
-    /// A message naming the first invalid field.
-    pub fn apply(&self, patch: &RuntimePatch) -> Result<RuntimeView, String> {
+    /// [`SettingsError`] naming the first invalid field.
+    pub fn apply(&self, patch: &RuntimePatch) -> Result<RuntimeView, SettingsError> {
         let idle_after = patch.idle_after.as_deref().map(config::parse_duration).transpose()?;
         if idle_after.is_some_and(|d| d.is_zero()) {
-            return Err("idle_after must be greater than 0".to_owned());
+            return Err(SettingsError::Zero("idle_after must be greater than 0"));
         }
         let idle_timeout = patch.idle_timeout.as_deref().map(config::parse_optional_duration).transpose()?;
         if idle_timeout.is_some_and(|t| t.0.is_some_and(|d| d.is_zero())) {
-            return Err("idle_timeout must be greater than 0 (or `off`)".to_owned());
+            return Err(SettingsError::Zero("idle_timeout must be greater than 0 (or `off`)"));
         }
         let balance = patch
             .balance
             .as_deref()
-            .map(|b| Balance::from_str(b, true).map_err(|_| format!("balance `{b}` is not `round-robin` or `sticky`")))
+            .map(|b| Balance::from_str(b, true).map_err(|_| SettingsError::Balance(b.chars().take(64).collect())))
             .transpose()?;
         if patch.max_connections == Some(0) {
-            return Err("max_connections must be at least 1".to_owned());
+            return Err(SettingsError::Zero("max_connections must be at least 1"));
         }
         if let Some(filter) = &patch.log_filter {
             self.log.set(filter)?;
@@ -156,6 +156,23 @@ impl Settings {
         }
         Ok(self.view())
     }
+}
+
+/// Why a runtime settings change was refused (nothing of it was applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// A duration that is not one.
+    #[error(transparent)]
+    Unit(#[from] config::UnitError),
+    /// A value that must be greater than zero.
+    #[error("{0}")]
+    Zero(&'static str),
+    /// An unknown balance mode.
+    #[error("balance `{0}` is not `round-robin` or `sticky`")]
+    Balance(String),
+    /// A log filter that is not one.
+    #[error(transparent)]
+    LogFilter(#[from] crate::logging::LogFilterError),
 }
 
 /// Milliseconds, saturating (settings are validated to at most `config::MAX_DURATION`; this only
@@ -215,7 +232,7 @@ mod tests {
         let before = s.view();
         let bad =
             RuntimePatch { idle_after: Some("5s".into()), balance: Some("random".into()), ..RuntimePatch::default() };
-        assert!(s.apply(&bad).unwrap_err().contains("random"));
+        assert!(s.apply(&bad).unwrap_err().to_string().contains("random"));
         assert_eq!(s.view(), before);
         let good = RuntimePatch {
             idle_after: Some("5s".into()),

@@ -21,7 +21,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use ppp::{
-    cluster::redis::bus::{self, BusMessage, MAX_BUS_PAYLOAD, WireCommand},
+    cluster::redis::bus::{self, BusError, BusMessage, MAX_BUS_PAYLOAD, WireCommand},
     command::{Command, MAX_CLOSE_DETAIL},
     config::{Config, Framing},
     downstream::{
@@ -497,7 +497,7 @@ fn bus_message() -> impl Strategy<Value = BusMessage> {
 /// Decodes a bus payload the way the subscriber does, checking that it does not panic, allocates
 /// at most a bounded block (serde caps what a claimed length may preallocate), and that whatever
 /// decodes encodes back to the same message.
-fn decode_bus(bytes: &[u8]) -> Result<BusMessage, String> {
+fn decode_bus(bytes: &[u8]) -> Result<BusMessage, BusError> {
     let (decoded, largest) = largest_allocation(|| BusMessage::decode(bytes));
     assert!(largest <= (4 << 20) + 4 * bytes.len(), "decoding {} bytes allocated {largest} in one block", bytes.len());
     if let Ok(m) = &decoded {
@@ -586,7 +586,7 @@ proptest! {
                     (c, w) => prop_assert!(false, "{w:?} became {c:?}"),
                 }
             }
-            (Err(e), Err(_)) => prop_assert!(e.contains("bad socket id"), "{e}"),
+            (Err(e), Err(_)) => prop_assert!(matches!(e, BusError::SocketId(_)), "{e}"),
             (got, parsed) => prop_assert!(false, "into_command {got:?} but the id parses as {parsed:?}"),
         }
     }
@@ -661,7 +661,7 @@ fn an_oversized_bus_payload_is_refused_before_decoding() {
     let bytes = m.encode();
     assert!(bytes.len() > MAX_BUS_PAYLOAD);
     let (decoded, largest) = largest_allocation(|| BusMessage::decode(&bytes));
-    assert!(decoded.unwrap_err().contains("over the limit"));
+    assert!(matches!(decoded, Err(BusError::TooLarge(_))));
     assert!(largest < 4096, "refusing it allocated {largest} bytes");
 }
 /// A duration too long for the settings' milliseconds is refused or kept as "very long"; it never

@@ -58,7 +58,8 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         match e {
             NodeError::Backend(b) => b.into(),
-            NodeError::InvalidUpstream(m) | NodeError::InvalidSettings(m) => Self::bad_request(m),
+            NodeError::InvalidUpstream(e) => Self::bad_request(e.to_string()),
+            NodeError::InvalidSettings(e) => Self::bad_request(e.to_string()),
             other => Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: other.to_string() },
         }
     }

@@ -54,13 +54,6 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// `GET /v1/nodes`' answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(super) struct Nodes {
-    /// The nodes, by id.
-    pub nodes: Vec<NodeRecord>,
-}
-
 /// The cluster's nodes, with heartbeat age and socket counts.
 #[utoipa::path(get, path = "/v1/nodes", operation_id = "list_nodes", tag = "cluster", security(("bearer" = [])), responses(
     (status = 200, body = Nodes),
@@ -68,6 +61,13 @@ pub(super) struct Nodes {
 ))]
 pub(super) async fn nodes(State(state): State<AppState>) -> Result<Json<Nodes>, ApiError> {
     Ok(Json(Nodes { nodes: state.node.backend().nodes().await? }))
+}
+
+/// `GET /v1/nodes`' answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Nodes {
+    /// The nodes, by id.
+    pub nodes: Vec<NodeRecord>,
 }
 
 /// This node's runtime settings.

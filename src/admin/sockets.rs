@@ -24,8 +24,8 @@ use super::{
     schema::{self, LabelPatch, Payload},
 };
 use crate::{
-    cluster::view::{self, Activity, SocketPage, SocketQuery, SocketRecord},
-    command::{Broadcast, Command, Scope},
+    cluster::view::{self, SocketPage, SocketQuery, SocketRecord},
+    command::{Broadcast, Command, InvalidCommand, Scope},
     socket::{CloseReason, Labels, MAX_LABEL_LEN, MAX_LABELS, SocketId},
 };
 
@@ -102,8 +102,8 @@ fn parse_query(raw: &str) -> Result<SocketQuery, ApiError> {
             "node" => q.node = Some(v),
             "state" => {
                 q.state = Some(match v.as_str() {
-                    "active" => Activity::Active,
-                    "inactive" => Activity::Inactive,
+                    "active" => view::State::Active,
+                    "inactive" => view::State::Inactive,
                     _ => {
                         return Err(ApiError::bad_request(format!(
                             "state `{}` is not `active` or `inactive`",
@@ -177,10 +177,10 @@ pub(super) async fn close(State(state): State<AppState>, Path(id): Path<String>)
     params(("id" = uuid::Uuid, Path, description = "Socket id")),
     request_body(content = Option<Payload>, content_type = "application/octet-stream", description = "The payload bytes (none: an empty message)"),
     responses(
-    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "Its write queue is full (it is being closed as a slow consumer), or its close began meanwhile"),
     (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
+    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
 ))]
 pub(super) async fn send(
     State(state): State<AppState>,
@@ -224,8 +224,8 @@ pub(super) struct ReplaceParam {
     (status = 503, body = ErrorBody, description = "The node holding the socket could not be reached"),
 ))]
 pub(super) async fn labels(
-    State(state): State<AppState>,
     Path(id): Path<String>,
+    State(state): State<AppState>,
     Query(q): Query<ReplaceParam>,
     Json(labels): Json<Labels>,
 ) -> Result<Response, ApiError> {
@@ -255,20 +255,20 @@ fn check_labels(labels: &Labels) -> Result<(), ApiError> {
 
 /// `POST /v1/broadcast`'s body; its schema, with exactly one of `payload` and `payload_base64`,
 /// is in `schema.rs`. A field may be absent but not `null`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct BroadcastBody {
     /// `all` (default), `active` or `inactive`.
-    #[serde(default, deserialize_with = "schema::present")]
+    #[serde(deserialize_with = "schema::present")]
     pub scope: Option<String>,
     /// Labels that must all match.
-    #[serde(default, deserialize_with = "schema::present")]
+    #[serde(deserialize_with = "schema::present")]
     pub selector: Option<Labels>,
     /// The payload as UTF-8 text.
-    #[serde(default, deserialize_with = "schema::present")]
+    #[serde(deserialize_with = "schema::present")]
     pub payload: Option<String>,
     /// The payload as base64 (arbitrary bytes), instead of `payload`.
-    #[serde(default, deserialize_with = "schema::present")]
+    #[serde(deserialize_with = "schema::present")]
     pub payload_base64: Option<String>,
 }
 
@@ -283,12 +283,12 @@ pub(super) async fn broadcast(
     State(state): State<AppState>,
     Json(body): Json<BroadcastBody>,
 ) -> Result<Response, ApiError> {
-    let scope = match body.scope.as_deref().unwrap_or("all") {
-        "all" => Scope::All,
-        "active" => Scope::Active,
-        "inactive" => Scope::Inactive,
-        other => return Err(ApiError::bad_request(format!("scope `{}` is not all, active or inactive", clip(other)))),
-    };
+    let scope: Scope = body
+        .scope
+        .as_deref()
+        .unwrap_or("all")
+        .parse()
+        .map_err(|e: InvalidCommand| ApiError::bad_request(e.to_string()))?;
     let payload = match (body.payload, body.payload_base64) {
         (Some(text), None) => Bytes::from(text),
         (None, Some(b64)) => {

@@ -15,14 +15,13 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
 use super::{
-    Backend, BackendError, Counter, UpstreamEntry,
+    Backend, BackendError, Counter, Records, UpstreamEntry,
     view::{self, NodeRecord, SocketPage, SocketQuery, SocketRecord},
 };
 use crate::{
     command::{Broadcast, Command, Receipt},
-    downstream::table::SocketTable,
     settings::RuntimePatch,
-    socket::{CloseReason, SocketId, SocketState, unix_ms},
+    socket::{CloseReason, SocketId, SocketState, SocketTable, unix_ms},
 };
 
 /// A local round-robin counter.
@@ -73,8 +72,7 @@ impl MemoryBackend {
     }
 }
 
-#[async_trait]
-impl Backend for MemoryBackend {
+impl Records for MemoryBackend {
     fn socket_opened(&self, _socket: &SocketState) {}
 
     fn socket_closed(&self, _socket: &SocketState, _reason: CloseReason) -> Option<super::ClosedRecorded> {
@@ -82,7 +80,10 @@ impl Backend for MemoryBackend {
     }
 
     fn labels_changed(&self, _socket: &SocketState) {}
+}
 
+#[async_trait]
+impl Backend for MemoryBackend {
     async fn forward_command(&self, command: &Command) -> Receipt {
         match command.socket() {
             Some(id) => Receipt::unknown_socket(id),

@@ -1,9 +1,10 @@
 //! The cluster: where a node's socket metadata, lifecycle records and cross-node commands go.
 //!
-//! [`Backend`] is the one seam between a node's data path and the rest of the cluster. A
-//! standalone node uses [`memory::MemoryBackend`] (one node, nothing shared); a cluster member uses
-//! the Redis implementation. The data path only ever calls the non-async recording methods, which
-//! must not block (implementations queue, bounded, and batch), and the counter's `next`.
+//! [`Backend`] is the seam between a node and the rest of the cluster. A standalone node uses
+//! [`memory::MemoryBackend`] (one node, nothing shared); a cluster member uses the Redis
+//! implementation. The data path holds only the two narrow parts it may call, so the types say
+//! that it never waits on the cluster: [`Records`] (lifecycle records, queued without blocking,
+//! bounded and batched by the implementation) and [`Counter`] (the round-robin counter).
 
 use std::sync::Arc;
 
@@ -66,9 +67,25 @@ pub trait Counter: Send + Sync + 'static {
     fn next(&self) -> u64;
 }
 
-/// The cluster seen from one node.
-#[async_trait]
-pub trait Backend: Send + Sync + 'static {
+/// A command another node forwarded for one of this node's sockets, or a broadcast it
+/// published: handed to the node's dispatcher through a bounded channel
+/// ([`Backend::inbound`]), in the order the bus delivered them.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A one-socket command; its receipt goes back to the node that sent it.
+    Command {
+        /// The command.
+        command: Command,
+        /// Where the receipt goes.
+        receipt: tokio::sync::oneshot::Sender<Receipt>,
+    },
+    /// A broadcast from another node, for this node's matching sockets.
+    Broadcast(Broadcast),
+}
+
+/// The lifecycle records of this node's sockets: the part of the backend the data path holds.
+/// No method may block: implementations queue (bounded) and write in batches.
+pub trait Records: Send + Sync + 'static {
     /// Records that this node accepted a socket. Must not block.
     fn socket_opened(&self, socket: &SocketState);
 
@@ -83,7 +100,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Records that a socket's labels changed. Must not block.
     fn labels_changed(&self, socket: &SocketState);
+}
 
+/// The cluster seen from one node.
+#[async_trait]
+pub trait Backend: Records {
     /// Carries a one-socket command to the node that holds the socket (which is not this node).
     async fn forward_command(&self, command: &Command) -> Receipt;
 
@@ -164,6 +185,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The lifecycle events the cluster asks this node to hand to its upstreams; `Some` once (a
     /// standalone node has none).
     fn announcements(&self) -> Option<tokio::sync::mpsc::Receiver<Announcement>> {
+        None
+    }
+
+    /// The commands and broadcasts other nodes send to this node's sockets; `Some` once (a
+    /// standalone node has none).
+    fn inbound(&self) -> Option<tokio::sync::mpsc::Receiver<Inbound>> {
         None
     }
 }

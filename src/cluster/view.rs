@@ -22,7 +22,7 @@ pub const SCAN_BUDGET: usize = 10_000;
 /// Whether a socket sent a message within `--idle-after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Activity {
+pub enum State {
     /// Sent a message within `--idle-after`.
     Active,
     /// Did not.
@@ -35,7 +35,7 @@ pub struct SocketQuery {
     /// Only the sockets of this node.
     pub node: Option<String>,
     /// Only active or inactive sockets.
-    pub state: Option<Activity>,
+    pub state: Option<State>,
     /// Labels that must all match.
     pub labels: Labels,
     /// Most sockets in the page.
@@ -77,7 +77,7 @@ pub struct SocketRecord {
     /// `--idle-after`/4, so exact to within that.
     pub last_seen: i64,
     /// `active` or `inactive`.
-    pub state: Activity,
+    pub state: State,
     /// Inbound messages (refreshed like `last_seen` when read from Redis).
     pub messages_in: u64,
     /// Outbound messages written.
@@ -138,11 +138,11 @@ impl SocketRecord {
     }
 }
 
-fn state(last_seen: i64, idle_after: Duration) -> Activity {
+fn state(last_seen: i64, idle_after: Duration) -> State {
     if unix_ms() - last_seen < i64::try_from(idle_after.as_millis()).unwrap_or(i64::MAX) {
-        Activity::Active
+        State::Active
     } else {
-        Activity::Inactive
+        State::Inactive
     }
 }
 

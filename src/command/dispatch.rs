@@ -8,10 +8,9 @@ use bytes::Bytes;
 use super::{Broadcast, Command, Receipt, Scope};
 use crate::{
     cluster::Backend,
-    downstream::table::SocketTable,
     metrics as m, proto,
     settings::Settings,
-    socket::{Labels, QueueError, SocketState, unix_ms},
+    socket::{Labels, QueueError, SocketState, SocketTable, unix_ms},
 };
 
 /// Carries out commands. A cheap `Clone` handle.
@@ -27,8 +26,8 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher over this node's table and backend.
-    pub fn new(table: SocketTable, backend: Arc<dyn Backend>, settings: Arc<Settings>) -> Self {
-        Self { table, backend, settings }
+    pub fn new(table: &SocketTable, backend: &Arc<dyn Backend>, settings: &Arc<Settings>) -> Self {
+        Self { table: table.clone(), backend: backend.clone(), settings: settings.clone() }
     }
 
     /// How many sockets this node holds.
@@ -87,7 +86,7 @@ impl Dispatcher {
                     self.backend.labels_changed(&socket);
                     Receipt::ok()
                 }
-                Err(e) => Receipt::refused(e),
+                Err(e) => Receipt::refused(e.to_string()),
             },
             Command::Broadcast(_) => unreachable!("handled above"),
         })

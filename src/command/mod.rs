@@ -27,6 +27,44 @@ pub enum Scope {
     Inactive,
 }
 
+impl TryFrom<i32> for Scope {
+    type Error = InvalidCommand;
+
+    /// From the wire (`proto::Scope`; 0 is `SCOPE_ALL`).
+    fn try_from(v: i32) -> Result<Self, InvalidCommand> {
+        match proto::Scope::try_from(v) {
+            Ok(proto::Scope::All) => Ok(Self::All),
+            Ok(proto::Scope::Active) => Ok(Self::Active),
+            Ok(proto::Scope::Inactive) => Ok(Self::Inactive),
+            Err(_) => Err(InvalidCommand::BadScope(v)),
+        }
+    }
+}
+
+impl From<Scope> for proto::Scope {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::All => Self::All,
+            Scope::Active => Self::Active,
+            Scope::Inactive => Self::Inactive,
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = InvalidCommand;
+
+    /// From the admin API's words: `all`, `active`, `inactive`.
+    fn from_str(s: &str) -> Result<Self, InvalidCommand> {
+        match s {
+            "all" => Ok(Self::All),
+            "active" => Ok(Self::Active),
+            "inactive" => Ok(Self::Inactive),
+            other => Err(InvalidCommand::ScopeName(truncate(other.to_owned(), 64))),
+        }
+    }
+}
+
 /// A payload for many sockets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Broadcast {
@@ -125,6 +163,9 @@ pub enum InvalidCommand {
     /// A scope value outside the `Scope` enum.
     #[error("unknown broadcast scope {0}")]
     BadScope(i32),
+    /// A scope name that is not `all`, `active` or `inactive`.
+    #[error("scope `{0}` is not all, active or inactive")]
+    ScopeName(String),
     /// An `Ack`: it belongs to the stream it came on, not to a socket (the stream handles it).
     #[error("an ack is not a command for a socket")]
     Ack,
@@ -142,7 +183,7 @@ impl Command {
             Some(upstream_command::Command::Send(s)) => {
                 parse_id(&s.socket_id).map(|socket| Self::Send { socket, payload: s.payload })
             }
-            Some(upstream_command::Command::Broadcast(b)) => parse_scope(b.scope)
+            Some(upstream_command::Command::Broadcast(b)) => Scope::try_from(b.scope)
                 .map(|scope| Self::Broadcast(Broadcast { scope, selector: b.selector, payload: b.payload })),
             Some(upstream_command::Command::Close(c)) => parse_id(&c.socket_id).map(|socket| Self::Close {
                 socket,
@@ -178,15 +219,6 @@ impl Command {
 
 fn parse_id(s: &str) -> Result<SocketId, InvalidCommand> {
     s.parse().map_err(|_| InvalidCommand::BadSocketId(truncate(s.to_owned(), 64)))
-}
-
-fn parse_scope(v: i32) -> Result<Scope, InvalidCommand> {
-    match proto::Scope::try_from(v) {
-        Ok(proto::Scope::All) => Ok(Scope::All),
-        Ok(proto::Scope::Active) => Ok(Scope::Active),
-        Ok(proto::Scope::Inactive) => Ok(Scope::Inactive),
-        Err(_) => Err(InvalidCommand::BadScope(v)),
-    }
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

@@ -62,15 +62,15 @@ pub enum ConfigError {
 pub struct Cli {
     /// What to run; without a subcommand, a node.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub action: Option<Action>,
     /// The node's settings (valid before or after the subcommand).
     #[command(flatten)]
     pub config: Config,
 }
 
-/// Subcommands of `ppp`.
+/// What `ppp` runs besides a node (its subcommands); named apart from the upstreams' commands.
 #[derive(Debug, Clone, Subcommand)]
-pub enum Command {
+pub enum Action {
     /// Run a standalone node together with the example echo upstream, in one process.
     Demo,
     /// Exit 0 when the node whose admin API is at `--admin-listen` is ready (`GET /readyz`), 1
@@ -83,7 +83,7 @@ mod units;
 
 pub use self::{
     load::{load, load_from},
-    units::{MAX_DURATION, parse_duration, parse_optional_duration, parse_size},
+    units::{MAX_DURATION, UnitError, parse_duration, parse_optional_duration, parse_size},
 };
 pub use crate::{downstream::framing::Framing, upstream::balance::Balance};
 
@@ -276,7 +276,7 @@ impl Config {
             return invalid("--cluster and --redis-prefix may hold only letters, digits, '-', '_' and '.'");
         }
         for uri in &self.upstream {
-            crate::upstream::validate_uri(uri).map_err(ConfigError::Invalid)?;
+            crate::upstream::validate_uri(uri).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() && !self.admin_insecure {
             return invalid(

@@ -4,15 +4,40 @@ use std::time::Duration;
 
 use super::IdleTimeout;
 
+/// Why a duration or size written by an operator (flag, environment, file, admin API) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// Not a duration.
+    #[error("`{text}` is not a duration like 500ms, 10s, 2m: {reason}")]
+    Duration {
+        /// What was written.
+        text: String,
+        /// Why it is not one.
+        reason: String,
+    },
+    /// Longer than [`MAX_DURATION`].
+    #[error("`{0}` is longer than the longest duration allowed, 10 years")]
+    TooLong(String),
+    /// Not a size.
+    #[error("`{0}` is not a size like 65536, 64KiB, 1MiB")]
+    Size(String),
+    /// An unknown size unit.
+    #[error("`{0}` is not a size unit (B, KiB, MiB, GiB, kB, MB, GB)")]
+    SizeUnit(String),
+    /// Beyond what this machine can count.
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+}
+
 /// Parses a human duration: `500ms`, `10s`, `2m`, `1h 30m`.
 ///
 /// # Errors
 /// A message for clap when the text is not a duration.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 500ms, 10s, 2m: {e}"))?;
+        .map_err(|e| UnitError::Duration { text: text.to_owned(), reason: e.to_string() })?;
     if d > MAX_DURATION {
-        return Err(format!("`{text}` is longer than the longest duration allowed, 10 years"));
+        return Err(UnitError::TooLong(text.to_owned()));
     }
     Ok(d)
 }
@@ -25,7 +50,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 ///
 /// # Errors
 /// A message for clap when the text is neither `off` nor a duration.
-pub fn parse_optional_duration(text: &str) -> Result<IdleTimeout, String> {
+pub fn parse_optional_duration(text: &str) -> Result<IdleTimeout, UnitError> {
     match text.trim() {
         "off" | "none" | "0" => Ok(IdleTimeout(None)),
         other => parse_duration(other).map(|d| IdleTimeout(Some(d))),
@@ -37,11 +62,11 @@ pub fn parse_optional_duration(text: &str) -> Result<IdleTimeout, String> {
 ///
 /// # Errors
 /// A message for clap when the text is not a size.
-pub fn parse_size(text: &str) -> Result<usize, String> {
+pub fn parse_size(text: &str) -> Result<usize, UnitError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 65536, 64KiB, 1MiB"))?;
+    let n: u64 = digits.parse().map_err(|_| UnitError::Size(text.to_owned()))?;
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,
@@ -50,7 +75,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "kB" | "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("`{other}` is not a size unit (B, KiB, MiB, GiB, kB, MB, GB)")),
+        other => return Err(UnitError::SizeUnit(other.to_owned())),
     };
-    n.checked_mul(multiplier).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(multiplier).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| UnitError::TooLarge(text.to_owned()))
 }

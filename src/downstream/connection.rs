@@ -2,7 +2,7 @@
 //!
 //! Each socket has two tasks. The **reader** waits until the socket is readable, reads into a
 //! buffer that exists only while bytes are waiting (an idle socket holds no read buffer), cuts
-//! frames and hands each to the router, waiting when no upstream has room (inbound
+//! frames and hands each to the balancer, waiting when no upstream has room (inbound
 //! backpressure). The **writer** drains the socket's bounded outbound queue, coalescing whatever
 //! is queued into one write. Either side ending closes the socket with a reason; the reader's
 //! task then waits for the writer, removes the socket and reports `closed`.
@@ -23,16 +23,15 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::{
     admission::Admission,
     framing::{self, FrameDecoder, FrameError},
-    table::SocketTable,
 };
 use crate::{
-    cluster::Backend,
+    cluster::Records,
     config::Framing,
     metrics as m,
-    proto::{NodeEvent, SocketClosed, SocketData, SocketInfo, SocketOpened, node_event::Event},
+    proto::NodeEvent,
     settings::Settings,
-    socket::{CloseReason, SocketState, unix_ms},
-    upstream::router::Router,
+    socket::{CloseReason, SocketState, SocketTable, event, unix_ms},
+    upstream::balancer::Balancer,
 };
 
 /// Bytes reserved per read. Reads go straight into a buffer that frames are split off without
@@ -49,11 +48,11 @@ pub struct Downstream {
     /// This node's id, for `SocketInfo.node_id`.
     pub node_id: Arc<str>,
     /// Where inbound events go.
-    pub router: Router,
+    pub balancer: Balancer,
     /// The node's sockets.
     pub table: SocketTable,
-    /// Where lifecycle records go.
-    pub backend: Arc<dyn Backend>,
+    /// Where lifecycle records go (the only part of the backend the data path holds).
+    pub records: Arc<dyn Records>,
     /// Idle settings.
     pub settings: Arc<Settings>,
     /// `--framing`.
@@ -75,45 +74,20 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
     async move {
         debug!("socket opened");
         ctx.table.insert(socket.clone());
-        ctx.backend.socket_opened(&socket);
+        ctx.records.socket_opened(&socket);
         metrics::counter!(m::SOCKETS_OPENED).increment(1);
         let (read, write) = stream.into_split();
         // Reader and writer run concurrently in this one task (one task per socket keeps an idle
         // socket small); each ends by closing the socket, which ends the other.
         let read_side = async {
-            let reason = match deliver(&ctx.router, &socket, opened_event(&ctx.node_id, &socket, false)).await {
+            let reason = match forward(&ctx.balancer, &socket, event::opened(&ctx.node_id, &socket, false)).await {
                 Ok(()) => read_loop(&ctx, &socket, read).await,
                 Err(reason) => reason,
             };
             socket.close(reason);
         };
         tokio::join!(read_side, write_loop(ctx.framing, &socket, write));
-        let reason = socket.close_reason().unwrap_or(CloseReason::ClientClosed);
-        debug!(%reason, "socket closed");
-        metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
-        let recorded = ctx.backend.socket_closed(&socket, reason);
-        let closed = NodeEvent {
-            event: Some(Event::Closed(SocketClosed {
-                socket_id: socket.id_str.to_string(),
-                reason: reason.to_string(),
-            })),
-            ..NodeEvent::default()
-        };
-        // In a cluster, only once Redis has it: had the cluster reaped this node meanwhile, it
-        // announced this socket's `closed` itself, and upstreams hear it once.
-        let announce = match recorded {
-            Some(recorded) => recorded.await.unwrap_or(true),
-            None => true,
-        };
-        if announce {
-            let forward = ctx.router.forward(closed, Some(&socket), None);
-            if tokio::time::timeout(CLOSED_EVENT_TIMEOUT, forward).await.is_err() {
-                warn!("no upstream took the closed event");
-                metrics::counter!(m::MESSAGES_REFUSED, "reason" => "no_upstream").increment(1);
-            }
-        } else {
-            debug!("closed already announced by the cluster (the node was reaped while cut off)");
-        }
+        closed(&ctx, &socket).await;
         // Last, so that a drain, which waits for the table to empty before it ends the upstream
         // streams, never ends them before this `closed` event is queued.
         ctx.table.remove(socket.id);
@@ -123,31 +97,39 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
     .await;
 }
 
-/// The `opened` event for a socket; `resumed` when it is announced again after the cluster
-/// reaped it while this node was cut off.
-pub fn opened_event(node_id: &str, socket: &SocketState, resumed: bool) -> NodeEvent {
-    let info = SocketInfo {
-        id: socket.id_str.to_string(),
-        node_id: node_id.to_owned(),
-        remote_addr: socket.remote_addr.to_string(),
-        local_addr: socket.local_addr.to_string(),
-        connected_at_unix_ms: socket.connected_at_ms,
-        labels: (*socket.labels()).clone(),
-        tls_server_name: String::new(),
+/// Records the socket's close and hands its `closed` event to an upstream.
+async fn closed(ctx: &Downstream, socket: &SocketState) {
+    let reason = socket.close_reason().unwrap_or(CloseReason::ClientClosed);
+    debug!(%reason, "socket closed");
+    metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
+    let recorded = ctx.records.socket_closed(socket, reason);
+    // In a cluster, only once Redis has it: had the cluster reaped this node meanwhile, it
+    // announced this socket's `closed` itself, and upstreams hear it once.
+    let announce = match recorded {
+        Some(recorded) => recorded.await.unwrap_or(true),
+        None => true,
     };
-    NodeEvent { event: Some(Event::Opened(SocketOpened { socket: Some(info), resumed })), ..NodeEvent::default() }
+    if !announce {
+        debug!("closed already announced by the cluster (the node was reaped while cut off)");
+        return;
+    }
+    let forward = ctx.balancer.forward(event::closed(&socket.id_str, reason), Some(socket), None);
+    if tokio::time::timeout(CLOSED_EVENT_TIMEOUT, forward).await.is_err() {
+        warn!("no upstream took the closed event");
+        metrics::counter!(m::MESSAGES_REFUSED, "reason" => "no_upstream").increment(1);
+    }
 }
 
 /// Hands an event to an upstream, waiting as needed, unless the socket closes first.
-async fn deliver(router: &Router, socket: &SocketState, event: NodeEvent) -> Result<(), CloseReason> {
+async fn forward(balancer: &Balancer, socket: &SocketState, event: NodeEvent) -> Result<(), CloseReason> {
     // The common case, an upstream with room, needs no waiting and no cancellation future.
-    let Err(event) = router.try_forward(event, Some(socket), None) else {
+    let Err(event) = balancer.try_forward(event, Some(socket), None) else {
         return Ok(());
     };
     tokio::select! {
         biased;
         () = socket.closing.cancelled() => Err(socket.close_reason().unwrap_or(CloseReason::Shutdown)),
-        () = router.forward(event, Some(socket), None) => Ok(()),
+        () = balancer.forward(event, Some(socket), None) => Ok(()),
     }
 }
 
@@ -180,32 +162,14 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
             }
             ready = read.readable() => if ready.is_err() { return CloseReason::ClientError },
         }
-        if buf.capacity() - buf.len() < read_size {
-            buf.reserve(read_size);
+        match read_into(&read, &mut buf, read_size) {
+            Read::Bytes => {}
+            Read::Spurious => continue,
+            Read::Eof => return eof(ctx, socket, &mut decoder, &mut buf).await,
+            Read::Failed => return CloseReason::ClientError,
         }
-        match read.try_read_buf(&mut (&mut buf).limit(read_size)) {
-            Ok(0) => return eof(ctx, socket, &mut decoder, &mut buf).await,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // A spurious wake-up (every new socket gets one): give the buffer back.
-                if buf.is_empty() {
-                    buf = BytesMut::new();
-                }
-                continue;
-            }
-            Err(_) => return CloseReason::ClientError,
-        }
-        let now = unix_ms();
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    if let Err(reason) = deliver(&ctx.router, socket, data_event(socket, frame, now)).await {
-                        return reason;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return frame_error(e),
-            }
+        if let Err(reason) = forward_frames(ctx, socket, &mut decoder, &mut buf).await {
+            return reason;
         }
         if buf.is_empty() {
             buf = BytesMut::new(); // Hold no memory while the socket is quiet.
@@ -213,11 +177,55 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
     }
 }
 
+/// What one read from the client gave.
+enum Read {
+    /// Bytes, now in the buffer.
+    Bytes,
+    /// Nothing after all (a spurious wake-up: every new socket gets one).
+    Spurious,
+    /// The client closed its side.
+    Eof,
+    /// The read failed (reset).
+    Failed,
+}
+
+/// Reads what the socket has, at most `read_size` bytes, into `buf`, without waiting.
+fn read_into(read: &OwnedReadHalf, buf: &mut BytesMut, read_size: usize) -> Read {
+    if buf.capacity() - buf.len() < read_size {
+        buf.reserve(read_size);
+    }
+    match read.try_read_buf(&mut (&mut *buf).limit(read_size)) {
+        Ok(0) => Read::Eof,
+        Ok(_) => Read::Bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            if buf.is_empty() {
+                *buf = BytesMut::new(); // Give the buffer back.
+            }
+            Read::Spurious
+        }
+        Err(_) => Read::Failed,
+    }
+}
+
+/// Cuts every whole frame out of `buf` and forwards each, in order.
+async fn forward_frames(
+    ctx: &Downstream,
+    socket: &SocketState,
+    decoder: &mut FrameDecoder,
+    buf: &mut BytesMut,
+) -> Result<(), CloseReason> {
+    let now = unix_ms();
+    while let Some(frame) = decoder.decode(buf).map_err(frame_error)? {
+        forward(&ctx.balancer, socket, data_event(socket, frame, now)).await?;
+    }
+    Ok(())
+}
+
 /// The client closed: a last unterminated line is still a message.
 async fn eof(ctx: &Downstream, socket: &SocketState, decoder: &mut FrameDecoder, buf: &mut BytesMut) -> CloseReason {
     match decoder.decode_eof(buf) {
         Ok(Some(frame)) => {
-            if let Err(reason) = deliver(&ctx.router, socket, data_event(socket, frame, unix_ms())).await {
+            if let Err(reason) = forward(&ctx.balancer, socket, data_event(socket, frame, unix_ms())).await {
                 return reason;
             }
         }
@@ -245,8 +253,7 @@ fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> NodeEvent {
     let hot = m::hot();
     hot.messages_in.increment(1);
     hot.bytes_in.increment(payload.len() as u64);
-    let data = SocketData { socket_id: socket.id_str.to_string(), seq, payload, labels: (*socket.labels()).clone() };
-    NodeEvent { event: Some(Event::Data(data)), ..NodeEvent::default() }
+    event::data(socket, seq, payload)
 }
 
 /// When the socket becomes idle for `timeout`, as a tokio instant; `None` when that is beyond

@@ -4,10 +4,8 @@
 //! - [`admission`]: `--max-connections`, the count of admitted sockets.
 //! - [`connection`]: one socket's life: its reader and writer tasks.
 //! - [`framing`]: cutting bytes into messages and framing them again.
-//! - [`table`]: the sockets this node holds.
 
 pub mod admission;
 pub mod connection;
 pub mod framing;
 pub mod listener;
-pub mod table;

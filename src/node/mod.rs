@@ -5,13 +5,16 @@
 //!
 //! - [`start`]: wiring a node together and starting its tasks.
 //! - [`registry`]: keeping the upstream pool equal to the registry.
-//! - [`runtime`]: runtime settings (this node's and other nodes') and the state gauges.
+//! - [`runtime`]: runtime settings and the state gauges.
+//! - [`watches`]: the tasks that take news from the backend (registry changes, runtime settings
+//!   of other nodes, lifecycle announcements, commands from other nodes) and act on it.
 //! - [`drain`]: the graceful stop, and [`drain::Drain`], the tokens it goes through.
 
 mod drain;
 mod registry;
 mod runtime;
 mod start;
+mod watches;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -22,8 +25,8 @@ use crate::{
     cluster::{Backend, BackendError},
     command::{Command, Dispatcher, Receipt},
     config::Config,
-    downstream::table::SocketTable,
     settings::Settings,
+    socket::SocketTable,
     upstream::{pool::UpstreamPool, stream::StreamContext},
 };
 
@@ -37,14 +40,14 @@ pub enum NodeError {
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
     /// An upstream URI is not valid.
-    #[error("{0}")]
-    InvalidUpstream(String),
+    #[error(transparent)]
+    InvalidUpstream(#[from] crate::upstream::UriError),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
     /// A runtime setting is not valid.
     #[error("{0}")]
-    InvalidSettings(String),
+    InvalidSettings(#[from] crate::settings::SettingsError),
 }
 
 /// A running node. A cheap `Clone` handle.

@@ -1,7 +1,7 @@
 //! Keeping the upstream pool equal to the registry (`K:upstreams` in a cluster): upstreams added
 //! and removed through the admin API, by other nodes, or by `--upstream` at start.
 
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
 use super::{Node, NodeError};
 use crate::{
@@ -17,7 +17,7 @@ impl Node {
     /// [`NodeError::InvalidUpstream`] for a bad URI; [`NodeError::Backend`] when the registry
     /// cannot be written.
     pub async fn add_upstream(&self, id: Option<String>, uri: String) -> Result<UpstreamEntry, NodeError> {
-        upstream::validate_uri(&uri).map_err(NodeError::InvalidUpstream)?;
+        upstream::validate_uri(&uri)?;
         let id = id.unwrap_or_else(|| upstream::default_id(&uri));
         let entry = UpstreamEntry { id, uri };
         self.inner.backend.add_upstream(entry.clone()).await?;
@@ -36,7 +36,7 @@ impl Node {
     }
 
     /// Makes the pool match the registry: starts new upstreams, stops removed ones.
-    async fn reconcile(&self) -> Result<(), BackendError> {
+    pub(super) async fn reconcile(&self) -> Result<(), BackendError> {
         let _serial = self.inner.reconcile.lock().await;
         if self.inner.drain.has_started() {
             return Ok(());
@@ -62,23 +62,5 @@ impl Node {
         let (up, rx) = self.inner.pool.insert(entry.id.clone(), entry.uri);
         let span = info_span!("upstream", upstream = %entry.id);
         self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
-    }
-
-    /// Reconciles whenever the registry changes (in cluster mode, when another node changes it).
-    pub(super) fn spawn_registry_watch(&self) {
-        let node = self.clone();
-        let mut changes = self.inner.backend.registry_changes();
-        let finish = self.inner.stream_ctx.finish.clone();
-        self.inner.tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = finish.cancelled() => break,
-                    r = changes.changed() => if r.is_err() { break },
-                }
-                if let Err(e) = node.reconcile().await {
-                    warn!(error = %e, "could not reconcile the upstream registry");
-                }
-            }
-        });
     }
 }

@@ -1,8 +1,7 @@
 //! Runtime settings (changed on this node, or published by another) and the gauges that
 //! describe the node's state at a scrape.
 
-use tokio::sync::broadcast;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Node, NodeError};
 use crate::{
@@ -19,7 +18,7 @@ impl Node {
     /// [`NodeError::InvalidSettings`] when a field is invalid (nothing changed then);
     /// [`NodeError::Backend`] when it applied here but could not be handed to the cluster.
     pub async fn apply_runtime(&self, patch: &RuntimePatch, cluster: bool) -> Result<RuntimeView, NodeError> {
-        let view = self.inner.settings.apply(patch).map_err(NodeError::InvalidSettings)?;
+        let view = self.inner.settings.apply(patch)?;
         info!(?patch, cluster, "runtime settings changed");
         if cluster {
             self.inner.backend.publish_runtime(patch).await?;
@@ -44,31 +43,5 @@ impl Node {
         metrics::gauge!(m::BACKEND_QUEUE_DEPTH).set(self.inner.backend.queue_depth() as f64);
         metrics::gauge!(m::READY).set(if self.is_ready() { 1.0 } else { 0.0 });
         metrics::gauge!(m::BACKEND_REACHABLE).set(if self.inner.backend.is_reachable() { 1.0 } else { 0.0 });
-    }
-
-    /// Applies runtime settings changes that other nodes publish.
-    pub(super) fn spawn_runtime_watch(&self) {
-        let node = self.clone();
-        let mut changes = self.inner.backend.runtime_changes();
-        let finish = self.inner.stream_ctx.finish.clone();
-        self.inner.tracker.spawn(async move {
-            loop {
-                let patch = tokio::select! {
-                    () = finish.cancelled() => break,
-                    r = changes.recv() => r,
-                };
-                match patch {
-                    Ok(patch) => {
-                        if let Err(e) = node.apply_runtime(&patch, false).await {
-                            warn!(error = %e, "runtime settings from another node refused");
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "runtime settings changes came faster than they were applied");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
     }
 }

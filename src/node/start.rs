@@ -1,4 +1,4 @@
-//! Wiring a node together: the backend (memory or Redis), the pool, the router, the dispatcher,
+//! Wiring a node together: the backend (memory or Redis), the pool, the balancer, the dispatcher,
 //! the upstream streams and the accept loop.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -16,13 +16,13 @@ use crate::{
     },
     command::Dispatcher,
     config::Config,
-    downstream::{admission, connection::Downstream, listener, table::SocketTable},
+    downstream::{admission, connection::Downstream, listener},
     logging::LogFilter,
     metrics as m,
     proto::NodeHello,
     settings::Settings,
-    socket::unix_ms,
-    upstream::router::Router,
+    socket::{SocketTable, unix_ms},
+    upstream::balancer::Balancer,
     upstream::{self, pool::UpstreamPool, stream::StreamContext},
 };
 
@@ -53,22 +53,19 @@ impl Node {
         let (backend, redis) = backend(&config, &run_id, local_addr, &table)?;
         let settings = Arc::new(Settings::new(&config, log));
         let pool = UpstreamPool::new();
-        let router = Router::new(pool.clone(), backend.counter(), settings.clone());
-        let dispatcher = Dispatcher::new(table.clone(), backend.clone(), settings.clone());
-        if let Some(redis) = &redis {
-            redis.attach(dispatcher.clone());
-        }
+        let balancer = Balancer::new(pool.clone(), backend.counter(), settings.clone());
+        let dispatcher = Dispatcher::new(&table, &backend, &settings);
         let drain = Drain::default();
         let tracker = TaskTracker::new();
         let stream_ctx = StreamContext {
             hello: hello(&config, run_id),
             dispatcher: dispatcher.clone(),
-            router: router.clone(),
+            balancer: balancer.clone(),
             health_interval: config.health_interval,
             finish: drain.streams_finish(),
             tracker: tracker.clone(),
         };
-        let downstream = downstream(&config, router, &table, &backend, &settings);
+        let downstream = downstream(&config, balancer, &table, &backend, &settings);
         let limit = admission::Limit::new(settings.clone());
         let inner = Inner {
             node_id: config.node_id(),
@@ -91,12 +88,9 @@ impl Node {
         Ok(node)
     }
 
-    /// Starts the node's own tasks: the registry and runtime watches, the announcements, and the
-    /// accept loop.
+    /// Starts the node's own tasks: the watches and the accept loop.
     fn spawn_tasks(&self, listener: TcpListener, downstream: Downstream, limit: admission::Limit) {
-        self.spawn_registry_watch();
-        self.spawn_runtime_watch();
-        self.spawn_announcements();
+        self.spawn_watches();
         let tracker = self.inner.tracker.clone();
         let stop = self.inner.drain.accepting();
         tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
@@ -118,40 +112,16 @@ impl Node {
         }
         Ok(())
     }
-
-    /// Hands the lifecycle events the cluster asks for (a reaped node's `closed`, this node's
-    /// `resumed` `opened`) to the upstreams, like any event of a socket.
-    fn spawn_announcements(&self) {
-        let Some(mut announcements) = self.inner.backend.announcements() else { return };
-        let router = self.inner.stream_ctx.router.clone();
-        let finish = self.inner.stream_ctx.finish.clone();
-        self.inner.tracker.spawn(async move {
-            loop {
-                let announcement = tokio::select! {
-                    () = finish.cancelled() => break,
-                    a = announcements.recv() => a,
-                };
-                let Some(announcement) = announcement else { break };
-                for (event, socket) in announcement.events {
-                    tokio::select! {
-                        () = finish.cancelled() => return,
-                        () = router.forward(event, socket.as_deref(), None) => {}
-                    }
-                }
-                let _ = announcement.handed.send(());
-            }
-        });
-    }
 }
 
-/// The backend, and the Redis backend itself when it is one (the dispatcher is attached to it).
+/// The backend, and the Redis backend itself when it is one.
 type Backends = (Arc<dyn Backend>, Option<Arc<RedisBackend>>);
 
 /// The backend: Redis with `--redis`, else the memory stand-in.
 fn backend(config: &Config, run_id: &str, local_addr: SocketAddr, table: &SocketTable) -> Result<Backends, NodeError> {
     let node_id = config.node_id();
     if config.redis.is_some() {
-        let redis = RedisBackend::connect(config, &node_id, run_id, local_addr)?;
+        let redis = RedisBackend::connect(config, &node_id, run_id, local_addr, table.clone())?;
         return Ok((redis.clone(), Some(redis)));
     }
     let me = memory::node_record(&node_id, &local_addr.to_string(), &config.admin_listen.to_string());
@@ -161,16 +131,16 @@ fn backend(config: &Config, run_id: &str, local_addr: SocketAddr, table: &Socket
 /// What every socket's task needs.
 fn downstream(
     config: &Config,
-    router: Router,
+    balancer: Balancer,
     table: &SocketTable,
     backend: &Arc<dyn Backend>,
     settings: &Arc<Settings>,
 ) -> Downstream {
     Downstream {
         node_id: config.node_id().as_str().into(),
-        router,
+        balancer,
         table: table.clone(),
-        backend: backend.clone(),
+        records: backend.clone(),
         settings: settings.clone(),
         framing: config.framing,
         max_frame: config.max_frame,

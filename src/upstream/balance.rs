@@ -1,5 +1,5 @@
 //! `--balance`: how inbound events are spread over upstreams. A leaf of its own, so the
-//! configuration, the runtime settings and the router all name it without depending on each
+//! configuration, the runtime settings and the balancer all name it without depending on each
 //! other.
 
 /// How inbound events are spread over upstreams.

@@ -68,7 +68,7 @@ fn send_receipt(upstream: &Upstream, command_id: Option<String>, receipt: Receip
     let Some(command_id) = command_id else { return };
     let result = CommandResult { command_id, status: receipt.status as i32, detail: receipt.detail };
     let event = NodeEvent { event: Some(node_event::Event::Result(result)), ..NodeEvent::default() };
-    if upstream.try_hand(event).is_err() {
+    if upstream.try_forward(event).is_err() {
         warn!("receipt refused: the upstream's queue is full");
         metrics::counter!(m::MESSAGES_REFUSED, "reason" => "receipt_queue_full").increment(1);
     }

@@ -1,7 +1,7 @@
 //! The gRPC side: every upstream the node knows, one `Connect` stream to each, and their
 //! readiness.
 //!
-//! - [`router`]: which upstream gets each inbound event (round-robin or sticky, [`balance`]),
+//! - [`balancer`]: which upstream gets each inbound event (round-robin or sticky, [`balance`]),
 //!   and inbound backpressure.
 //! - [`pool`]: the upstreams, their queues and their state (ready, open).
 //! - [`stream`]: the task that keeps one `Connect` stream open, reconnecting with [`backoff`];
@@ -13,26 +13,47 @@
 pub mod backlog;
 pub mod backoff;
 pub mod balance;
+pub mod balancer;
 pub mod commands;
 pub mod health;
 pub mod outbound;
 pub mod pool;
-pub mod router;
 pub mod stream;
 pub mod window;
+
+/// Why an upstream URI was refused (an operator's input: `--upstream` or `POST /v1/upstreams`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    /// Not a URI at all.
+    #[error("upstream `{uri}` is not a URI: {reason}")]
+    NotAUri {
+        /// What was given.
+        uri: String,
+        /// Why it is not a URI.
+        reason: String,
+    },
+    /// A scheme the node cannot dial.
+    #[error("upstream `{0}` must start with http:// or https://")]
+    Scheme(String),
+    /// No host or no port.
+    #[error("upstream `{0}` must name a host and a port (http://host:port)")]
+    HostPort(String),
+}
 
 /// Checks that an upstream URI is one the node can dial: `http://host:port` or `https://host:port`.
 ///
 /// # Errors
-/// A message naming the URI and what is wrong with it.
-pub fn validate_uri(uri: &str) -> Result<(), String> {
-    let parsed: http::Uri = uri.parse().map_err(|e| format!("upstream `{uri}` is not a URI: {e}"))?;
+/// [`UriError`] naming the URI and what is wrong with it.
+pub fn validate_uri(uri: &str) -> Result<(), UriError> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| UriError::NotAUri { uri: uri.to_owned(), reason: e.to_string() })?;
     match parsed.scheme_str() {
         Some("http" | "https") => {}
-        _ => return Err(format!("upstream `{uri}` must start with http:// or https://")),
+        _ => return Err(UriError::Scheme(uri.to_owned())),
     }
     if parsed.host().is_none_or(str::is_empty) || parsed.port_u16().is_none() {
-        return Err(format!("upstream `{uri}` must name a host and a port (http://host:port)"));
+        return Err(UriError::HostPort(uri.to_owned()));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The pool of upstreams this node streams to.
 //!
 //! Each [`Upstream`] has a bounded queue of events that its stream task feeds into the `Connect`
-//! stream. The router hands events only to *usable* upstreams: ready (health SERVING) and with an
+//! stream. The balancer hands events only to *usable* upstreams: ready (health SERVING) and with an
 //! open stream. Every change of the pool or of an upstream's state bumps a watch, so a socket that
 //! waits for capacity (inbound backpressure) wakes up when something changes.
 
@@ -50,7 +50,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Whether the router may hand it events: ready and streaming.
+    /// Whether the balancer may hand it events: ready and streaming.
     pub fn is_usable(&self) -> bool {
         self.ready.load(Ordering::Acquire) && self.open.load(Ordering::Acquire)
     }
@@ -113,7 +113,7 @@ impl Upstream {
     /// The event, when it was not taken.
     // The event is handed back, not boxed: boxing would cost an allocation per message.
     #[allow(clippy::result_large_err)]
-    pub fn try_hand(&self, event: NodeEvent) -> Result<(), NodeEvent> {
+    pub fn try_forward(&self, event: NodeEvent) -> Result<(), NodeEvent> {
         match self.tx.try_send(event) {
             Ok(()) => {
                 self.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -133,7 +133,7 @@ impl Upstream {
     }
 
     /// Hands an event over through a reservation from [`Upstream::reserve`].
-    pub fn hand_reserved(&self, permit: mpsc::OwnedPermit<NodeEvent>, event: NodeEvent) {
+    pub fn forward_reserved(&self, permit: mpsc::OwnedPermit<NodeEvent>, event: NodeEvent) {
         permit.send(event);
         self.messages_sent.fetch_add(1, Ordering::Relaxed);
     }

@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
+    UriError,
     backlog::Backlog,
     backoff::Backoff,
     commands::{handle_command, remote_commands},
@@ -36,7 +37,7 @@ use crate::{
     command::{Command, Dispatcher},
     metrics as m,
     proto::{self, NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient},
-    upstream::router::Router,
+    upstream::balancer::Balancer,
 };
 
 /// Longest wait for the TCP (and HTTP/2) connection to an upstream.
@@ -66,7 +67,7 @@ pub struct StreamContext {
     /// Carries out the commands the upstream sends.
     pub dispatcher: Dispatcher,
     /// Reroutes events a broken stream could not take.
-    pub router: Router,
+    pub balancer: Balancer,
     /// `--health-interval`.
     pub health_interval: Duration,
     /// Cancelled when the node drains: streams send what is queued, then end.
@@ -88,10 +89,10 @@ enum Outcome {
 /// The gRPC endpoint for an upstream URI, with keepalive and timeouts set.
 ///
 /// # Errors
-/// A message when the URI is not valid.
-pub fn endpoint(uri: &str) -> Result<Endpoint, String> {
+/// [`UriError::NotAUri`] when the URI is not valid.
+pub fn endpoint(uri: &str) -> Result<Endpoint, UriError> {
     Ok(Endpoint::from_shared(uri.to_owned())
-        .map_err(|e| format!("upstream `{uri}`: {e}"))?
+        .map_err(|e| UriError::NotAUri { uri: uri.to_owned(), reason: e.to_string() })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -107,7 +108,7 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
         Ok(e) => e.connect_lazy(),
         Err(e) => {
             warn!(error = %e, "upstream not started");
-            upstream.set_last_error(e);
+            upstream.set_last_error(e.to_string());
             return;
         }
     };
@@ -136,7 +137,7 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
                 }
             }
         }
-        reroute(&upstream, &backlog, &ctx.router).await;
+        reroute(&upstream, &backlog, &ctx.balancer).await;
         tokio::select! {
             () = tokio::time::sleep(backoff.next_delay()) => {}
             () = upstream.stop.cancelled() => break,
@@ -144,7 +145,7 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
         }
     }
     upstream.set_open(false);
-    reroute(&upstream, &backlog, &ctx.router).await;
+    reroute(&upstream, &backlog, &ctx.balancer).await;
     let left = backlog.lock().await.pending.len();
     if left > 0 {
         warn!(events = left, "upstream gone with events no other upstream could take");
@@ -274,7 +275,7 @@ async fn serve<L: Future>(
     }
 }
 
-/// The stream is open: the router may hand the upstream events (once it is also ready).
+/// The stream is open: the balancer may hand the upstream events (once it is also ready).
 fn mark_open(upstream: &Upstream) {
     if !upstream.is_open() {
         upstream.set_open(true);
@@ -315,7 +316,7 @@ const REMOVAL_GRACE: Duration = Duration::from_secs(2);
 /// Hands what waits for a broken or removed upstream to other usable upstreams, without waiting;
 /// what none can take stays for this upstream's next stream. Receipts stay: they are for this
 /// upstream only.
-async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, router: &Router) {
+async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, balancer: &Balancer) {
     let Ok(mut backlog) = tokio::time::timeout(QUEUE_HANDOVER_TIMEOUT, backlog.lock()).await else {
         warn!("could not reroute: the stream still holds the queue");
         return;
@@ -335,7 +336,7 @@ async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, router: &Ro
             kept.push_back(event);
             continue;
         }
-        match router.try_forward(event, None, Some(&upstream.id)) {
+        match balancer.try_forward(event, None, Some(&upstream.id)) {
             Ok(()) => moved += 1,
             Err(event) => kept.push_back(event),
         }

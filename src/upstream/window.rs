@@ -202,14 +202,20 @@ mod tests {
         events.iter().map(id).collect()
     }
 
-    #[test]
-    fn acked_events_are_never_handed_out_again() {
+    /// A new stream whose window keeps the events of `seqs`.
+    fn kept(seqs: std::ops::RangeInclusive<u64>) -> (Delivery, ReplayWindow) {
         let delivery = Delivery::default();
         let mut window = ReplayWindow::default();
         delivery.new_stream();
-        for seq in 2..=6 {
+        for seq in seqs {
             window.keep(&delivery, seq, &closed(seq));
         }
+        (delivery, window)
+    }
+
+    #[test]
+    fn acked_events_are_never_handed_out_again() {
+        let (delivery, mut window) = kept(2..=6);
         // The health check confirmed everything, but the upstream acks: only acks count.
         delivery.confirmed.store(u64::MAX, Ordering::Release);
         delivery.ack(4);
@@ -221,12 +227,7 @@ mod tests {
 
     #[test]
     fn without_acks_the_health_checks_confirm() {
-        let delivery = Delivery::default();
-        let mut window = ReplayWindow::default();
-        delivery.new_stream();
-        for seq in 2..=5 {
-            window.keep(&delivery, seq, &closed(seq));
-        }
+        let (delivery, mut window) = kept(2..=5);
         delivery.confirmed.store(2, Ordering::Release);
         assert_eq!(ids(&window.take_unconfirmed(&delivery)), ["4", "5"]);
     }

@@ -16,7 +16,7 @@ use ppp::proto::{
     self, NodeEvent, UpstreamCommand,
     node_event::Event,
     upstream_command::Command,
-    upstream_server::{Upstream, UpstreamServer},
+    upstream_server::{Upstream as UpstreamService, UpstreamServer},
 };
 use tokio::{
     net::TcpListener,
@@ -140,7 +140,7 @@ type Commands = Pin<Box<dyn Stream<Item = Result<UpstreamCommand, Status>> + Sen
 pub struct RecordingService(pub Recording);
 
 #[tonic::async_trait]
-impl Upstream for RecordingService {
+impl UpstreamService for RecordingService {
     type ConnectStream = Commands;
     type ConnectBatchStream = ReceiverStream<Result<proto::UpstreamCommandBatch, Status>>;
 
@@ -247,7 +247,7 @@ pub type ServerHandle = (tokio::sync::oneshot::Sender<()>, std::thread::JoinHand
 /// Serves `service` and the health service of `health` on `listener`, on a runtime thread of its
 /// own. Stopping it drops the runtime, so every connection closes at once, as when an upstream
 /// process dies.
-pub fn serve_upstream<S: Upstream>(
+pub fn serve_upstream<S: UpstreamService>(
     listener: std::net::TcpListener,
     health: &HealthReporter,
     service: UpstreamServer<S>,

@@ -119,9 +119,10 @@ impl WireCommand {
     /// Back to a command.
     ///
     /// # Errors
-    /// A message when a field is not valid (another node's bug or a forged message).
-    pub fn into_command(self) -> Result<Command, String> {
-        let parse = |s: &str| s.parse().map_err(|_| format!("bad socket id `{s}` on the bus"));
+    /// [`BusError::SocketId`] when a socket id is not one (another node's bug or a forged
+    /// message).
+    pub fn into_command(self) -> Result<Command, BusError> {
+        let parse = |s: &str| s.parse().map_err(|_| BusError::SocketId(s.chars().take(64).collect()));
         Ok(match self {
             Self::Send { socket, payload } => Command::Send { socket: parse(&socket)?, payload },
             Self::Close { socket, reason, detail } => {
@@ -145,24 +146,19 @@ impl BusMessage {
     /// Decodes MessagePack bytes, refusing oversized ones before decoding.
     ///
     /// # Errors
-    /// A message saying why the bytes are not a bus message.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+    /// [`BusError`] saying why the bytes are not a bus message.
+    pub fn decode(bytes: &[u8]) -> Result<Self, BusError> {
         if bytes.len() > MAX_BUS_PAYLOAD {
-            return Err(format!("bus payload of {} bytes is over the limit", bytes.len()));
+            return Err(BusError::TooLarge(bytes.len()));
         }
-        rmp_serde::from_slice(bytes).map_err(|e| format!("undecodable bus payload: {e}"))
+        rmp_serde::from_slice(bytes).map_err(|e| BusError::Undecodable(e.to_string()))
     }
 
     /// The broadcast message for `b`, from `origin`.
     pub fn broadcast(origin: &str, b: &Broadcast) -> Self {
-        let scope = match b.scope {
-            Scope::All => proto::Scope::All,
-            Scope::Active => proto::Scope::Active,
-            Scope::Inactive => proto::Scope::Inactive,
-        };
         Self::Broadcast {
             origin: origin.to_owned(),
-            scope: scope as i32,
+            scope: proto::Scope::from(b.scope) as i32,
             selector: b.selector.clone(),
             payload: b.payload.clone(),
         }
@@ -177,15 +173,27 @@ impl BusMessage {
 /// A broadcast from the bus, back in command form.
 ///
 /// # Errors
-/// A message when the scope is unknown.
-pub fn broadcast_from_wire(scope: i32, selector: Labels, payload: Bytes) -> Result<Broadcast, String> {
-    let scope = match proto::Scope::try_from(scope) {
-        Ok(proto::Scope::All) => Scope::All,
-        Ok(proto::Scope::Active) => Scope::Active,
-        Ok(proto::Scope::Inactive) => Scope::Inactive,
-        Err(_) => return Err(format!("unknown scope {scope} on the bus")),
-    };
+/// [`BusError::Scope`] when the scope is unknown.
+pub fn broadcast_from_wire(scope: i32, selector: Labels, payload: Bytes) -> Result<Broadcast, BusError> {
+    let scope = Scope::try_from(scope).map_err(|_| BusError::Scope(scope))?;
     Ok(Broadcast { scope, selector, payload })
+}
+
+/// Why a message on the bus was refused (counted and logged; a command gets a failed receipt).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// Larger than [`MAX_BUS_PAYLOAD`].
+    #[error("bus payload of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// Not MessagePack of a bus message.
+    #[error("undecodable bus payload: {0}")]
+    Undecodable(String),
+    /// A socket id that is not one.
+    #[error("bad socket id `{0}` on the bus")]
+    SocketId(String),
+    /// A broadcast scope that is not one.
+    #[error("unknown scope {0} on the bus")]
+    Scope(i32),
 }
 
 /// A receipt from the bus.

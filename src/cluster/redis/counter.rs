@@ -74,8 +74,8 @@ impl LeasedCounter {
                 this.block.store(block, Ordering::Relaxed);
             }
             let key = this.key.clone();
-            let result: Result<u64, String> =
-                this.conn.run(|mut conn| async move { conn.incr(&key, block).await }).await.map_err(|e| e.to_string());
+            let result: Result<u64, redis::RedisError> =
+                this.conn.run(|mut conn| async move { conn.incr(&key, block).await }).await;
             match result {
                 Ok(end) => {
                     let lease = Lease { next: end - block, end };

@@ -45,7 +45,7 @@ impl RedisBackend {
 
     /// Hands a broadcast to every other node, once, on `K:ch:broadcast`.
     pub(super) async fn publish_broadcast(&self, broadcast: &Broadcast) -> Receipt {
-        match self.publish(&self.keys.broadcast_channel(), BusMessage::broadcast(&self.node, broadcast)).await {
+        match self.publish(&self.keys.broadcast_channel.clone(), BusMessage::broadcast(&self.node, broadcast)).await {
             Ok(_) => Receipt::ok(),
             Err(e) => Receipt::failed(format!("the broadcast reached only this node: {e}")),
         }

@@ -1,22 +1,46 @@
 //! Every Redis key and channel of a cluster, exactly as DESIGN §4 names them: all start with
 //! `{prefix}:{cluster}:` (`K:` below).
 
-/// Key and channel names for one cluster. Built once; each method allocates the name it returns.
+/// Key and channel names for one cluster. The fixed names are built once, here; a name with a
+/// node or socket id in it is built by its method at each call.
 #[derive(Debug, Clone)]
 pub struct Keys {
     /// `{prefix}:{cluster}:`
     base: String,
+    /// `K:nodes` — sorted set: node id → last heartbeat (unix ms).
+    pub nodes: String,
+    /// `K:reaps` — sorted set: reap jobs (a dead node's sockets still to be announced `closed`
+    /// to the upstreams) → when they were created (unix ms).
+    pub reaps: String,
+    /// `K:sockets` — sorted set: socket id → connected_at (unix ms).
+    pub sockets: String,
+    /// `K:upstreams` — hash: upstream id → URI.
+    pub upstreams: String,
+    /// `K:rr` — string (integer): the shared round-robin counter.
+    pub rr: String,
+    /// `K:events` — stream: lifecycle history.
+    pub events: String,
+    /// `K:ch:broadcast` — channel: broadcasts.
+    pub broadcast_channel: String,
+    /// `K:ch:control` — channel: registry and runtime settings changes.
+    pub control_channel: String,
 }
 
 impl Keys {
     /// The names for `prefix` (`--redis-prefix`) and `cluster` (`--cluster`).
     pub fn new(prefix: &str, cluster: &str) -> Self {
-        Self { base: format!("{prefix}:{cluster}:") }
-    }
-
-    /// `K:nodes` — sorted set: node id → last heartbeat (unix ms).
-    pub fn nodes(&self) -> String {
-        format!("{}nodes", self.base)
+        let base = format!("{prefix}:{cluster}:");
+        Self {
+            nodes: format!("{base}nodes"),
+            reaps: format!("{base}reaps"),
+            sockets: format!("{base}sockets"),
+            upstreams: format!("{base}upstreams"),
+            rr: format!("{base}rr"),
+            events: format!("{base}events"),
+            broadcast_channel: format!("{base}ch:broadcast"),
+            control_channel: format!("{base}ch:control"),
+            base,
+        }
     }
 
     /// `K:node:{node}` — hash: `listen`, `admin`, `started_at`, `version`, `run_id`, `sockets`,
@@ -36,12 +60,6 @@ impl Keys {
         format!("{}node:{node}:reaped", self.base)
     }
 
-    /// `K:reaps` — sorted set: reap jobs (a dead node's sockets still to be announced `closed`
-    /// to the upstreams) → when they were created (unix ms).
-    pub fn reaps(&self) -> String {
-        format!("{}reaps", self.base)
-    }
-
     /// `K:reap:{job}` — list, and `K:reap:{job}:owner`, `K:reap:{job}:sent`: one reap job (see
     /// `redis/announce.lua`).
     /// Returns (list, owner, sent).
@@ -55,39 +73,9 @@ impl Keys {
         format!("{}socket:{id}", self.base)
     }
 
-    /// `K:sockets` — sorted set: socket id → connected_at (unix ms).
-    pub fn sockets(&self) -> String {
-        format!("{}sockets", self.base)
-    }
-
-    /// `K:upstreams` — hash: upstream id → URI.
-    pub fn upstreams(&self) -> String {
-        format!("{}upstreams", self.base)
-    }
-
-    /// `K:rr` — string (integer): the shared round-robin counter.
-    pub fn rr(&self) -> String {
-        format!("{}rr", self.base)
-    }
-
-    /// `K:events` — stream: lifecycle history.
-    pub fn events(&self) -> String {
-        format!("{}events", self.base)
-    }
-
     /// `K:ch:node:{node}` — channel: commands for one node.
     pub fn node_channel(&self, node: &str) -> String {
         format!("{}ch:node:{node}", self.base)
-    }
-
-    /// `K:ch:broadcast` — channel: broadcasts.
-    pub fn broadcast_channel(&self) -> String {
-        format!("{}ch:broadcast", self.base)
-    }
-
-    /// `K:ch:control` — channel: registry and runtime settings changes.
-    pub fn control_channel(&self) -> String {
-        format!("{}ch:control", self.base)
     }
 
     /// The prefix every key of this cluster starts with, `K:`.
@@ -103,16 +91,16 @@ mod tests {
     #[test]
     fn names_follow_the_design() {
         let k = Keys::new("ppp", "default");
-        assert_eq!(k.nodes(), "ppp:default:nodes");
+        assert_eq!(k.nodes, "ppp:default:nodes");
         assert_eq!(k.node("n1"), "ppp:default:node:n1");
         assert_eq!(k.node_sockets("n1"), "ppp:default:node:n1:sockets");
         assert_eq!(k.socket("abc"), "ppp:default:socket:abc");
-        assert_eq!(k.sockets(), "ppp:default:sockets");
-        assert_eq!(k.upstreams(), "ppp:default:upstreams");
-        assert_eq!(k.rr(), "ppp:default:rr");
-        assert_eq!(k.events(), "ppp:default:events");
+        assert_eq!(k.sockets, "ppp:default:sockets");
+        assert_eq!(k.upstreams, "ppp:default:upstreams");
+        assert_eq!(k.rr, "ppp:default:rr");
+        assert_eq!(k.events, "ppp:default:events");
         assert_eq!(k.node_channel("n1"), "ppp:default:ch:node:n1");
-        assert_eq!(k.broadcast_channel(), "ppp:default:ch:broadcast");
-        assert_eq!(k.control_channel(), "ppp:default:ch:control");
+        assert_eq!(k.broadcast_channel, "ppp:default:ch:broadcast");
+        assert_eq!(k.control_channel, "ppp:default:ch:control");
     }
 }

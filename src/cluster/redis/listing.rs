@@ -28,7 +28,7 @@ pub fn node_record(id: String, heartbeat_age_ms: i64, h: &HashMap<String, String
 /// A page of sockets from `K:sockets` (ordered by `connected_at`, then id: id order, since an
 /// id's timestamp is its `connected_at`), their records read in one pipeline per batch.
 pub async fn sockets(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut impl redis::aio::ConnectionLike,
     keys: &Keys,
     query: &SocketQuery,
 ) -> Result<SocketPage, redis::RedisError> {
@@ -43,17 +43,7 @@ pub async fn sockets(
     let mut scanned = 0;
     let mut last_scanned: Option<String> = None;
     loop {
-        let batch: Vec<(String, i64)> = redis::cmd("ZRANGE")
-            .arg(keys.sockets())
-            .arg(min.map_or_else(|| "-inf".to_owned(), |m| m.to_string()))
-            .arg("+inf")
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(skip)
-            .arg(LIST_BATCH)
-            .arg("WITHSCORES")
-            .query_async(&mut **conn)
-            .await?;
+        let batch = id_batch(conn, keys, min, skip).await?;
         let exhausted = batch.len() < LIST_BATCH;
         let batch_last = batch.last().cloned();
         let fresh: Vec<String> = batch
@@ -61,12 +51,7 @@ pub async fn sockets(
             .filter(|(id, score)| min.is_none_or(|m| *score > m) || after.as_ref().is_none_or(|a| id > a))
             .map(|(id, _)| id)
             .collect();
-        let mut pipe = redis::pipe();
-        for id in &fresh {
-            pipe.hgetall(keys.socket(id));
-        }
-        let hashes: Vec<HashMap<String, String>> =
-            if fresh.is_empty() { Vec::new() } else { pipe.query_async(&mut **conn).await? };
+        let hashes = socket_hashes(conn, keys, &fresh).await?;
         let progressed = !fresh.is_empty();
         for (id, hash) in fresh.into_iter().zip(hashes) {
             if page.len() == query.limit || (query.filtered() && scanned == view::SCAN_BUDGET) {
@@ -89,4 +74,41 @@ pub async fn sockets(
             skip += LIST_BATCH;
         }
     }
+}
+
+/// Up to [`LIST_BATCH`] (id, `connected_at`) entries of `K:sockets` from score `min` on,
+/// passing over the first `skip`.
+async fn id_batch(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    min: Option<i64>,
+    skip: usize,
+) -> Result<Vec<(String, i64)>, redis::RedisError> {
+    redis::cmd("ZRANGE")
+        .arg(keys.sockets.clone())
+        .arg(min.map_or_else(|| "-inf".to_owned(), |m| m.to_string()))
+        .arg("+inf")
+        .arg("BYSCORE")
+        .arg("LIMIT")
+        .arg(skip)
+        .arg(LIST_BATCH)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await
+}
+
+/// The `K:socket:{id}` hashes of `ids`, in one pipeline.
+async fn socket_hashes(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    ids: &[String],
+) -> Result<Vec<HashMap<String, String>>, redis::RedisError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.hgetall(keys.socket(id));
+    }
+    pipe.query_async(conn).await
 }

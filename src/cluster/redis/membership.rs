@@ -102,11 +102,11 @@ impl RedisBackend {
         if !*self.registered.borrow() {
             self.reap_previous_run(&mut conn).await?;
         }
-        let sockets = self.local.get().map_or(0, crate::command::Dispatcher::socket_count);
+        let sockets = self.table.len();
         let mut fields = self.node_fields.clone();
         fields.push(("sockets", sockets.to_string()));
         let (added, beats): (usize, u64) = redis::pipe()
-            .zadd(self.keys.nodes(), &self.node, unix_ms())
+            .zadd(self.keys.nodes.clone(), &self.node, unix_ms())
             .hset_multiple(self.keys.node(&self.node), &fields)
             .ignore()
             .hincr(self.keys.node(&self.node), "beats", 1)
@@ -134,7 +134,7 @@ impl RedisBackend {
     async fn registered_again(&self, conn: &mut deadpool_redis::Connection) -> Result<(), redis::RedisError> {
         if *self.registered.borrow() {
             info!("registered in the cluster again");
-            self.resume_pending.store(true, Ordering::Release);
+            self.announcer.resume_pending.store(true, Ordering::Release);
         }
         records::event(&self.keys, self.events_max, "node_up", "", &self.node, unix_ms(), "")
             .exec_async(&mut **conn)
@@ -143,7 +143,7 @@ impl RedisBackend {
         if !known.is_empty() {
             let mut pipe = redis::pipe();
             for e in &known {
-                pipe.hset_nx(self.keys.upstreams(), &e.id, &e.uri).ignore();
+                pipe.hset_nx(self.keys.upstreams.clone(), &e.id, &e.uri).ignore();
             }
             pipe.query_async::<()>(&mut **conn).await?;
         }
@@ -168,7 +168,7 @@ impl RedisBackend {
     /// Reaps every node whose heartbeat this node watched stay unchanged for `--node-ttl`.
     async fn reap_dead(&self, watch: &mut Watch) -> Result<(), redis::RedisError> {
         let mut conn = self.pool.get().await.map_err(pool_error)?;
-        let beats: Vec<(String, i64)> = conn.zrange_withscores(self.keys.nodes(), 0, -1).await?;
+        let beats: Vec<(String, i64)> = conn.zrange_withscores(self.keys.nodes.clone(), 0, -1).await?;
         let dead = watch.observe(beats, self.node_ttl, Instant::now());
         for (node, score) in dead.into_iter().filter(|(n, _)| *n != self.node).take(REAP_PER_BEAT) {
             let reaped = self.reap(&mut conn, &node, Some(score), "").await?;
@@ -193,7 +193,7 @@ impl RedisBackend {
         let now = unix_ms();
         let job = format!("{node}/{}/{now}", if run.is_empty() { "-" } else { run });
         self.reap_script
-            .key(self.keys.nodes())
+            .key(self.keys.nodes.clone())
             .arg(self.keys.base())
             .arg(node)
             .arg(watched.map(|s| s.to_string()).unwrap_or_default())

@@ -32,7 +32,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -53,20 +53,20 @@ use self::{
     records::{Record, RecordWriter},
 };
 use super::{
-    Backend, BackendError, Counter, UpstreamEntry,
+    Backend, BackendError, Counter, Inbound, UpstreamEntry,
     view::{NodeRecord, SocketPage, SocketQuery, SocketRecord},
 };
 use crate::{
-    command::{Broadcast, Command, Dispatcher, Receipt},
+    command::{Broadcast, Command, Receipt},
     config::Config,
-    metrics as m,
     settings::RuntimePatch,
-    socket::{CloseReason, SocketId, SocketState, unix_ms},
+    socket::{SocketId, SocketTable, unix_ms},
 };
 
 pub use membership::HEARTBEAT;
-/// Reap announcements waiting for the node to hand them to its upstreams.
-const ANNOUNCE_QUEUE: usize = 4;
+/// Commands and broadcasts from other nodes waiting for the dispatcher; the bus subscriber
+/// waits when it is full (the dispatcher only queues payloads, so it never waits long).
+const INBOUND_QUEUE: usize = 1024;
 /// How long a node waits for the owner's receipt of a command it forwarded.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Runtime settings changes held for the node to apply; more at once is an operator's loop.
@@ -101,8 +101,13 @@ pub struct RedisBackend {
     pending: Mutex<HashMap<u64, oneshot::Sender<Receipt>>>,
     /// Request ids.
     next_request: AtomicU64,
-    /// Carries out commands that arrive from other nodes; set by [`RedisBackend::attach`].
-    local: OnceLock<Dispatcher>,
+    /// This node's sockets: its own truth, which the resync, the heartbeat's socket count and
+    /// the resumption read.
+    table: SocketTable,
+    /// Commands and broadcasts from other nodes, on their way to the node's dispatcher.
+    inbound: Handoff<Inbound>,
+    /// The reaper's announcing half.
+    announcer: reaper::Announcer,
     /// Fields of `K:node:{node}`.
     node_fields: Vec<(&'static str, String)>,
     /// `--node-ttl`.
@@ -115,8 +120,6 @@ pub struct RedisBackend {
     tracker: TaskTracker,
     /// `redis/reap.lua`.
     reap_script: Script,
-    /// `redis/announce.lua` (hashed once, not per batch).
-    announce_script: Script,
     /// This run's id (`NodeHello.run_id`, `run_id` in `K:node:{node}`).
     run_id: String,
     /// True once this run is registered (and its node id's previous run reaped).
@@ -124,17 +127,6 @@ pub struct RedisBackend {
     /// This run's heartbeats as counted in `K:node:{node}` (`beats`): a count that does not
     /// follow on means Redis lost or rewound its data.
     beats: AtomicU64,
-    /// The node was reaped while cut off and must announce its sockets again.
-    resume_pending: AtomicBool,
-    /// How long a reap batch handed to the upstreams is given to be confirmed (acknowledged, or
-    /// received per a health check) before it leaves the job.
-    confirm_wait: Duration,
-    /// A reap job is being announced by this node.
-    announcing: AtomicBool,
-    /// Where reap announcements go (the node hands them to its upstreams).
-    announce_tx: mpsc::Sender<super::Announcement>,
-    /// The receiving end, taken once by the node.
-    announce_rx: Mutex<Option<mpsc::Receiver<super::Announcement>>>,
     /// `--resync-interval`.
     resync_interval: Duration,
     /// `--idle-after`: `last_seen` is refreshed every quarter of it.
@@ -151,26 +143,24 @@ pub struct RedisBackend {
 
 impl RedisBackend {
     /// Connects to `--redis` and starts the record writer, the heartbeat and the bus subscriber.
-    /// Redis need not be reachable yet: every task retries.
+    /// Redis need not be reachable yet: every task retries. `table` is this node's own truth.
     ///
     /// # Errors
     /// [`BackendError::Invalid`] when the URL is not a Redis URL.
-    pub fn connect(config: &Config, node: &str, run_id: &str, listen: SocketAddr) -> Result<Arc<Self>, BackendError> {
+    pub fn connect(
+        config: &Config,
+        node: &str,
+        run_id: &str,
+        listen: SocketAddr,
+        table: SocketTable,
+    ) -> Result<Arc<Self>, BackendError> {
         let (client, pool) = open(config.redis.as_deref().unwrap_or_default())?;
         let keys = Keys::new(&config.redis_prefix, &config.cluster);
         let shared = Arc::new(SharedConn::new(pool.clone()));
         let registered = watch::Sender::new(false);
-        let (writer, records) = RecordWriter::new(
-            shared.clone(),
-            keys.clone(),
-            node.to_owned(),
-            run_id.to_owned(),
-            config.events_max,
-            registered.subscribe(),
-        );
-        let (announce_tx, announce_rx) = mpsc::channel(ANNOUNCE_QUEUE);
+        let (writer, records) = RecordWriter::new(shared.clone(), keys.clone(), node, run_id, config, &registered);
         let backend = Arc::new(Self {
-            counter: LeasedCounter::new(shared.clone(), keys.rr()),
+            counter: LeasedCounter::new(shared.clone(), keys.rr.clone()),
             shared,
             keys,
             node: node.to_owned(),
@@ -180,28 +170,18 @@ impl RedisBackend {
             registry: watch::Sender::new(0),
             pending: Mutex::default(),
             next_request: AtomicU64::new(1),
-            local: OnceLock::new(),
-            node_fields: vec![
-                ("listen", listen.to_string()),
-                ("admin", config.admin_listen.to_string()),
-                ("started_at", unix_ms().to_string()),
-                ("version", crate::VERSION.to_owned()),
-                ("run_id", run_id.to_owned()),
-            ],
+            table,
+            inbound: Handoff::new(INBOUND_QUEUE),
+            announcer: reaper::Announcer::new(config.health_interval),
+            node_fields: node_fields(config, run_id, listen),
             node_ttl: config.node_ttl,
             events_max: config.events_max,
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             reap_script: Script::new(REAP_LUA),
-            announce_script: Script::new(reaper::ANNOUNCE_LUA),
             run_id: run_id.to_owned(),
             registered,
             beats: AtomicU64::new(0),
-            resume_pending: AtomicBool::new(false),
-            announcing: AtomicBool::new(false),
-            confirm_wait: reaper::confirm_wait(config.health_interval),
-            announce_tx,
-            announce_rx: Mutex::new(Some(announce_rx)),
             resync_interval: config.resync_interval,
             idle_after: config.idle_after,
             resync_now: Notify::new(),
@@ -223,46 +203,10 @@ impl RedisBackend {
         self.tracker.spawn(self.clone().resync_loop().instrument(info_span!("resync")));
         self.tracker.spawn(self.clone().touch_loop().instrument(info_span!("last_seen")));
     }
-
-    /// Gives the backend the dispatcher that carries out commands arriving from other nodes.
-    pub fn attach(&self, dispatcher: Dispatcher) {
-        let _ = self.local.set(dispatcher);
-    }
-
-    /// Queues a lifecycle record; `false` when the queue is full (the record is lost: the
-    /// resync repairs the registry, but its `K:events` entry is missing).
-    fn record(&self, record: Record) -> bool {
-        if self.records.try_send(record).is_err() {
-            warn!("lifecycle record queue full; the resync will repair the registry");
-            metrics::counter!(m::MESSAGES_REFUSED, "reason" => "record_queue_full").increment(1);
-            return false;
-        }
-        true
-    }
 }
 
 #[async_trait]
 impl Backend for RedisBackend {
-    fn socket_opened(&self, socket: &SocketState) {
-        self.record(Record::Opened {
-            id: socket.id_str.clone(),
-            remote: socket.remote_addr.to_string(),
-            local: socket.local_addr.to_string(),
-            connected_at: socket.connected_at_ms,
-            resumed: false,
-        });
-    }
-
-    fn socket_closed(&self, socket: &SocketState, reason: CloseReason) -> Option<super::ClosedRecorded> {
-        let (tx, rx) = oneshot::channel();
-        let record = Record::Closed { id: socket.id_str.clone(), reason: reason.as_str(), at: unix_ms(), recorded: tx };
-        self.record(record).then_some(rx)
-    }
-
-    fn labels_changed(&self, socket: &SocketState) {
-        self.record(Record::Labels { id: socket.id_str.clone(), labels: socket.labels() });
-    }
-
     async fn forward_command(&self, command: &Command) -> Receipt {
         self.forward(command).await
     }
@@ -295,7 +239,7 @@ impl Backend for RedisBackend {
         within(async {
             let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
             let beats: Vec<(String, i64)> =
-                conn.zrange_withscores(self.keys.nodes(), 0, -1).await.map_err(unavailable)?;
+                conn.zrange_withscores(self.keys.nodes.clone(), 0, -1).await.map_err(unavailable)?;
             let mut pipe = redis::pipe();
             for (node, _) in &beats {
                 pipe.hgetall(self.keys.node(node));
@@ -313,7 +257,7 @@ impl Backend for RedisBackend {
     async fn sockets(&self, query: &SocketQuery) -> Result<SocketPage, BackendError> {
         within(async {
             let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            listing::sockets(&mut conn, &self.keys, query).await.map_err(unavailable)
+            listing::sockets(&mut *conn, &self.keys, query).await.map_err(unavailable)
         })
         .await
     }
@@ -330,8 +274,10 @@ impl Backend for RedisBackend {
 
     async fn publish_runtime(&self, patch: &RuntimePatch) -> Result<(), BackendError> {
         let message = BusMessage::Runtime { origin: self.node.clone(), patch: patch.clone() };
-        within(async { self.publish(&self.keys.control_channel(), message).await.map(|_| ()).map_err(unavailable) })
-            .await
+        within(async {
+            self.publish(&self.keys.control_channel.clone(), message).await.map(|_| ()).map_err(unavailable)
+        })
+        .await
     }
 
     fn runtime_changes(&self) -> broadcast::Receiver<RuntimePatch> {
@@ -347,7 +293,11 @@ impl Backend for RedisBackend {
     }
 
     fn announcements(&self) -> Option<mpsc::Receiver<super::Announcement>> {
-        self.announce_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.announcer.handoff.take()
+    }
+
+    fn inbound(&self) -> Option<mpsc::Receiver<Inbound>> {
+        self.inbound.take()
     }
 
     async fn draining(&self) {
@@ -368,7 +318,7 @@ impl Backend for RedisBackend {
         let left: Result<(), redis::RedisError> = timed(async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
             redis::pipe()
-                .zrem(self.keys.nodes(), &self.node)
+                .zrem(self.keys.nodes.clone(), &self.node)
                 .ignore()
                 .del(self.keys.node(&self.node))
                 .ignore()
@@ -382,5 +332,42 @@ impl Backend for RedisBackend {
             Ok(()) => info!("left the cluster"),
             Err(e) => warn!(error = %e, "could not leave the cluster cleanly; it will be reaped"),
         }
+    }
+}
+
+/// The fields of `K:node:{node}` a node writes when it registers.
+fn node_fields(config: &Config, run_id: &str, listen: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("listen", listen.to_string()),
+        ("admin", config.admin_listen.to_string()),
+        ("started_at", unix_ms().to_string()),
+        ("version", crate::VERSION.to_owned()),
+        ("run_id", run_id.to_owned()),
+    ]
+}
+
+/// A bounded channel whose receiving end one consumer (the node) takes, once.
+pub(super) struct Handoff<T> {
+    /// The sending end, for the backend's tasks.
+    tx: mpsc::Sender<T>,
+    /// The receiving end, until it is taken.
+    rx: Mutex<Option<mpsc::Receiver<T>>>,
+}
+
+impl<T> Handoff<T> {
+    /// A channel of `bound` items.
+    pub(super) fn new(bound: usize) -> Self {
+        let (tx, rx) = mpsc::channel(bound);
+        Self { tx, rx: Mutex::new(Some(rx)) }
+    }
+
+    /// The sending end.
+    pub(super) fn sender(&self) -> &mpsc::Sender<T> {
+        &self.tx
+    }
+
+    /// The receiving end; `None` once taken.
+    pub(super) fn take(&self) -> Option<mpsc::Receiver<T>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

@@ -12,28 +12,32 @@
 //! once, and a second copy only ever as a flagged redelivery.
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
-    RedisBackend,
+    Handoff, RedisBackend,
     connection::{pool_error, timed},
     records::Record,
 };
 use crate::{
     cluster::Announcement,
-    downstream::connection::opened_event,
-    proto::{NodeEvent, SocketClosed, node_event::Event},
-    socket::CloseReason,
+    proto::NodeEvent,
+    socket::{CloseReason, event},
 };
 
+/// Reap announcements waiting for the node to hand them to its upstreams.
+const ANNOUNCE_QUEUE: usize = 4;
 /// `redis/announce.lua`.
-pub const ANNOUNCE_LUA: &str = include_str!("../../../redis/announce.lua");
+const ANNOUNCE_LUA: &str = include_str!("../../../redis/announce.lua");
 /// How long a node owns a reap job without renewing its lease; another takes over after it.
 const LEASE: Duration = Duration::from_secs(10);
 /// `closed` events handed out per batch of a job.
@@ -51,14 +55,42 @@ fn knobs() -> (usize, Duration) {
 }
 
 /// How long a handed-out batch is given to be confirmed: two health intervals, within bounds.
-pub fn confirm_wait(health_interval: Duration) -> Duration {
+fn confirm_wait(health_interval: Duration) -> Duration {
     (health_interval * 2).clamp(Duration::from_millis(200), MAX_CONFIRM_WAIT)
+}
+
+/// What the announcing half of the reaper keeps in the backend.
+pub(super) struct Announcer {
+    /// `redis/announce.lua` (hashed once, not per batch).
+    script: Script,
+    /// A reap job is being announced by this node.
+    busy: AtomicBool,
+    /// How long a reap batch handed to the upstreams is given to be confirmed (acknowledged, or
+    /// received per a health check) before it leaves the job.
+    confirm_wait: Duration,
+    /// The node was reaped while cut off and must announce its sockets again.
+    pub(super) resume_pending: AtomicBool,
+    /// Where announcements go: the node hands them to its upstreams.
+    pub(super) handoff: Handoff<Announcement>,
+}
+
+impl Announcer {
+    /// An idle announcer; batches are given [`confirm_wait`] of `health_interval`.
+    pub(super) fn new(health_interval: Duration) -> Self {
+        Self {
+            script: Script::new(ANNOUNCE_LUA),
+            busy: AtomicBool::new(false),
+            confirm_wait: confirm_wait(health_interval),
+            resume_pending: AtomicBool::new(false),
+            handoff: Handoff::new(ANNOUNCE_QUEUE),
+        }
+    }
 }
 
 impl RedisBackend {
     /// Starts announcing the oldest reap job nobody announces, unless this node is busy with one.
     pub(super) fn reaper_tick(self: &Arc<Self>) {
-        if self.announcing.swap(true, Ordering::AcqRel) {
+        if self.announcer.busy.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
@@ -66,7 +98,7 @@ impl RedisBackend {
             if let Err(e) = this.announce_jobs().await {
                 debug!(error = %e, "reap jobs: Redis error; trying again at the next heartbeat");
             }
-            this.announcing.store(false, Ordering::Release);
+            this.announcer.busy.store(false, Ordering::Release);
         };
         self.tracker.spawn(task.instrument(info_span!("reaper")));
     }
@@ -75,7 +107,7 @@ impl RedisBackend {
     async fn announce_jobs(&self) -> Result<(), redis::RedisError> {
         let jobs: Vec<String> = timed(async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
-            conn.zrange(self.keys.reaps(), 0, 15).await
+            conn.zrange(self.keys.reaps.clone(), 0, 15).await
         })
         .await?;
         for job in jobs {
@@ -107,7 +139,7 @@ impl RedisBackend {
                 // Handed to the upstreams' queues: give the streams the time to write them and
                 // the upstreams to confirm them (an ack comes within milliseconds; a health check
                 // within an interval). Until then a copy stays in the job.
-                tokio::time::sleep(self.confirm_wait).await;
+                tokio::time::sleep(self.announcer.confirm_wait).await;
                 if !self.finish(job, handed).await? {
                     warn!(job, "lost the lease of a reap job; another node carries on");
                     return Ok(());
@@ -142,11 +174,12 @@ impl RedisBackend {
         let (list, owner, sent) = self.keys.reap_job(job);
         timed(async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
-            self.announce_script
+            self.announcer
+                .script
                 .key(list)
                 .key(owner)
                 .key(sent)
-                .key(self.keys.reaps())
+                .key(self.keys.reaps.clone())
                 .arg(mode)
                 .arg(&self.node)
                 .arg(LEASE.as_millis() as u64)
@@ -194,7 +227,7 @@ impl RedisBackend {
         events: Vec<(NodeEvent, Option<Arc<crate::socket::SocketState>>)>,
     ) -> Result<bool, redis::RedisError> {
         let (handed, confirmed) = oneshot::channel();
-        if self.announce_tx.send(Announcement { events, handed }).await.is_err() {
+        if self.announcer.handoff.sender().send(Announcement { events, handed }).await.is_err() {
             return Ok(false);
         }
         tokio::pin!(confirmed);
@@ -215,11 +248,11 @@ impl RedisBackend {
     /// announced its sockets `closed`: announce again (`opened` with `resumed`, and in
     /// `K:events`) every reaped socket this node still holds.
     pub(super) async fn resume_if_reaped(&self) {
-        if !self.resume_pending.load(Ordering::Acquire) {
+        if !self.announcer.resume_pending.load(Ordering::Acquire) {
             return;
         }
         match timed(self.resume()).await {
-            Ok(true) => self.resume_pending.store(false, Ordering::Release),
+            Ok(true) => self.announcer.resume_pending.store(false, Ordering::Release),
             Ok(false) => debug!("resume waits for the reaper's closed events"),
             Err(e) => debug!(error = %e, "resume failed; trying again at the next heartbeat"),
         }
@@ -228,14 +261,14 @@ impl RedisBackend {
     /// One try of [`Self::resume_if_reaped`]; `false` while the reaper still announces.
     async fn resume(&self) -> Result<bool, redis::RedisError> {
         let mut conn = self.pool.get().await.map_err(pool_error)?;
-        let jobs: Vec<String> = conn.zrange(self.keys.reaps(), 0, -1).await?;
+        let jobs: Vec<String> = conn.zrange(self.keys.reaps.clone(), 0, -1).await?;
         let mine = format!("{}/", self.node);
         if jobs.iter().any(|j| j.starts_with(&mine)) {
             return Ok(false);
         }
         let reaped: Vec<String> = conn.smembers(self.keys.node_reaped(&self.node)).await?;
-        let Some(local) = self.local.get() else { return Ok(true) };
-        let held: Vec<_> = local.sockets().into_iter().filter(|s| reaped.iter().any(|id| **id == *s.id_str)).collect();
+        let held: Vec<_> =
+            self.table.snapshot().into_iter().filter(|s| reaped.iter().any(|id| **id == *s.id_str)).collect();
         if held.is_empty() {
             return Ok(true);
         }
@@ -249,16 +282,15 @@ impl RedisBackend {
                 connected_at: socket.connected_at_ms,
                 resumed: true,
             });
-            events.push((opened_event(&self.node, &socket, true), Some(socket)));
+            events.push((event::opened(&self.node, &socket, true), Some(socket)));
         }
         let (handed, _) = oneshot::channel();
-        let _ = self.announce_tx.send(Announcement { events, handed }).await;
+        let _ = self.announcer.handoff.sender().send(Announcement { events, handed }).await;
         Ok(true)
     }
 }
 
 /// The `closed` (`node_lost`) event of a reaped socket.
 fn closed_event(id: &str, redelivered: bool) -> NodeEvent {
-    let closed = SocketClosed { socket_id: id.to_owned(), reason: CloseReason::NodeLost.to_string() };
-    NodeEvent { event: Some(Event::Closed(closed)), event_seq: 0, redelivered }
+    NodeEvent { redelivered, ..event::closed(id, CloseReason::NodeLost) }
 }

@@ -15,8 +15,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{connection::SharedConn, keys::Keys};
-use crate::{metrics as m, socket::Labels};
+use super::{RedisBackend, connection::SharedConn, keys::Keys};
+use crate::{
+    cluster::{ClosedRecorded, Records},
+    config::Config,
+    metrics as m,
+    socket::{CloseReason, Labels, SocketState, unix_ms},
+};
 
 /// Most records waiting for Redis at once (about 200 bytes each).
 pub const RECORD_QUEUE: usize = 100_000;
@@ -90,14 +95,15 @@ impl RecordWriter {
     pub fn new(
         conn: Arc<SharedConn>,
         keys: Keys,
-        node: String,
-        run: String,
-        events_max: u64,
-        registered: watch::Receiver<bool>,
+        node: &str,
+        run: &str,
+        config: &Config,
+        registered: &watch::Sender<bool>,
     ) -> (Self, mpsc::Sender<Record>) {
         let (tx, rx) = mpsc::channel(RECORD_QUEUE);
+        let (node, run, registered) = (node.to_owned(), run.to_owned(), registered.subscribe());
         let script = Script::new(RECORDS_LUA);
-        (Self { rx, conn, keys, node, events_max, script, run, registered }, tx)
+        (Self { rx, conn, keys, node, events_max: config.events_max, script, run, registered }, tx)
     }
 
     /// Writes records, once this run is registered, until `stop` is cancelled and the queue is
@@ -188,7 +194,7 @@ fn release_closed(batch: &mut Vec<Record>, reaped: &[String]) {
 /// The `XADD` of one `K:events` entry (trimmed to about `events_max`).
 pub fn event(keys: &Keys, events_max: u64, kind: &str, socket: &str, node: &str, at: i64, reason: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
-    cmd.arg(keys.events()).arg("MAXLEN").arg("~").arg(events_max).arg("*");
+    cmd.arg(keys.events.clone()).arg("MAXLEN").arg("~").arg(events_max).arg("*");
     cmd.arg("type")
         .arg(kind)
         .arg("socket")
@@ -217,5 +223,39 @@ pub fn register(pipe: &mut redis::Pipeline, keys: &Keys, node: &str, socket: &cr
     pipe.del(&key).ignore();
     pipe.hset_multiple(&key, &fields).ignore();
     pipe.sadd(keys.node_sockets(node), &*socket.id_str).ignore();
-    pipe.zadd(keys.sockets(), &*socket.id_str, socket.connected_at_ms).ignore();
+    pipe.zadd(keys.sockets.clone(), &*socket.id_str, socket.connected_at_ms).ignore();
+}
+impl Records for RedisBackend {
+    fn socket_opened(&self, socket: &SocketState) {
+        self.record(Record::Opened {
+            id: socket.id_str.clone(),
+            remote: socket.remote_addr.to_string(),
+            local: socket.local_addr.to_string(),
+            connected_at: socket.connected_at_ms,
+            resumed: false,
+        });
+    }
+
+    fn socket_closed(&self, socket: &SocketState, reason: CloseReason) -> Option<ClosedRecorded> {
+        let (tx, rx) = oneshot::channel();
+        let record = Record::Closed { id: socket.id_str.clone(), reason: reason.as_str(), at: unix_ms(), recorded: tx };
+        self.record(record).then_some(rx)
+    }
+
+    fn labels_changed(&self, socket: &SocketState) {
+        self.record(Record::Labels { id: socket.id_str.clone(), labels: socket.labels() });
+    }
+}
+
+impl RedisBackend {
+    /// Queues a lifecycle record; `false` when the queue is full (the record is lost: the
+    /// resync repairs the registry, but its `K:events` entry is missing).
+    pub(super) fn record(&self, record: Record) -> bool {
+        if self.records.try_send(record).is_err() {
+            warn!("lifecycle record queue full; the resync will repair the registry");
+            metrics::counter!(m::MESSAGES_REFUSED, "reason" => "record_queue_full").increment(1);
+            return false;
+        }
+        true
+    }
 }

@@ -19,8 +19,8 @@ impl RedisBackend {
         within(async {
             let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
             let (registered, all): (Option<i64>, HashMap<String, String>) = redis::pipe()
-                .zscore(self.keys.nodes(), &self.node)
-                .hgetall(self.keys.upstreams())
+                .zscore(self.keys.nodes.clone(), &self.node)
+                .hgetall(self.keys.upstreams.clone())
                 .query_async(&mut *conn)
                 .await
                 .map_err(unavailable)?;
@@ -32,7 +32,7 @@ impl RedisBackend {
                 // not empty, it is gone. Seed it again from what this node knew.
                 warn!(upstreams = known.len(), "the upstream registry is gone; seeding it again");
                 let fields: Vec<(&str, &str)> = known.iter().map(|e| (e.id.as_str(), e.uri.as_str())).collect();
-                let _: () = conn.hset_multiple(self.keys.upstreams(), &fields).await.map_err(unavailable)?;
+                let _: () = conn.hset_multiple(self.keys.upstreams.clone(), &fields).await.map_err(unavailable)?;
                 known.sort();
                 return Ok(known);
             }
@@ -52,7 +52,7 @@ impl RedisBackend {
         }
         within(async {
             let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            let _: () = conn.hset(self.keys.upstreams(), &entry.id, &entry.uri).await.map_err(unavailable)?;
+            let _: () = conn.hset(self.keys.upstreams.clone(), &entry.id, &entry.uri).await.map_err(unavailable)?;
             self.announce(&mut conn).await;
             Ok(())
         })
@@ -63,7 +63,7 @@ impl RedisBackend {
     pub(super) async fn registry_remove(&self, id: &str) -> Result<bool, BackendError> {
         within(async {
             let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            let removed: usize = conn.hdel(self.keys.upstreams(), id).await.map_err(unavailable)?;
+            let removed: usize = conn.hdel(self.keys.upstreams.clone(), id).await.map_err(unavailable)?;
             self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).retain(|e| e.id != id);
             self.announce(&mut conn).await;
             Ok(removed > 0)
@@ -74,7 +74,7 @@ impl RedisBackend {
     /// Tells every node the registry changed.
     async fn announce(&self, conn: &mut deadpool_redis::Connection) {
         let notice = BusMessage::Control { what: "upstreams".to_owned() }.encode();
-        if let Err(e) = conn.publish::<_, _, ()>(self.keys.control_channel(), notice).await {
+        if let Err(e) = conn.publish::<_, _, ()>(self.keys.control_channel.clone(), notice).await {
             warn!(error = %e, "could not announce a registry change; nodes see it at their next resync");
         }
         self.registry.send_modify(|v| *v += 1);

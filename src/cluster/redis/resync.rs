@@ -48,10 +48,12 @@ impl RedisBackend {
     async fn resync(&self) -> Result<(usize, usize), redis::RedisError> {
         // Not before this run is registered: the socket set in Redis may still be a previous
         // run's, which must be reaped (with its `closed` events), not repaired away.
-        let Some(local) = self.local.get().filter(|_| *self.registered.borrow()) else { return Ok((0, 0)) };
+        if !*self.registered.borrow() {
+            return Ok((0, 0));
+        }
         let mut conn = self.pool.get().await.map_err(pool_error)?;
         let in_redis: HashSet<String> = conn.smembers(self.keys.node_sockets(&self.node)).await?;
-        let truth = local.sockets();
+        let truth = self.table.snapshot();
         let truth_ids: HashSet<&str> = truth.iter().map(|s| &*s.id_str).collect();
         let mut pipe = redis::pipe();
         let mut added = 0;
@@ -63,7 +65,7 @@ impl RedisBackend {
         for id in in_redis.iter().filter(|id| !truth_ids.contains(id.as_str())) {
             pipe.del(self.keys.socket(id)).ignore();
             pipe.srem(self.keys.node_sockets(&self.node), id).ignore();
-            pipe.zrem(self.keys.sockets(), id).ignore();
+            pipe.zrem(self.keys.sockets.clone(), id).ignore();
             removed += 1;
         }
         if added + removed > 0 {
@@ -86,8 +88,7 @@ impl RedisBackend {
                 () = self.stop.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            let Some(local) = self.local.get() else { continue };
-            let sockets = local.sockets();
+            let sockets = self.table.snapshot();
             let live: HashSet<crate::socket::SocketId> = sockets.iter().map(|s| s.id).collect();
             written.retain(|id, _| live.contains(id));
             let mut pipe = redis::pipe();

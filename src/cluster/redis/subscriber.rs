@@ -5,20 +5,21 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::{
     RESUBSCRIBE_PAUSE, RedisBackend,
     bus::{self, BusMessage},
 };
-use crate::{command::Receipt, metrics as m};
+use crate::{cluster::Inbound, command::Receipt, metrics as m};
 
 impl RedisBackend {
     /// Listens on this node's channel, the broadcast channel and the control channel, on a
     /// dedicated connection, resubscribing after every reconnect.
     pub(super) async fn subscribe(self: Arc<Self>) {
-        let control = self.keys.control_channel();
-        let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel(), control.clone()];
+        let control = self.keys.control_channel.clone();
+        let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel.clone(), control.clone()];
         while !self.stop.is_cancelled() {
             match self.client.get_async_pubsub().await {
                 Ok(mut pubsub) => match pubsub.subscribe(&channels).await {
@@ -37,7 +38,7 @@ impl RedisBackend {
                                 self.on_control(message.get_payload_bytes());
                                 continue;
                             }
-                            self.on_bus(message.get_payload_bytes());
+                            self.on_bus(message.get_payload_bytes()).await;
                         }
                         warn!("bus connection lost; resubscribing");
                     }
@@ -68,8 +69,9 @@ impl RedisBackend {
         }
     }
 
-    /// Handles one bus message.
-    fn on_bus(self: &Arc<Self>, payload: &[u8]) {
+    /// Handles one bus message. Commands and broadcasts wait for room in the channel to the
+    /// dispatcher (it only queues payloads, so the wait is short), which keeps their order.
+    async fn on_bus(self: &Arc<Self>, payload: &[u8]) {
         let message = match BusMessage::decode(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -80,16 +82,16 @@ impl RedisBackend {
         };
         match message {
             BusMessage::Command { request, reply_to, command } => {
-                let receipt = match (command.into_command(), self.local.get()) {
-                    (Ok(command), Some(local)) => local
-                        .execute_local(&command)
-                        .unwrap_or_else(|| Receipt::unknown_socket(command.socket().unwrap_or_default())),
-                    (Err(e), _) => Receipt::failed(e),
-                    (_, None) => Receipt::failed("the node is starting"),
+                let command = match command.into_command() {
+                    Ok(command) => command,
+                    Err(e) => return self.reply(request, reply_to, Receipt::failed(e.to_string())),
                 };
+                let (receipt, answer) = oneshot::channel();
+                self.hand_inbound(Inbound::Command { command, receipt }).await;
                 let this = self.clone();
                 tokio::spawn(async move {
-                    this.publish(&this.keys.node_channel(&reply_to), BusMessage::receipt(request, receipt)).await
+                    let receipt = answer.await.unwrap_or_else(|_| Receipt::failed("the node is stopping"));
+                    this.reply(request, reply_to, receipt);
                 });
             }
             BusMessage::Receipt { request, status, detail, refused } => {
@@ -99,17 +101,29 @@ impl RedisBackend {
                 }
             }
             BusMessage::Broadcast { origin, scope, selector, payload } if origin != self.node => {
-                match (bus::broadcast_from_wire(scope, selector, payload), self.local.get()) {
-                    (Ok(b), Some(local)) => {
-                        local.broadcast_local(&b);
-                    }
-                    (Err(e), _) => warn!(error = %e, "bad broadcast on the bus"),
-                    (_, None) => {}
+                match bus::broadcast_from_wire(scope, selector, payload) {
+                    Ok(b) => self.hand_inbound(Inbound::Broadcast(b)).await,
+                    Err(e) => warn!(error = %e, "bad broadcast on the bus"),
                 }
             }
             BusMessage::Broadcast { .. } | BusMessage::Runtime { .. } => {}
             BusMessage::Control { .. } => self.registry.send_modify(|v| *v += 1),
         }
+    }
+
+    /// Hands a command or broadcast from another node to this node's dispatcher.
+    async fn hand_inbound(&self, inbound: Inbound) {
+        if self.inbound.sender().send(inbound).await.is_err() {
+            debug!("the node no longer takes commands from other nodes");
+        }
+    }
+
+    /// Sends a receipt back to the node that asked (in the background: the bus keeps reading).
+    fn reply(self: &Arc<Self>, request: u64, reply_to: String, receipt: Receipt) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.publish(&this.keys.node_channel(&reply_to), BusMessage::receipt(request, receipt)).await
+        });
     }
 
     /// Publishes a bus message; returns how many nodes received it.

@@ -1,169 +1,22 @@
-//! Sockets: ids, labels, close reasons, and the state a socket's tasks share with the rest of the
-//! node.
+//! The state of one socket that its reader and writer share with the node: counters, labels,
+//! the bounded outbound queue, and the close reason.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     fmt,
     net::SocketAddr,
-    str::FromStr,
     sync::{
         Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::upstream::pool::Upstream;
-
-/// A socket's labels: business metadata (user id, device kind) set by upstreams or admins.
-pub type Labels = HashMap<String, String>;
-
-/// Most labels one socket may carry; a `set_labels` beyond it fails. Bounds the memory an
-/// upstream can make the node spend per socket.
-pub const MAX_LABELS: usize = 64;
-/// Longest label name or value, in bytes.
-pub const MAX_LABEL_LEN: usize = 1024;
-
-/// Checks labels against [`MAX_LABELS`] and [`MAX_LABEL_LEN`], and that no name is empty.
-///
-/// # Errors
-/// A message naming what is wrong.
-pub fn validate_labels(labels: &Labels) -> Result<(), String> {
-    if let Some(k) = labels.iter().find(|(k, v)| k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN).map(|(k, _)| k) {
-        let name: String = k.chars().take(64).collect();
-        return Err(format!("label `{name}` (name or value) is longer than {MAX_LABEL_LEN} bytes"));
-    }
-    if labels.keys().any(String::is_empty) {
-        return Err("label names must not be empty".to_owned());
-    }
-    if labels.len() > MAX_LABELS {
-        return Err(format!("a socket carries at most {MAX_LABELS} labels"));
-    }
-    Ok(())
-}
-
-/// A socket's id: a UUID v7, so ids sort by connect time. Displayed hyphenated, lowercase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SocketId(pub Uuid);
-
-impl SocketId {
-    /// A fresh, time-ordered id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    /// The time in the id (unix ms); now for an id that holds none (not a v7 UUID).
-    pub fn unix_ms(&self) -> i64 {
-        self.0.get_timestamp().map_or_else(unix_ms, |t| {
-            let (secs, nanos) = t.to_unix();
-            secs as i64 * 1000 + i64::from(nanos / 1_000_000)
-        })
-    }
-}
-
-impl Default for SocketId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for SocketId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-impl FromStr for SocketId {
-    type Err = uuid::Error;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
-
-/// Why a socket closed: a closed set, documented in `docs/protocol.md`, reported in
-/// `SocketClosed.reason`, in lifecycle records and in metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    /// The client closed its side (EOF).
-    ClientClosed,
-    /// Reading from or writing to the client failed (reset, broken pipe).
-    ClientError,
-    /// Inactive for `--idle-timeout`.
-    Idle,
-    /// The client sent a frame longer than `--max-frame`.
-    FrameTooLarge,
-    /// The socket's outbound queue (`--write-queue`) was full.
-    SlowConsumer,
-    /// An upstream sent `Close`.
-    Upstream,
-    /// An operator closed it through the admin API.
-    Admin,
-    /// The node is draining or shutting down.
-    Shutdown,
-    /// The node holding it died and was reaped (recorded by another node).
-    NodeLost,
-}
-
-impl CloseReason {
-    /// Every reason, for docs and metrics.
-    pub const ALL: [CloseReason; 9] = [
-        Self::ClientClosed,
-        Self::ClientError,
-        Self::Idle,
-        Self::FrameTooLarge,
-        Self::SlowConsumer,
-        Self::Upstream,
-        Self::Admin,
-        Self::Shutdown,
-        Self::NodeLost,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientClosed => "client_closed",
-            Self::ClientError => "client_error",
-            Self::Idle => "idle",
-            Self::FrameTooLarge => "frame_too_large",
-            Self::SlowConsumer => "slow_consumer",
-            Self::Upstream => "upstream",
-            Self::Admin => "admin",
-            Self::Shutdown => "shutdown",
-            Self::NodeLost => "node_lost",
-        }
-    }
-
-    /// Whether messages already queued for the socket are written before it closes. A slow
-    /// consumer or a broken socket cannot take them; everyone else deserves them.
-    pub fn flushes(self) -> bool {
-        matches!(self, Self::Upstream | Self::Admin | Self::Shutdown | Self::Idle)
-    }
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Milliseconds since the Unix epoch, now (by this host's clock, shifted by
-/// `PPP_TEST_CLOCK_OFFSET_MS` when a test sets it to stand for a host whose clock is off).
-pub fn unix_ms() -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    now.saturating_add(clock_offset_ms())
-}
-
-/// The test-only clock offset (`PPP_TEST_CLOCK_OFFSET_MS`, read once; 0 unless set).
-fn clock_offset_ms() -> i64 {
-    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *OFFSET.get_or_init(|| std::env::var("PPP_TEST_CLOCK_OFFSET_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
-}
+use super::{CloseReason, LabelError, Labels, MAX_LABELS, SocketId, validate_labels};
 
 /// Why a payload could not be queued for a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -222,8 +75,10 @@ pub struct SocketState {
     close_reason: OnceLock<CloseReason>,
     /// Cancelled when the socket must close; both tasks watch it.
     pub closing: CancellationToken,
-    /// With `--balance sticky`, the upstream this socket is bound to.
-    pub sticky: Mutex<Option<Arc<Upstream>>>,
+    /// With `--balance sticky`, the id of the upstream this socket is bound to (an id, not the
+    /// upstream itself: a socket knows nothing of the pool, and a removed upstream is not kept
+    /// alive by the sockets once bound to it).
+    pub sticky: Mutex<Option<Arc<str>>>,
 }
 
 impl fmt::Debug for SocketState {
@@ -269,9 +124,9 @@ impl SocketState {
     /// Merges `labels` into the socket's (an empty value removes the label), or replaces them all.
     ///
     /// # Errors
-    /// A message when the result would break [`MAX_LABELS`] or [`MAX_LABEL_LEN`]; nothing is
-    /// changed then.
-    pub fn set_labels(&self, labels: Labels, replace: bool) -> Result<Arc<Labels>, String> {
+    /// [`LabelError`] when the result would break [`MAX_LABELS`] or
+    /// [`MAX_LABEL_LEN`](super::MAX_LABEL_LEN); nothing is changed then.
+    pub fn set_labels(&self, labels: Labels, replace: bool) -> Result<Arc<Labels>, LabelError> {
         validate_labels(&labels)?;
         let mut guard = self.labels.write().unwrap_or_else(|e| e.into_inner());
         let mut next = if replace { Labels::new() } else { (**guard).clone() };
@@ -283,7 +138,7 @@ impl SocketState {
             }
         }
         if next.len() > MAX_LABELS {
-            return Err(format!("a socket carries at most {MAX_LABELS} labels"));
+            return Err(LabelError::TooMany);
         }
         let next = Arc::new(next);
         *guard = next.clone();

@@ -8,7 +8,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::socket::{SocketId, SocketState};
+use super::{SocketId, SocketState};
 
 /// This node's sockets by id. A cheap `Clone` handle; the lock is never held across an `.await`.
 #[derive(Debug, Clone, Default)]

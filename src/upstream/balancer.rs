@@ -1,10 +1,10 @@
-//! Routing: which upstream gets each inbound event, and inbound backpressure.
+//! The balancer: which upstream gets each inbound event, and inbound backpressure.
 //!
 //! `round-robin` hands each event to the next usable upstream by the shared counter (upstreams
 //! are ordered by id on every node, so the split is fair cluster-wide); when that one's queue is
 //! full the next one is tried. `sticky` binds a socket to the upstream that took its first event
 //! and rebinds it only when that upstream is no longer usable. When no usable upstream can take
-//! the event, [`Router::forward`] waits, so the socket's reader stops reading and TCP flow control
+//! the event, [`Balancer::forward`] waits, so the socket's reader stops reading and TCP flow control
 //! holds the client: nothing is buffered without bound and nothing is dropped.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::{cluster::Counter, proto::NodeEvent, settings::Settings, socket::Sock
 
 /// Picks upstreams for inbound events. A cheap `Clone` handle.
 #[derive(Clone)]
-pub struct Router {
+pub struct Balancer {
     /// The upstreams.
     pool: UpstreamPool,
     /// The (cluster-wide) round-robin counter.
@@ -28,8 +28,8 @@ pub struct Router {
     settings: Arc<Settings>,
 }
 
-impl Router {
-    /// A router over `pool`.
+impl Balancer {
+    /// A balancer over `pool`.
     pub fn new(pool: UpstreamPool, counter: Arc<dyn Counter>, settings: Arc<Settings>) -> Self {
         Self { pool, counter, settings }
     }
@@ -48,7 +48,7 @@ impl Router {
         }
     }
 
-    /// [`Router::forward`] once the first try failed: wait for room or a change, try again.
+    /// [`Balancer::forward`] once the first try failed: wait for room or a change, try again.
     async fn wait_and_forward(&self, mut event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) {
         let mut changes = None;
         loop {
@@ -72,7 +72,7 @@ impl Router {
             tokio::select! {
                 _ = rx.changed() => {}
                 (Some((up, permit)), ..) = select_all(waits) => {
-                    up.hand_reserved(permit, event);
+                    up.forward_reserved(permit, event);
                     self.bind(socket, &up);
                     return;
                 }
@@ -95,7 +95,7 @@ impl Router {
         let list = self.pool.snapshot();
         let usable = |u: &&Arc<Upstream>| u.is_usable() && Some(u.id.as_str()) != exclude;
         if let Some(bound) = self.bound(socket).filter(|b| usable(&b)) {
-            return bound.try_hand(event);
+            return bound.try_forward(event);
         }
         let count = list.iter().filter(usable).count();
         if count == 0 {
@@ -104,7 +104,7 @@ impl Router {
         let start = (self.counter.next() % count as u64) as usize;
         let mut event = event;
         for up in list.iter().filter(usable).cycle().skip(start).take(count) {
-            event = match up.try_hand(event) {
+            event = match up.try_forward(event) {
                 Ok(()) => {
                     self.bind(socket, up);
                     return Ok(());
@@ -129,7 +129,8 @@ impl Router {
         if self.settings.balance() != Balance::Sticky {
             return None;
         }
-        socket?.sticky.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let id = socket?.sticky.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        self.pool.get(&id)
     }
 
     /// Binds a socket to the upstream that took its event, in sticky mode.
@@ -139,8 +140,8 @@ impl Router {
         }
         if let Some(socket) = socket {
             let mut bound = socket.sticky.lock().unwrap_or_else(|e| e.into_inner());
-            if bound.as_ref().is_none_or(|b| !Arc::ptr_eq(b, up)) {
-                *bound = Some(up.clone());
+            if bound.as_deref() != Some(up.id.as_str()) {
+                *bound = Some(up.id.as_str().into());
             }
         }
     }
