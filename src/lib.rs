@@ -13,11 +13,13 @@
 //!
 //! - [`config`]: the one typed configuration: flags, `PPP_*` environment, TOML file, validation.
 //! - [`proto`]: the generated `ppp.v1` protocol types (`proto/ppp/v1/upstream.proto`).
-//! - [`socket`]: socket ids, labels, close reasons and the per-socket shared state.
+//! - [`socket`]: the model of a socket: ids, labels ([`socket::labels`]), close reasons
+//!   ([`socket::close`]), the state its tasks share with the node ([`socket::state`]), the table
+//!   of this node's sockets ([`socket::table`]) and its events as upstreams get them
+//!   ([`socket::event`]).
 //! - [`downstream`]: the TCP side: the accept loop ([`downstream::listener`]), `--max-connections`
-//!   ([`downstream::admission`]), framing codecs ([`downstream::framing`]), the per-socket reader
-//!   and writer tasks ([`downstream::connection`]) and the table of this node's sockets
-//!   ([`downstream::table`]).
+//!   ([`downstream::admission`]), framing codecs ([`downstream::framing`]) and the per-socket
+//!   reader and writer tasks ([`downstream::connection`]).
 //! - [`upstream`]: the gRPC side: the balancer that picks an upstream for each event, round-robin
 //!   or sticky, with inbound backpressure ([`upstream::balancer`]), the pool of upstreams
 //!   ([`upstream::pool`]), one `Connect` stream per upstream with reconnect and backoff
@@ -26,10 +28,11 @@
 //! - [`command`]: the model of what upstreams and admins ask (send, broadcast, close, labels)
 //!   and its receipts, and the dispatcher that carries it out ([`command::dispatch`]).
 //! - [`cluster`]: the [`cluster::Backend`] trait (where socket metadata, lifecycle records and
-//!   cross-node commands go), its in-memory implementation for standalone nodes, its Redis
+//!   cross-node commands go) and the two narrow parts the data path holds ([`cluster::Records`],
+//!   [`cluster::Counter`]), its in-memory implementation for standalone nodes, its Redis
 //!   implementation, and [`cluster::view`], the cluster as the admin API lists it.
 //! - [`node`]: wires everything together ([`node::Node::start`]), keeps the upstream pool equal
-//!   to the registry, applies runtime settings, drains.
+//!   to the registry, applies runtime settings, carries out what other nodes send, drains.
 //! - [`server`]: a node with its admin API and the shutdown signal: [`run`], what `main` calls.
 //! - [`admin`]: the admin HTTP API (axum): health, metrics, the cluster's nodes and sockets,
 //!   commands, upstreams, runtime settings, drain, and its OpenAPI document.

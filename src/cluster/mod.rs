@@ -56,7 +56,7 @@ pub struct Announcement {
 }
 
 /// Answers whether a socket's `closed` event still goes to the upstreams once the cluster has
-/// recorded it (see [`Backend::socket_closed`]).
+/// recorded it (see [`Records::socket_closed`]).
 pub type ClosedRecorded = tokio::sync::oneshot::Receiver<bool>;
 
 /// A shared counter for round-robin: every node draws from it, so the split over upstreams is

@@ -3,12 +3,12 @@
 //! [`Node::start`] takes a bound listener (so tests bind port 0) and returns a cheap `Clone`
 //! handle; [`Node::shutdown`] drains it. [`crate::server`] adds the admin API and the signals.
 //!
-//! - [`start`]: wiring a node together and starting its tasks.
-//! - [`registry`]: keeping the upstream pool equal to the registry.
-//! - [`runtime`]: runtime settings and the state gauges.
-//! - [`watches`]: the tasks that take news from the backend (registry changes, runtime settings
+//! - `start.rs`: wiring a node together and starting its tasks.
+//! - `registry.rs`: keeping the upstream pool equal to the registry.
+//! - `runtime.rs`: runtime settings and the state gauges.
+//! - `watches.rs`: the tasks that take news from the backend (registry changes, runtime settings
 //!   of other nodes, lifecycle announcements, commands from other nodes) and act on it.
-//! - [`drain`]: the graceful stop, and [`drain::Drain`], the tokens it goes through.
+//! - `drain.rs`: the graceful stop, and `Drain`, the tokens it goes through.
 
 mod drain;
 mod registry;
