@@ -21,6 +21,41 @@ async fn send_numbered(c: &mut Client, range: std::ops::Range<usize>) {
 }
 
 #[tokio::test]
+async fn an_upstream_without_connect_batch_gets_connect_once_asked() {
+    let mut up = TestUpstream::start(true).await;
+    let node = start_node(test_config(&[&up])).await;
+    let mut c = Client::connect(&node).await;
+    send_numbered(&mut c, 0..10).await;
+    expect_echoes(&mut c, 0..10).await;
+    assert_eq!(up.recording().batch_calls(), 1, "ConnectBatch is tried first, once");
+    // A broken stream is opened again with `Connect` straight away: `ConnectBatch` is not asked
+    // again of an upstream that said it does not have it.
+    up.kill().await;
+    up.restart().await;
+    send_numbered(&mut c, 10..20).await;
+    expect_echoes_with_replays(&mut c, 10..20, 0..10).await;
+    assert_eq!(up.recording().batch_calls(), 1);
+    let first: Vec<u64> = up.data().iter().filter(|d| !d.payload.is_empty()).map(|d| d.seq).take(10).collect();
+    assert_eq!(first, (1..=10).collect::<Vec<_>>(), "what the refused call took went out again, in order");
+}
+
+#[tokio::test]
+async fn the_echo_upstream_is_served_over_connect_batch_in_order() {
+    let up = ppp::echo::EchoUpstream::new(false);
+    let server = EchoServer::start(up).await;
+    let mut config = test_config(&[]);
+    config.upstream = vec![server.uri()];
+    let node = start_node(config).await;
+    let mut c = Client::connect(&node).await;
+    // Bursts large enough that batches hold many events, across several batches.
+    for burst in 0..5 {
+        send_numbered(&mut c, burst * 2000..(burst + 1) * 2000).await;
+    }
+    expect_echoes(&mut c, 0..10_000).await;
+    assert_eq!((server.batch_streams(), server.single_streams()), (1, 0), "one ConnectBatch stream, never Connect");
+}
+
+#[tokio::test]
 async fn an_upstream_not_ready_then_gone_then_back_loses_no_message() {
     let mut up = TestUpstream::start(true).await;
     let node = start_node(test_config(&[&up])).await;

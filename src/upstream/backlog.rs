@@ -33,4 +33,12 @@ impl Backlog {
         }
         n
     }
+
+    /// Puts every event the window holds back in front of the queue, unflagged: the stream that
+    /// wrote them was refused (`UNIMPLEMENTED`), so nobody processed them.
+    pub(super) fn unsend(&mut self) {
+        for event in self.window.take_all().into_iter().rev() {
+            self.pending.push_front(event);
+        }
+    }
 }

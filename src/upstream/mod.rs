@@ -7,6 +7,7 @@
 //! - [`stream`]: the task that keeps one `Connect` stream open, reconnecting with [`backoff`];
 //!   [`outbound`]: what the node writes on it, from the upstream's [`backlog`]; [`commands`]:
 //!   what comes back (commands, receipts, acks).
+//! - [`rpc`]: `ConnectBatch` first, `Connect` when the upstream does not implement it.
 //! - [`window`]: the replay window: what a stream wrote and the upstream has not confirmed.
 //! - [`health`]: the task that polls `grpc.health.v1.Health/Check` for readiness and liveness.
 
@@ -18,6 +19,7 @@ pub mod commands;
 pub mod health;
 pub mod outbound;
 pub mod pool;
+pub mod rpc;
 pub mod stream;
 pub mod window;
 

@@ -13,7 +13,7 @@ use std::sync::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::window::Delivery;
+use super::{rpc::Rpc, window::Delivery};
 use crate::proto::NodeEvent;
 
 /// Capacity of each upstream's event queue. When every usable upstream's queue is full the node
@@ -45,6 +45,8 @@ pub struct Upstream {
     lost: watch::Sender<u64>,
     /// The last error seen on its stream or health check, for operators.
     last_error: Mutex<Option<String>>,
+    /// Which RPC its streams use (`ConnectBatch` unless it answered `UNIMPLEMENTED`).
+    pub rpc: Rpc,
     /// The pool's change signal.
     changed: watch::Sender<u64>,
 }
@@ -196,6 +198,7 @@ impl UpstreamPool {
             delivery: Delivery::default(),
             lost: watch::Sender::new(0),
             last_error: Mutex::new(None),
+            rpc: Rpc::default(),
             changed: self.inner.changed.clone(),
         });
         self.update(|list| {

@@ -31,12 +31,13 @@ use super::{
     health,
     outbound::outbound,
     pool::Upstream,
+    rpc::{self, Commands},
     window::ReplayWindow,
 };
 use crate::{
     command::{Command, Dispatcher},
     metrics as m,
-    proto::{self, NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient},
+    proto::{NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient},
     upstream::balancer::Balancer,
 };
 
@@ -82,6 +83,9 @@ enum Outcome {
     Stopped,
     /// The node is draining and the stream ended cleanly.
     Finished,
+    /// The upstream does not implement `ConnectBatch`: open `Connect` at once, with everything
+    /// the refused call took handed out again (it was not processed).
+    Unimplemented,
     /// It broke; reconnect. `opened` says whether it had been open (resets the backoff).
     Broken { error: String, opened: bool },
 }
@@ -128,6 +132,10 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
                 break;
             }
             Outcome::Stopped => break,
+            Outcome::Unimplemented => {
+                backlog.lock().await.unsend();
+                continue;
+            }
             Outcome::Broken { error, opened } => {
                 warn!(error = %error, "upstream stream broken");
                 metrics::counter!(m::UPSTREAM_RECONNECTS, "upstream" => upstream.id.clone()).increment(1);
@@ -184,13 +192,13 @@ async fn session(
     let (accepted_tx, accepted) = oneshot::channel();
     let outbound =
         outbound(ctx.hello.clone(), guard, upstream.clone(), ctx.finish.clone(), session_end.clone(), accepted_tx);
-    let mut client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
+    let client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
     let mut lost = upstream.lost();
     // Pinned once for the session: building it per command would cost a waiter registration
     // for every command of a busy stream.
     let lost = lost.changed();
     tokio::pin!(lost);
-    let inbound = match open(upstream, client.connect(outbound), accepted, lost.as_mut()).await {
+    let inbound = match open(upstream, rpc::call(&upstream.rpc, client, outbound), accepted, lost.as_mut()).await {
         Ok(inbound) => inbound,
         Err(outcome) => return outcome,
     };
@@ -206,16 +214,12 @@ fn broken(error: impl Into<String>) -> Outcome {
 /// Waits for the upstream's answer to the call (its response headers may come late: with some
 /// servers only with their first command). Meanwhile the stream is open as soon as the transport
 /// took `hello` (`accepted`).
-async fn open<F, L>(
+async fn open<L: Future>(
     upstream: &Upstream,
-    call: F,
+    call: rpc::Call,
     accepted: oneshot::Receiver<()>,
     mut lost: Pin<&mut L>,
-) -> Result<tonic::Streaming<proto::UpstreamCommand>, Outcome>
-where
-    F: Future<Output = Result<tonic::Response<tonic::Streaming<proto::UpstreamCommand>>, tonic::Status>>,
-    L: Future,
-{
+) -> Result<Commands, Outcome> {
     tokio::pin!(call, accepted);
     let mut accepted_seen = false;
     let response = loop {
@@ -231,13 +235,19 @@ where
             _ = &mut lost => return Err(broken("the upstream answers no health check")),
         }
     };
-    response.map(tonic::Response::into_inner).map_err(|status| broken(format!("connect failed: {}", status.message())))
+    response.map_err(|status| {
+        if upstream.rpc.falls_back(&status) {
+            info!("the upstream does not implement ConnectBatch; using Connect");
+            return Outcome::Unimplemented;
+        }
+        broken(format!("connect failed: {}", status.message()))
+    })
 }
 
 /// Carries out the commands of an open stream until it ends.
 async fn serve<L: Future>(
     upstream: &Arc<Upstream>,
-    mut inbound: tonic::Streaming<proto::UpstreamCommand>,
+    mut inbound: Commands,
     ctx: &StreamContext,
     session_end: &CancellationToken,
     mut lost: Pin<&mut L>,
@@ -289,7 +299,7 @@ fn mark_open(upstream: &Upstream) {
 /// and nothing is replayed; if it does not, the replay window is handed out again.
 async fn removed(
     upstream: &Upstream,
-    mut inbound: tonic::Streaming<proto::UpstreamCommand>,
+    mut inbound: Commands,
     ctx: &StreamContext,
     remote: &mpsc::Sender<(Option<String>, Command)>,
     session_end: &CancellationToken,

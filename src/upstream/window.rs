@@ -173,6 +173,12 @@ impl ReplayWindow {
             .collect()
     }
 
+    /// Takes every event kept, confirmed or not, oldest first, as it was first written; the window
+    /// is empty afterwards.
+    pub fn take_all(&mut self) -> Vec<NodeEvent> {
+        self.entries.drain(..).map(|e| e.event).collect()
+    }
+
     /// Forgets everything (the upstream read the whole stream to its end).
     pub fn clear(&mut self) {
         self.entries.clear();

@@ -98,12 +98,19 @@ struct Recorder {
     /// Commands a stream may hold for a node that does not read them; beyond it the upstream
     /// stops reading that node's events (HTTP/2 flow control), as a real one would.
     queue: usize,
+    /// `ConnectBatch` calls refused (`UNIMPLEMENTED`).
+    batch_calls: AtomicU64,
 }
 
 impl Recording {
     pub fn new(echo: bool, acks: Acks, queue: usize) -> Self {
         let (log, seen, streams) = (Mutex::default(), watch::Sender::new(0), Mutex::default());
-        Self(Arc::new(Recorder { log, seen, streams, echo, acks, queue }))
+        Self(Arc::new(Recorder { log, seen, streams, echo, acks, queue, batch_calls: AtomicU64::new(0) }))
+    }
+
+    /// How many `ConnectBatch` calls it refused.
+    pub fn batch_calls(&self) -> u64 {
+        self.0.batch_calls.load(Ordering::Relaxed)
     }
 
     /// Everything recorded so far.
@@ -149,6 +156,7 @@ impl UpstreamService for RecordingService {
         &self,
         _request: Request<Streaming<proto::NodeEventBatch>>,
     ) -> Result<Response<Self::ConnectBatchStream>, Status> {
+        self.0.0.batch_calls.fetch_add(1, Ordering::Relaxed);
         Err(Status::unimplemented("ConnectBatch"))
     }
 

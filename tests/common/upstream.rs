@@ -213,3 +213,71 @@ pub fn send_command(socket: &str, payload: impl Into<Bytes>) -> Command {
 pub fn with_id(id: &str, command: Command) -> UpstreamCommand {
     UpstreamCommand { command_id: id.to_owned(), command: Some(command) }
 }
+
+/// The node's example echo upstream (`ppp::echo`), served like a [`TestUpstream`], counting
+/// which RPC each stream used.
+pub struct EchoServer {
+    addr: SocketAddr,
+    counts: std::sync::Arc<RpcCounts>,
+    _server: ServerHandle,
+}
+
+/// Streams an [`EchoServer`] served, by RPC.
+#[derive(Debug, Default)]
+pub struct RpcCounts {
+    batch: std::sync::atomic::AtomicU64,
+    single: std::sync::atomic::AtomicU64,
+}
+
+/// [`ppp::echo::EchoUpstream`], counting its streams.
+struct CountingEcho(ppp::echo::EchoUpstream, std::sync::Arc<RpcCounts>);
+
+#[tonic::async_trait]
+impl proto::upstream_server::Upstream for CountingEcho {
+    type ConnectStream = <ppp::echo::EchoUpstream as proto::upstream_server::Upstream>::ConnectStream;
+    type ConnectBatchStream = <ppp::echo::EchoUpstream as proto::upstream_server::Upstream>::ConnectBatchStream;
+
+    async fn connect(
+        &self,
+        request: tonic::Request<tonic::Streaming<NodeEvent>>,
+    ) -> Result<tonic::Response<Self::ConnectStream>, tonic::Status> {
+        self.1.single.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.connect(request).await
+    }
+
+    async fn connect_batch(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::NodeEventBatch>>,
+    ) -> Result<tonic::Response<Self::ConnectBatchStream>, tonic::Status> {
+        self.1.batch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.connect_batch(request).await
+    }
+}
+
+impl EchoServer {
+    /// Serves `echo` on a free port, healthy.
+    pub async fn start(echo: ppp::echo::EchoUpstream) -> Self {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = listener.local_addr().unwrap();
+        let health = HealthReporter::new();
+        health.set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving).await;
+        let counts = std::sync::Arc::new(RpcCounts::default());
+        let service = UpstreamServer::new(CountingEcho(echo, counts.clone()));
+        Self { addr, counts, _server: serve_upstream(listener, &health, service) }
+    }
+
+    /// Its URI.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `ConnectBatch` streams it served.
+    pub fn batch_streams(&self) -> u64 {
+        self.counts.batch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `Connect` streams it served.
+    pub fn single_streams(&self) -> u64 {
+        self.counts.single.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

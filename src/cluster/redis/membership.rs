@@ -102,6 +102,13 @@ impl RedisBackend {
         if !*self.registered.borrow() {
             self.reap_previous_run(&mut conn).await?;
         }
+        let present: Option<f64> = conn.zscore(self.keys.nodes.clone(), &self.node).await?;
+        if present.is_none() {
+            // Before this node shows in `K:nodes` again: a node reading the registry meanwhile
+            // sees either no registration (and seeds it itself) or a seeded registry, never a
+            // registration next to a registry Redis lost.
+            self.seed_registry(&mut conn).await?;
+        }
         let sockets = self.table.len();
         let mut fields = self.node_fields.clone();
         fields.push(("sockets", sockets.to_string()));
@@ -129,8 +136,8 @@ impl RedisBackend {
     }
 
     /// New in `K:nodes`: the first beat, or the node was reaped while cut off, or Redis lost its
-    /// data. Record `node_up`, seed the registry with what this node knows (without overwriting
-    /// anything there) and register the whole socket set again now.
+    /// data (the registry was seeded again just before). Record `node_up` and register the whole
+    /// socket set again now.
     async fn registered_again(&self, conn: &mut deadpool_redis::Connection) -> Result<(), redis::RedisError> {
         if *self.registered.borrow() {
             info!("registered in the cluster again");
@@ -139,17 +146,23 @@ impl RedisBackend {
         records::event(&self.keys, self.events_max, "node_up", "", &self.node, unix_ms(), "")
             .exec_async(&mut **conn)
             .await?;
-        let known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if !known.is_empty() {
-            let mut pipe = redis::pipe();
-            for e in &known {
-                pipe.hset_nx(self.keys.upstreams.clone(), &e.id, &e.uri).ignore();
-            }
-            pipe.query_async::<()>(&mut **conn).await?;
-        }
         self.beats.store(1, Ordering::Release);
         self.resync_now.notify_one();
         Ok(())
+    }
+
+    /// Seeds the registry with what this node knows, overwriting nothing there: Redis may have
+    /// lost it while this node was away from `K:nodes`.
+    async fn seed_registry(&self, conn: &mut deadpool_redis::Connection) -> Result<(), redis::RedisError> {
+        let known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if known.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for e in &known {
+            pipe.hset_nx(self.keys.upstreams.clone(), &e.id, &e.uri).ignore();
+        }
+        pipe.query_async::<()>(&mut **conn).await
     }
 
     /// Reaps this node's previous run, if a run with another id is still registered under this
