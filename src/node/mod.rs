@@ -4,14 +4,18 @@
 //! handle; [`Node::shutdown`] drains it. [`crate::server`] adds the admin API and the signals.
 //!
 //! - [`start`]: wiring a node together and starting its tasks.
-//! - [`registry`]: keeping the upstream pool equal to the registry.
+//! - [`registry`]: keeping the upstream pool equal to the registry; [`dns`]: its `dns:///`
+//!   entries, each address one upstream.
 //! - [`runtime`]: runtime settings (this node's and other nodes') and the state gauges.
 //! - [`drain`]: the graceful stop, and [`drain::Drain`], the tokens it goes through.
 
+mod dns;
 mod drain;
 mod registry;
 mod runtime;
 mod start;
+
+pub use self::dns::Resolved;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -45,6 +49,10 @@ pub enum NodeError {
     /// A runtime setting is not valid.
     #[error("{0}")]
     InvalidSettings(String),
+    /// The upstream TLS files (`--upstream-ca`, `--upstream-cert`, `--upstream-key`) cannot be
+    /// used.
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::upstream::tls::UpstreamTlsError),
 }
 
 /// A running node. A cheap `Clone` handle.
@@ -76,6 +84,8 @@ struct Inner {
     stream_ctx: StreamContext,
     /// Serializes registry reconciliations, so an upstream is never started twice.
     reconcile: Mutex<()>,
+    /// The registry's `dns:///` entries, expanded by this node.
+    dns: dns::DnsEntries,
     /// The graceful stop's state.
     drain: drain::Drain,
 }

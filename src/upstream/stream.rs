@@ -30,6 +30,7 @@ use super::{
     health,
     outbound::outbound,
     pool::Upstream,
+    tls::UpstreamTls,
     window::ReplayWindow,
 };
 use crate::{
@@ -73,6 +74,8 @@ pub struct StreamContext {
     pub finish: CancellationToken,
     /// Where the health task is spawned.
     pub tracker: TaskTracker,
+    /// What `https://` upstreams are dialled with.
+    pub tls: UpstreamTls,
 }
 
 /// How a stream ended.
@@ -103,7 +106,8 @@ pub fn endpoint(uri: &str) -> Result<Endpoint, String> {
 
 /// Runs the upstream's stream (and its health polling) until it is removed or the node drains.
 pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: StreamContext) {
-    let channel = match endpoint(&upstream.uri) {
+    let dialled = endpoint(&upstream.uri).map_err(|e| e.to_string());
+    let channel = match dialled.and_then(|e| ctx.tls.apply(e).map_err(|e| e.to_string())) {
         Ok(e) => e.connect_lazy(),
         Err(e) => {
             warn!(error = %e, "upstream not started");
@@ -230,7 +234,9 @@ where
             _ = &mut lost => return Err(broken("the upstream answers no health check")),
         }
     };
-    response.map(tonic::Response::into_inner).map_err(|status| broken(format!("connect failed: {}", status.message())))
+    response
+        .map(tonic::Response::into_inner)
+        .map_err(|status| broken(format!("connect failed: {}", super::describe(&status))))
 }
 
 /// Carries out the commands of an open stream until it ends.
@@ -268,7 +274,7 @@ async fn serve<L: Future>(
                 return Outcome::Broken { error: "the upstream ended the stream".to_owned(), opened: true };
             }
             Err(status) => {
-                return Outcome::Broken { error: format!("stream error: {}", status.message()), opened: true };
+                return Outcome::Broken { error: format!("stream error: {}", super::describe(&status)), opened: true };
             }
         }
     }
