@@ -21,8 +21,12 @@ fn main() -> ExitCode {
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => return fail(&e),
     };
-    if let Some(Command::Ready) = cli.command {
-        return ready(cli.config.admin_listen);
+    match cli.command {
+        Some(Command::Ready) => return probe(ppp::admin::probe::ready(cli.config.admin_listen)),
+        Some(Command::Drain) => {
+            return probe(ppp::admin::probe::drain(cli.config.admin_listen, cli.config.admin_token.as_deref()));
+        }
+        _ => {}
     }
     let log = Arc::new(logging::init(cli.config.log_format));
     if let Err(e) = cli.config.validate() {
@@ -36,7 +40,7 @@ fn main() -> ExitCode {
         match cli.command {
             None => node(cli.config, log).await,
             Some(Command::Demo) => demo(cli.config, log).await,
-            Some(Command::Ready) => Ok(()),
+            Some(Command::Ready | Command::Drain) => Ok(()),
         }
     });
     match result {
@@ -45,14 +49,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `ppp ready`: exit 0 when the node is ready, else 1 (not 2: Docker reserves 2 in health
-/// checks). Needs no valid node configuration, only where the admin API is.
-fn ready(admin: std::net::SocketAddr) -> ExitCode {
+/// `ppp ready` and `ppp drain`: exit 0 when the node answered as asked, else 1 (not 2: Docker
+/// reserves 2 in health checks). They need no valid node configuration, only where the admin
+/// API is (and its token).
+fn probe(ask: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let probe = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(ppp::admin::probe::ready(admin)));
+        .and_then(|rt| rt.block_on(ask));
     match probe {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,5 @@
-//! `ppp ready`: asks a node's own `/readyz`, for container health checks (the runtime image holds
-//! no curl).
+//! `ppp ready` and `ppp drain`: ask a node's own admin API, for container health checks and
+//! Kubernetes' `preStop` hook (the runtime image holds no curl, nor a shell).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -20,25 +20,43 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// # Errors
 /// Why the node is not ready: it did not answer, or answered something other than 200.
 pub async fn ready(admin: SocketAddr) -> Result<(), String> {
+    ask(admin, "GET /readyz", None).await.map_err(|e| format!("not ready: {e}"))
+}
+
+/// Asks `POST /v1/drain` of the admin API bound to `admin`, with the bearer `token` if any:
+/// the node starts its graceful drain (as on SIGTERM, which then joins the same drain). Returns
+/// once the drain has begun.
+///
+/// # Errors
+/// The node did not answer, or answered something other than 202.
+pub async fn drain(admin: SocketAddr, token: Option<&str>) -> Result<(), String> {
+    ask(admin, "POST /v1/drain", token).await.map_err(|e| format!("drain not started: {e}"))
+}
+
+/// Sends one request line (no body) and expects a 2xx answer, within [`PROBE_TIMEOUT`].
+async fn ask(admin: SocketAddr, request_line: &str, token: Option<&str>) -> Result<(), String> {
     let target = match admin.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), admin.port()),
         IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), admin.port()),
         _ => admin,
     };
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
     let ask = async {
         let mut stream = TcpStream::connect(target).await.map_err(|e| format!("{target}: {e}"))?;
-        let request = format!("GET /readyz HTTP/1.1\r\nhost: {target}\r\nconnection: close\r\n\r\n");
+        let request = format!(
+            "{request_line} HTTP/1.1\r\nhost: {target}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
         // The status line and the short JSON body fit in far less.
         stream.take(4096).read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
         let answer = String::from_utf8_lossy(&answer);
         let status = answer.lines().next().unwrap_or_default();
-        if status.split_whitespace().nth(1) == Some("200") {
+        if status.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2')) {
             Ok(())
         } else {
             let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
-            Err(format!("not ready: {status} {body}"))
+            Err(format!("{status} {body}"))
         }
     };
     tokio::time::timeout(PROBE_TIMEOUT, ask).await.unwrap_or_else(|_| Err(format!("{target} did not answer in time")))

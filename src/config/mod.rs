@@ -76,6 +76,10 @@ pub enum Command {
     /// Exit 0 when the node whose admin API is at `--admin-listen` is ready (`GET /readyz`), 1
     /// otherwise: the container health check.
     Ready,
+    /// Start the graceful drain of the node whose admin API is at `--admin-listen` (`POST
+    /// /v1/drain`, with `--admin-token`); exit 0 once it has begun, 1 otherwise: Kubernetes'
+    /// `preStop` hook.
+    Drain,
 }
 
 mod load;
