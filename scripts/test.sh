@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, clippy, unit, integration and property
 # tests (with the interop tests against the stock Python and Go upstreams), schemathesis against
-# the admin API's OpenAPI document, promtool on the metrics and the alerting rules, the Python and
+# the admin API's OpenAPI document, promtool on the metrics and the alerting rules, the Kubernetes
+# manifests against the API's schemas (deploy/kubernetes/validate.sh), the Python and
 # Go example upstreams' own tests, and the docker-compose cluster test (when a Docker engine
 # answers). Installs what the tests need when it is missing. Used by `.ci/run` and by developers.
 set -euo pipefail
@@ -46,6 +47,8 @@ cargo test --all-targets --locked
 echo "== deploy/prometheus: promtool check rules, promtool test rules (promtool check metrics runs in tests/metrics.rs)"
 promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts.test.yml
+echo "== deploy/kubernetes: the manifests against the Kubernetes API's schemas, offline (kubernetes-validate)"
+bash deploy/kubernetes/validate.sh
 echo "== tests/schemathesis: the admin API against its own OpenAPI document"
 bash tests/schemathesis/run.sh
 echo "== examples/python: the Python upstream against a real node"

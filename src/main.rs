@@ -21,8 +21,12 @@ fn main() -> ExitCode {
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => return fail(&e),
     };
-    if let Some(Action::Ready) = cli.action {
-        return ready(cli.config.admin_listen);
+    match cli.action {
+        Some(Action::Ready) => return probe(ppp::admin::probe::ready(cli.config.admin_listen)),
+        Some(Action::Drain) => {
+            return probe(ppp::admin::probe::drain(cli.config.admin_listen, cli.config.admin_token.as_deref()));
+        }
+        _ => {}
     }
     let log = Arc::new(logging::init(cli.config.log_format));
     if let Err(e) = cli.config.validate() {
@@ -36,7 +40,7 @@ fn main() -> ExitCode {
         match cli.action {
             None => node(cli.config, log).await,
             Some(Action::Demo) => demo(cli.config, log).await,
-            Some(Action::Ready) => Ok(()),
+            Some(Action::Ready | Action::Drain) => Ok(()),
         }
     });
     match result {
@@ -45,11 +49,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// `ppp ready`: exit 0 when the node is ready, else 1 (not 2: Docker reserves 2 in health
-/// checks). Needs no valid node configuration, only where the admin API is.
-fn ready(admin: std::net::SocketAddr) -> ExitCode {
+/// `ppp ready` and `ppp drain`: exit 0 when the node answered as asked, else 1 (not 2: Docker
+/// reserves 2 in health checks). They need no valid node configuration, only where the admin
+/// API is (and its token).
+fn probe(ask: impl std::future::Future<Output = Result<(), ppp::admin::probe::ProbeError>>) -> ExitCode {
     let probe = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt.block_on(ppp::admin::probe::ready(admin)).map_err(|e| e.to_string()),
+        Ok(rt) => rt.block_on(ask).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match probe {

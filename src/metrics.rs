@@ -68,6 +68,9 @@ pub const EVENTS_REPLAYED: &str = "ppp_events_replayed_total";
 /// Counter: events that left the replay window unconfirmed because it was full (a stream that
 /// breaks now could lose them). Label `upstream`.
 pub const REPLAY_WINDOW_OVERFLOW: &str = "ppp_replay_window_overflow_total";
+/// Counter: resolutions of `dns:///` upstreams that failed (their last known addresses were
+/// kept; the log and the entry's `last_error` say which).
+pub const DNS_RESOLVE_FAILURES: &str = "ppp_dns_resolve_failures_total";
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -106,7 +109,7 @@ const fn family(name: &'static str, kind: Kind, labels: &'static [&'static str],
 }
 
 /// Every family the node exports, each described once at start ([`install`]).
-pub const FAMILIES: [Family; 25] = {
+pub const FAMILIES: [Family; 26] = {
     use Kind::{Counter as C, Gauge as G, Histogram as H};
     [
         family(SOCKETS_OPENED, C, &[], "Sockets accepted and held"),
@@ -127,6 +130,12 @@ pub const FAMILIES: [Family; 25] = {
         family(EVENTS_REROUTED, C, &[], "Events moved from a broken upstream's queue to another upstream"),
         family(EVENTS_REPLAYED, C, &["upstream"], "Events a broken stream had not confirmed, handed out again"),
         family(REPLAY_WINDOW_OVERFLOW, C, &["upstream"], "Events that left a full replay window unconfirmed"),
+        family(
+            DNS_RESOLVE_FAILURES,
+            C,
+            &[],
+            "Failed resolutions of dns:/// upstreams (their last known addresses were kept)",
+        ),
         family(REDIS_ERRORS, C, &[], "Redis commands or connections that failed"),
         family(REDIS_RECONNECTS, C, &[], "Times Redis became reachable again after being unreachable"),
         family(RESYNCS, C, &[], "Anti-entropy resyncs of this node's socket registry"),

@@ -104,9 +104,15 @@ fn the_binary_exits_with_a_clear_message_on_bad_config() {
 /// Starts `ppp demo` on free ports; returns the child, its stdout (keep it open: the demo
 /// writes to it) and the socket and admin ports.
 fn demo() -> (std::process::Child, impl std::io::BufRead, u16, u16) {
+    demo_with(&[])
+}
+
+/// [`demo`] with more arguments.
+fn demo_with(extra: &[&str]) -> (std::process::Child, impl std::io::BufRead, u16, u16) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"))
         .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -191,6 +197,25 @@ fn a_drain_through_the_admin_api_ends_the_process() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(ready(format!("127.0.0.1:{admin}")), Some(1), "exit 1 (Docker reserves 2)");
+}
+
+/// `ppp drain`, Kubernetes' `preStop` hook: starts the drain through the admin API with the
+/// token (refused without it), and the node then drains and exits 0.
+#[test]
+fn ppp_drain_starts_the_drain_with_the_admin_token() {
+    let (mut child, _stdout, _port, admin) = demo_with(&["--admin-token", "s3cret"]);
+    let drain = |token: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ppp"));
+        command.args(["drain", "--admin-listen", &format!("0.0.0.0:{admin}")]).env_remove("PPP_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.args(["--admin-token", token]);
+        }
+        command.stderr(std::process::Stdio::null()).status().unwrap().code()
+    };
+    assert_eq!(drain(None), Some(1), "no token: refused (401), exit 1");
+    assert_eq!(drain(Some("s3cret")), Some(0));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 /// `--log-format json` writes one JSON object per line, with the node's fields.

@@ -25,11 +25,11 @@ use crate::socket::{MAX_LABEL_LEN, MAX_LABELS};
 
 /// An upstream id: letters, digits, `.`, `_`, `-`, `:`, 1 to 128 of them.
 pub(super) const UPSTREAM_ID: &str = r"^[A-Za-z0-9._:-]{1,128}$";
-/// An upstream URI: `http(s)://host:port`, the host a DNS name or an IPv4 address, the port 0
-/// to 65535. (An IPv6 upstream is given with `--upstream`: a pattern that took exactly the IPv6
+/// An upstream URI: `http(s)://host:port`, the host a DNS name or an IPv4 address, or
+/// `dns:///name:port` (a DNS name, `_` allowed, a final `.` too); the port 0 to 65535. (An IPv6 upstream is given with `--upstream`: a pattern that took exactly the IPv6
 /// addresses the URI parser takes would be unreadable, and a loose one lets through text that
 /// clients of this API cannot parse as a URL.)
-pub(super) const UPSTREAM_URI: &str = r"^https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*:(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$";
+pub(super) const UPSTREAM_URI: &str = r"^(https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|dns:///[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?):(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$";
 /// A duration above zero and under 10 000 hours: a number and one unit, `500ms`, `10s`, `2m`, `1h`.
 pub(super) const DURATION: &str = r"^[1-9][0-9]{0,3}(ms|s|m|h)$";
 /// A [`DURATION`], or `off`.
@@ -177,13 +177,23 @@ mod tests {
 
     #[test]
     fn what_the_patterns_accept_the_parsers_accept() {
-        for uri in ["http://a:0", "https://-.0:65535", "http://127.0.0.1:50051"] {
+        for uri in ["http://a:0", "https://-.0:65535", "http://127.0.0.1:50051", "dns:///_a.b-c.:0", "dns:///x:50051"] {
             assert!(matches(UPSTREAM_URI, uri), "{uri}");
             assert!(crate::upstream::validate_uri(uri).is_ok(), "{uri}");
         }
-        for bad in
-            ["http://a:65536", "http://a", "ftp://a:1", "http://a:1/", "http://a:01", "http://a:1\n", "http://[::1]:1"]
-        {
+        for bad in [
+            "http://a:65536",
+            "http://a",
+            "ftp://a:1",
+            "http://a:1/",
+            "http://a:01",
+            "http://a:1\n",
+            "http://[::1]:1",
+            "dns://ns/a:1",
+            "dns:///a..b:1",
+            "dns:a:1",
+            "http://a.:1",
+        ] {
             assert!(!matches(UPSTREAM_URI, bad), "{bad}");
         }
         for d in ["1ms", "9999h", "10s"] {

@@ -6,21 +6,45 @@ use axum::{
     http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 
 use super::{
     AppState,
     error::{ApiError, ErrorBody},
     schema,
 };
+use crate::{Node, cluster::UpstreamEntry, upstream::pool::Upstream};
 
 /// An upstream as this node sees it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct UpstreamView {
     /// Its id in the registry.
     pub id: String,
-    /// Its gRPC URI.
+    /// Its URI, as the registry holds it.
     pub uri: String,
-    /// Health says SERVING (as this node sees it).
+    /// Health says SERVING (as this node sees it); for a `dns:///` entry, for at least one of its
+    /// addresses.
+    pub ready: bool,
+    /// This node's `Connect` stream to it is open (a `dns:///` entry: to at least one address).
+    pub open: bool,
+    /// The last error this node saw on its stream or health check (a `dns:///` entry: the last
+    /// resolution's, when it failed).
+    pub last_error: Option<String>,
+    /// Events this node handed to it (a `dns:///` entry: to all its addresses).
+    pub messages_sent: u64,
+    /// For a `dns:///` entry, the upstreams of the addresses its name resolves to now, as this
+    /// node sees them; empty for any other entry.
+    pub resolved: Vec<ResolvedView>,
+}
+
+/// One address of a `dns:///` entry: an upstream of this node's pool.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ResolvedView {
+    /// Its id in this node's pool: `{entry id}@{address}:{port}`.
+    pub id: String,
+    /// The URI it is dialled at, `http://{address}:{port}`.
+    pub uri: String,
+    /// Health says SERVING.
     pub ready: bool,
     /// This node's `Connect` stream to it is open.
     pub open: bool,
@@ -28,6 +52,19 @@ pub(super) struct UpstreamView {
     pub last_error: Option<String>,
     /// Events this node handed to it.
     pub messages_sent: u64,
+}
+
+impl ResolvedView {
+    fn of(u: &Upstream) -> Self {
+        Self {
+            id: u.id.clone(),
+            uri: u.uri.clone(),
+            ready: u.is_ready(),
+            open: u.is_open(),
+            last_error: u.last_error(),
+            messages_sent: u.messages_sent.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// `GET /v1/upstreams`' answer.
@@ -44,22 +81,34 @@ pub(super) struct Upstreams {
 ))]
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Upstreams>, ApiError> {
     let registry = state.node.backend().upstreams().await?;
-    let pool = state.node.upstreams();
-    let upstreams = registry
-        .into_iter()
-        .map(|e| {
-            let seen = pool.get(&e.id).filter(|u| u.uri == e.uri);
-            UpstreamView {
-                ready: seen.as_ref().is_some_and(|u| u.is_ready()),
-                open: seen.as_ref().is_some_and(|u| u.is_open()),
-                last_error: seen.as_ref().and_then(|u| u.last_error()),
-                messages_sent: seen.map_or(0, |u| u.messages_sent.load(std::sync::atomic::Ordering::Relaxed)),
-                id: e.id,
-                uri: e.uri,
-            }
-        })
-        .collect();
+    let upstreams = registry.into_iter().map(|e| view(&state.node, e)).collect();
     Ok(Json(Upstreams { upstreams }))
+}
+
+/// A registry entry as this node sees it.
+fn view(node: &Node, e: UpstreamEntry) -> UpstreamView {
+    if let Some(resolved) = node.resolved(&e.id, &e.uri) {
+        let members: Vec<ResolvedView> = resolved.upstreams.iter().map(|u| ResolvedView::of(u)).collect();
+        return UpstreamView {
+            ready: members.iter().any(|m| m.ready),
+            open: members.iter().any(|m| m.open),
+            last_error: resolved.last_error,
+            messages_sent: members.iter().map(|m| m.messages_sent).sum(),
+            resolved: members,
+            id: e.id,
+            uri: e.uri,
+        };
+    }
+    let seen = node.upstreams().get(&e.id).filter(|u| u.uri == e.uri).map(|u| ResolvedView::of(&u));
+    UpstreamView {
+        ready: seen.as_ref().is_some_and(|u| u.ready),
+        open: seen.as_ref().is_some_and(|u| u.open),
+        last_error: seen.as_ref().and_then(|u| u.last_error.clone()),
+        messages_sent: seen.map_or(0, |u| u.messages_sent),
+        resolved: Vec::new(),
+        id: e.id,
+        uri: e.uri,
+    }
 }
 
 /// `POST /v1/upstreams`' body (its schema is in `schema.rs`).
@@ -70,7 +119,7 @@ pub(super) struct NewUpstream {
     /// existing id is re-pointed.
     #[serde(default, deserialize_with = "schema::present")]
     pub id: Option<String>,
-    /// Its gRPC URI, `http://host:port`.
+    /// Its gRPC URI: `http://host:port`, `https://host:port` or `dns:///name:port`.
     pub uri: String,
 }
 
@@ -96,7 +145,7 @@ pub(super) async fn add(
     if let Some(id) = &body.id {
         schema::check("id", schema::UPSTREAM_ID, id, "1 to 128 letters, digits, '.', '_', '-' or ':'")?;
     }
-    schema::check("uri", schema::UPSTREAM_URI, &body.uri, "http(s)://host:port")?;
+    schema::check("uri", schema::UPSTREAM_URI, &body.uri, "http(s)://host:port or dns:///name:port")?;
     tracing::info!(uri = %body.uri, "admin: add upstream");
     let entry = state.node.add_upstream(body.id, body.uri).await?;
     Ok((StatusCode::CREATED, Json(UpstreamEntryView { id: entry.id, uri: entry.uri })))
@@ -123,7 +172,14 @@ impl utoipa::PartialSchema for NewUpstream {
         let id = "Its id (default: the URI's `host:port`); an existing id is re-pointed";
         schema::closed_object("An upstream for the registry")
             .property("id", schema::matching(schema::UPSTREAM_ID, id))
-            .property("uri", schema::matching(schema::UPSTREAM_URI, "Its gRPC URI, `http://host:port`"))
+            .property(
+                "uri",
+                schema::matching(
+                    schema::UPSTREAM_URI,
+                    "Its gRPC URI: `http://host:port`, `https://host:port` (TLS), or `dns:///name:port` \
+                     (every address of the name is one upstream)",
+                ),
+            )
             .required("uri")
             .into()
     }

@@ -76,6 +76,10 @@ pub enum Action {
     /// Exit 0 when the node whose admin API is at `--admin-listen` is ready (`GET /readyz`), 1
     /// otherwise: the container health check.
     Ready,
+    /// Start the graceful drain of the node whose admin API is at `--admin-listen` (`POST
+    /// /v1/drain`, with `--admin-token`); exit 0 once it has begun, 1 otherwise: Kubernetes'
+    /// `preStop` hook.
+    Drain,
 }
 
 mod load;
@@ -139,6 +143,22 @@ pub struct Config {
     /// Upstream gRPC URI (repeatable; comma-separated in the environment).
     #[arg(long, env = "PPP_UPSTREAM", value_delimiter = ',', global = true)]
     pub upstream: Vec<String>,
+
+    /// Extra CA certificate(s), PEM, trusted for `https://` upstreams besides the system's roots.
+    #[arg(long, env = "PPP_UPSTREAM_CA", global = true)]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Client certificate chain, PEM, presented to `https://` upstreams (mTLS; with --upstream-key).
+    #[arg(long, env = "PPP_UPSTREAM_CERT", global = true)]
+    pub upstream_cert: Option<PathBuf>,
+
+    /// Private key, PEM, of --upstream-cert.
+    #[arg(long, env = "PPP_UPSTREAM_KEY", global = true)]
+    pub upstream_key: Option<PathBuf>,
+
+    /// How often `dns:///name:port` upstreams are resolved again.
+    #[arg(long, env = "PPP_DNS_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub dns_interval: Duration,
 
     /// How inbound messages are spread over upstreams.
     #[arg(long, env = "PPP_BALANCE", value_enum, default_value = "round-robin", global = true)]
@@ -210,6 +230,10 @@ impl fmt::Debug for Config {
             .field("cluster", &self.cluster)
             .field("node_id", &self.node_id)
             .field("upstream", &self.upstream)
+            .field("upstream_ca", &self.upstream_ca)
+            .field("upstream_cert", &self.upstream_cert)
+            .field("upstream_key", &self.upstream_key)
+            .field("dns_interval", &self.dns_interval)
             .field("balance", &self.balance)
             .field("framing", &self.framing)
             .field("max_frame", &self.max_frame)
@@ -261,6 +285,7 @@ impl Config {
             ("--health-interval", self.health_interval),
             ("--node-ttl", self.node_ttl),
             ("--resync-interval", self.resync_interval),
+            ("--dns-interval", self.dns_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
@@ -277,6 +302,9 @@ impl Config {
         }
         for uri in &self.upstream {
             crate::upstream::validate_uri(uri).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if self.upstream_cert.is_some() != self.upstream_key.is_some() {
+            return invalid("--upstream-cert and --upstream-key go together: set both, or neither");
         }
         if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() && !self.admin_insecure {
             return invalid(

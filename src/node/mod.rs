@@ -4,17 +4,21 @@
 //! handle; [`Node::shutdown`] drains it. [`crate::server`] adds the admin API and the signals.
 //!
 //! - `start.rs`: wiring a node together and starting its tasks.
-//! - `registry.rs`: keeping the upstream pool equal to the registry.
+//! - `registry.rs`: keeping the upstream pool equal to the registry; `dns.rs`: its `dns:///`
+//!   entries, each address one upstream.
 //! - `runtime.rs`: runtime settings and the state gauges.
 //! - `watches.rs`: the tasks that take news from the backend (registry changes, runtime settings
 //!   of other nodes, lifecycle announcements, commands from other nodes) and act on it.
 //! - `drain.rs`: the graceful stop, and `Drain`, the tokens it goes through.
 
+mod dns;
 mod drain;
 mod registry;
 mod runtime;
 mod start;
 mod watches;
+
+pub use self::dns::Resolved;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -48,6 +52,10 @@ pub enum NodeError {
     /// A runtime setting is not valid.
     #[error("{0}")]
     InvalidSettings(#[from] crate::settings::SettingsError),
+    /// The upstream TLS files (`--upstream-ca`, `--upstream-cert`, `--upstream-key`) cannot be
+    /// used.
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::upstream::tls::UpstreamTlsError),
 }
 
 /// A running node. A cheap `Clone` handle.
@@ -79,6 +87,8 @@ struct Inner {
     stream_ctx: StreamContext,
     /// Serializes registry reconciliations, so an upstream is never started twice.
     reconcile: Mutex<()>,
+    /// The registry's `dns:///` entries, expanded by this node.
+    dns: dns::DnsEntries,
     /// The graceful stop's state.
     drain: drain::Drain,
 }

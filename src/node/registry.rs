@@ -1,12 +1,14 @@
 //! Keeping the upstream pool equal to the registry (`K:upstreams` in a cluster): upstreams added
 //! and removed through the admin API, by other nodes, or by `--upstream` at start.
 
+use std::sync::Arc;
+
 use tracing::{Instrument, info, info_span};
 
 use super::{Node, NodeError};
 use crate::{
     cluster::{BackendError, UpstreamEntry},
-    upstream::{self, stream},
+    upstream::{self, dns::DnsTarget, pool::Upstream, stream},
 };
 
 impl Node {
@@ -41,9 +43,12 @@ impl Node {
         if self.inner.drain.has_started() {
             return Ok(());
         }
-        let wanted = self.inner.backend.upstreams().await?;
+        let (named, wanted): (Vec<_>, Vec<_>) =
+            self.inner.backend.upstreams().await?.into_iter().partition(|e| DnsTarget::is_dns(&e.uri));
+        self.reconcile_dns(&named);
         for current in self.inner.pool.snapshot().iter() {
-            if !wanted.iter().any(|w| w.id == current.id && w.uri == current.uri) {
+            let listed = wanted.iter().any(|w| w.id == current.id && w.uri == current.uri);
+            if !listed && !self.is_dns_member(&current.id) {
                 info!(upstream = %current.id, "upstream removed");
                 self.inner.pool.remove(&current.id);
             }
@@ -56,11 +61,22 @@ impl Node {
         Ok(())
     }
 
+    /// Starts streaming to an upstream, or expanding a `dns:///` entry (the caller holds the
+    /// reconcile lock).
+    pub(super) fn spawn_entry(&self, entry: UpstreamEntry) {
+        if DnsTarget::is_dns(&entry.uri) {
+            self.start_dns(entry);
+        } else {
+            self.spawn_upstream(entry);
+        }
+    }
+
     /// Starts streaming to an upstream (the caller holds the reconcile lock).
-    pub(super) fn spawn_upstream(&self, entry: UpstreamEntry) {
+    pub(super) fn spawn_upstream(&self, entry: UpstreamEntry) -> Arc<Upstream> {
         info!(upstream = %entry.id, uri = %entry.uri, "upstream added");
         let (up, rx) = self.inner.pool.insert(entry.id.clone(), entry.uri);
         let span = info_span!("upstream", upstream = %entry.id);
-        self.inner.tracker.spawn(stream::run(up, rx, self.inner.stream_ctx.clone()).instrument(span));
+        self.inner.tracker.spawn(stream::run(up.clone(), rx, self.inner.stream_ctx.clone()).instrument(span));
+        up
     }
 }

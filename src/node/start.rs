@@ -7,7 +7,7 @@ use tokio::{net::TcpListener, sync::Mutex};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::{Inner, Node, NodeError, drain::Drain};
+use super::{Inner, Node, NodeError, dns::DnsEntries, drain::Drain};
 use crate::{
     cluster::{
         Backend, BackendError, UpstreamEntry,
@@ -23,7 +23,7 @@ use crate::{
     settings::Settings,
     socket::{SocketTable, unix_ms},
     upstream::balancer::Balancer,
-    upstream::{self, pool::UpstreamPool, stream::StreamContext},
+    upstream::{self, pool::UpstreamPool, stream::StreamContext, tls::UpstreamTls},
 };
 
 impl Node {
@@ -57,14 +57,7 @@ impl Node {
         let dispatcher = Dispatcher::new(&table, &backend, &settings);
         let drain = Drain::default();
         let tracker = TaskTracker::new();
-        let stream_ctx = StreamContext {
-            hello: hello(&config, run_id),
-            dispatcher: dispatcher.clone(),
-            balancer: balancer.clone(),
-            health_interval: config.health_interval,
-            finish: drain.streams_finish(),
-            tracker: tracker.clone(),
-        };
+        let stream_ctx = stream_context(&config, run_id, &dispatcher, &balancer, &drain, &tracker)?;
         let downstream = downstream(&config, balancer, &table, &backend, &settings);
         let limit = admission::Limit::new(settings.clone());
         let inner = Inner {
@@ -79,6 +72,7 @@ impl Node {
             tracker,
             stream_ctx,
             reconcile: Mutex::new(()),
+            dns: DnsEntries::default(),
             drain,
         };
         let node = Self { inner: Arc::new(inner) };
@@ -105,7 +99,7 @@ impl Node {
                 Err(NodeError::Backend(BackendError::Unavailable(e))) => {
                     warn!(error = %e, "the upstream registry is unreachable; using --upstream as given");
                     let _serial = self.inner.reconcile.lock().await;
-                    self.spawn_upstream(UpstreamEntry { id: upstream::default_id(&uri), uri });
+                    self.spawn_entry(UpstreamEntry { id: upstream::default_id(&uri), uri });
                 }
                 Err(e) => return Err(e),
             }
@@ -146,6 +140,31 @@ fn downstream(
         max_frame: config.max_frame,
         write_queue: config.write_queue,
     }
+}
+
+/// What every upstream stream task needs; reads the upstream TLS files.
+fn stream_context(
+    config: &Config,
+    run_id: String,
+    dispatcher: &Dispatcher,
+    balancer: &Balancer,
+    drain: &Drain,
+    tracker: &TaskTracker,
+) -> Result<StreamContext, NodeError> {
+    let tls = UpstreamTls::load(
+        config.upstream_ca.as_deref(),
+        config.upstream_cert.as_deref(),
+        config.upstream_key.as_deref(),
+    )?;
+    Ok(StreamContext {
+        hello: hello(config, run_id),
+        dispatcher: dispatcher.clone(),
+        balancer: balancer.clone(),
+        health_interval: config.health_interval,
+        finish: drain.streams_finish(),
+        tracker: tracker.clone(),
+        tls,
+    })
 }
 
 /// The first message of every stream of this run.

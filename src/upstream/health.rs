@@ -61,7 +61,7 @@ pub async fn run(upstream: Arc<Upstream>, channel: Channel, interval: Duration, 
         let verdict = match answer {
             Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
             Ok(Ok(response)) => Err(format!("health status {}", response.get_ref().status)),
-            Ok(Err(status)) => Err(format!("health check failed: {}", status.message())),
+            Ok(Err(status)) => Err(format!("health check failed: {}", super::describe(&status))),
             Err(_) => Err(format!("health check timed out after {timeout:?}")),
         };
         let ready = verdict.is_ok();

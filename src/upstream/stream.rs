@@ -32,6 +32,7 @@ use super::{
     outbound::outbound,
     pool::Upstream,
     rpc::{self, Commands},
+    tls::UpstreamTls,
     window::ReplayWindow,
 };
 use crate::{
@@ -75,6 +76,8 @@ pub struct StreamContext {
     pub finish: CancellationToken,
     /// Where the health task is spawned.
     pub tracker: TaskTracker,
+    /// What `https://` upstreams are dialled with.
+    pub tls: UpstreamTls,
 }
 
 /// How a stream ended.
@@ -108,7 +111,8 @@ pub fn endpoint(uri: &str) -> Result<Endpoint, UriError> {
 
 /// Runs the upstream's stream (and its health polling) until it is removed or the node drains.
 pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: StreamContext) {
-    let channel = match endpoint(&upstream.uri) {
+    let dialled = endpoint(&upstream.uri).map_err(|e| e.to_string());
+    let channel = match dialled.and_then(|e| ctx.tls.apply(e).map_err(|e| e.to_string())) {
         Ok(e) => e.connect_lazy(),
         Err(e) => {
             warn!(error = %e, "upstream not started");
@@ -240,7 +244,7 @@ async fn open<L: Future>(
             info!("the upstream does not implement ConnectBatch; using Connect");
             return Outcome::Unimplemented;
         }
-        broken(format!("connect failed: {}", status.message()))
+        broken(format!("connect failed: {}", super::describe(&status)))
     })
 }
 
@@ -279,7 +283,7 @@ async fn serve<L: Future>(
                 return Outcome::Broken { error: "the upstream ended the stream".to_owned(), opened: true };
             }
             Err(status) => {
-                return Outcome::Broken { error: format!("stream error: {}", status.message()), opened: true };
+                return Outcome::Broken { error: format!("stream error: {}", super::describe(&status)), opened: true };
             }
         }
     }

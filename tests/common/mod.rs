@@ -1,6 +1,7 @@
 //! Test helpers, one concept per file: a real `redis-server`, an in-process recording upstream
 //! (real tonic over loopback), nodes on port 0, line clients and an admin client over real TCP
-//! sockets, a fault proxy, and external (other-language) upstreams. No fixed ports; waits are on
+//! sockets, a fault proxy, external (other-language) upstreams, a CA and a TLS upstream
+//! (`upstream_tls`), and a DNS server the test controls (`dns`). No fixed ports; waits are on
 //! conditions, with a deadline that fails the test.
 //!
 //! Every test binary compiles all of it and uses only some, so each declares it with
@@ -8,6 +9,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod dns;
 pub mod external;
 pub mod fault;
 pub mod node;
@@ -17,6 +19,7 @@ pub mod recorder;
 pub mod redis_server;
 pub mod sockets;
 pub mod upstream;
+pub mod upstream_tls;
 pub mod wait;
 
 // What `use common::*;` brings; a binary that uses none of one file's helpers is not wrong.

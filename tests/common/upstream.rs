@@ -61,7 +61,13 @@ impl TestUpstream {
 
     /// Starts an upstream on a free port, serving and healthy, behaving as `options` say.
     pub async fn start_with(options: UpstreamOptions) -> Self {
-        let listener = bind(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], free_port())), options).await
+    }
+
+    /// Starts an upstream on `addr` (e.g. another loopback address, `127.0.0.2:{port}`, for an
+    /// upstream found through DNS), serving and healthy, behaving as `options` say.
+    pub async fn start_at(addr: SocketAddr, options: UpstreamOptions) -> Self {
+        let listener = bind(addr);
         let addr = listener.local_addr().unwrap();
         let health = HealthReporter::new();
         health.set_service_status(UPSTREAM_SERVICE, tonic_health::ServingStatus::Serving).await;
