@@ -15,23 +15,42 @@ use super::{
 };
 use crate::{Node, cluster::UpstreamEntry, upstream::pool::Upstream};
 
-/// An upstream as this node sees it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(super) struct UpstreamView {
-    /// Its id in the registry.
-    pub id: String,
-    /// Its URI, as the registry holds it.
-    pub uri: String,
+/// What this node sees of an upstream: of one of its pool, or of a registry entry as a whole.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub(super) struct UpstreamState {
     /// Health says SERVING (as this node sees it); for a `dns:///` entry, for at least one of its
     /// addresses.
     pub ready: bool,
-    /// This node's `Connect` stream to it is open (a `dns:///` entry: to at least one address).
+    /// This node's stream to it is open (a `dns:///` entry: to at least one address).
     pub open: bool,
     /// The last error this node saw on its stream or health check (a `dns:///` entry: the last
     /// resolution's, when it failed).
     pub last_error: Option<String>,
     /// Events this node handed to it (a `dns:///` entry: to all its addresses).
     pub messages_sent: u64,
+}
+
+impl UpstreamState {
+    fn of(u: &Upstream) -> Self {
+        Self {
+            ready: u.is_ready(),
+            open: u.is_open(),
+            last_error: u.last_error(),
+            messages_sent: u.messages_sent.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// An upstream of the registry as this node sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct UpstreamView {
+    /// Its id in the registry.
+    pub id: String,
+    /// Its URI, as the registry holds it.
+    pub uri: String,
+    /// Its state here.
+    #[serde(flatten)]
+    pub state: UpstreamState,
     /// For a `dns:///` entry, the upstreams of the addresses its name resolves to now, as this
     /// node sees them; empty for any other entry.
     pub resolved: Vec<ResolvedView>,
@@ -44,27 +63,9 @@ pub(super) struct ResolvedView {
     pub id: String,
     /// The URI it is dialled at, `http://{address}:{port}`.
     pub uri: String,
-    /// Health says SERVING.
-    pub ready: bool,
-    /// This node's `Connect` stream to it is open.
-    pub open: bool,
-    /// The last error this node saw on its stream or health check.
-    pub last_error: Option<String>,
-    /// Events this node handed to it.
-    pub messages_sent: u64,
-}
-
-impl ResolvedView {
-    fn of(u: &Upstream) -> Self {
-        Self {
-            id: u.id.clone(),
-            uri: u.uri.clone(),
-            ready: u.is_ready(),
-            open: u.is_open(),
-            last_error: u.last_error(),
-            messages_sent: u.messages_sent.load(Ordering::Relaxed),
-        }
-    }
+    /// Its state here.
+    #[serde(flatten)]
+    pub state: UpstreamState,
 }
 
 /// `GET /v1/upstreams`' answer.
@@ -88,27 +89,22 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Upstreams
 /// A registry entry as this node sees it.
 fn view(node: &Node, e: UpstreamEntry) -> UpstreamView {
     if let Some(resolved) = node.resolved(&e.id, &e.uri) {
-        let members: Vec<ResolvedView> = resolved.upstreams.iter().map(|u| ResolvedView::of(u)).collect();
-        return UpstreamView {
-            ready: members.iter().any(|m| m.ready),
-            open: members.iter().any(|m| m.open),
+        let members: Vec<ResolvedView> = resolved
+            .upstreams
+            .iter()
+            .map(|u| ResolvedView { id: u.id.clone(), uri: u.uri.clone(), state: UpstreamState::of(u) })
+            .collect();
+        let state = UpstreamState {
+            ready: members.iter().any(|m| m.state.ready),
+            open: members.iter().any(|m| m.state.open),
             last_error: resolved.last_error,
-            messages_sent: members.iter().map(|m| m.messages_sent).sum(),
-            resolved: members,
-            id: e.id,
-            uri: e.uri,
+            messages_sent: members.iter().map(|m| m.state.messages_sent).sum(),
         };
+        return UpstreamView { id: e.id, uri: e.uri, state, resolved: members };
     }
-    let seen = node.upstreams().get(&e.id).filter(|u| u.uri == e.uri).map(|u| ResolvedView::of(&u));
-    UpstreamView {
-        ready: seen.as_ref().is_some_and(|u| u.ready),
-        open: seen.as_ref().is_some_and(|u| u.open),
-        last_error: seen.as_ref().and_then(|u| u.last_error.clone()),
-        messages_sent: seen.map_or(0, |u| u.messages_sent),
-        resolved: Vec::new(),
-        id: e.id,
-        uri: e.uri,
-    }
+    let seen = node.upstreams().get(&e.id).filter(|u| u.uri == e.uri);
+    let state = seen.map(|u| UpstreamState::of(&u)).unwrap_or_default();
+    UpstreamView { id: e.id, uri: e.uri, state, resolved: Vec::new() }
 }
 
 /// `POST /v1/upstreams`' body (its schema is in `schema.rs`).

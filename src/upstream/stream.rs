@@ -111,15 +111,7 @@ pub fn endpoint(uri: &str) -> Result<Endpoint, UriError> {
 
 /// Runs the upstream's stream (and its health polling) until it is removed or the node drains.
 pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: StreamContext) {
-    let dialled = endpoint(&upstream.uri).map_err(|e| e.to_string());
-    let channel = match dialled.and_then(|e| ctx.tls.apply(e).map_err(|e| e.to_string())) {
-        Ok(e) => e.connect_lazy(),
-        Err(e) => {
-            warn!(error = %e, "upstream not started");
-            upstream.set_last_error(e.to_string());
-            return;
-        }
-    };
+    let Some(channel) = channel(&upstream, &ctx) else { return };
     // Health polling lives exactly as long as this task: the guard stops it on every way out.
     let _health_guard = spawn_health(&upstream, &channel, &ctx);
     let overflow = metrics::counter!(m::REPLAY_WINDOW_OVERFLOW, "upstream" => upstream.id.clone());
@@ -162,6 +154,20 @@ pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: St
     if left > 0 {
         warn!(events = left, "upstream gone with events no other upstream could take");
         metrics::counter!(m::MESSAGES_REFUSED, "reason" => "upstream_gone").increment(left as u64);
+    }
+}
+
+/// The channel to the upstream (TLS as configured), connected lazily; `None` (and the error
+/// shown on the upstream) when its URI or TLS settings cannot be used.
+fn channel(upstream: &Upstream, ctx: &StreamContext) -> Option<Channel> {
+    let dialled = endpoint(&upstream.uri).map_err(|e| e.to_string());
+    match dialled.and_then(|e| ctx.tls.apply(e).map_err(|e| e.to_string())) {
+        Ok(e) => Some(e.connect_lazy()),
+        Err(e) => {
+            warn!(error = %e, "upstream not started");
+            upstream.set_last_error(e);
+            None
+        }
     }
 }
 
