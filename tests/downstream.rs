@@ -120,6 +120,26 @@ async fn a_slow_consumer_is_closed_and_nobody_else_slows_down() {
 }
 
 #[tokio::test]
+async fn a_slow_consumer_is_closed_by_the_byte_bound_long_before_the_message_bound() {
+    let up = TestUpstream::start(true).await;
+    let config = ppp::config::Config { write_queue: 1 << 20, write_queue_bytes: 256 << 10, ..test_config(&[&up]) };
+    let node = start_node(config).await;
+    let _slow = Client::connect(&node).await;
+    let slow_id = up.wait_opened(1).await[0].clone();
+    let big = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+    // Without the byte bound, a million 64 KiB messages (64 GiB) would have to wait first; with
+    // it, what the kernel buffers plus 256 KiB.
+    let mut sent = 0;
+    while node.sockets().len() == 1 && sent < 2000 {
+        up.command(send_cmd(&slow_id, big.clone())).await;
+        sent += 1;
+    }
+    up.wait_for("slow consumer closed", |_| up.closed().iter().any(|(id, r)| *id == slow_id && r == "slow_consumer"))
+        .await;
+    assert!(sent < 2000, "closed after {sent} payloads");
+}
+
+#[tokio::test]
 async fn an_idle_socket_is_closed_after_idle_timeout_and_an_active_one_is_not() {
     let up = TestUpstream::start(true).await;
     let config = ppp::config::Config { idle_timeout: IdleTimeout(Some(Duration::from_secs(1))), ..test_config(&[&up]) };

@@ -678,7 +678,7 @@ fn huge_runtime_durations_are_refused_or_saturated_never_wrapped() {
     let patch = RuntimePatch { idle_after: Some("300000000y".into()), ..RuntimePatch::default() };
     if settings.apply(&patch).is_ok() {
         let addr = "127.0.0.1:1".parse().unwrap();
-        let socket = SocketState::new(addr, addr, 1);
+        let socket = SocketState::new(addr, addr, ppp::socket::QueueBounds { messages: 1, bytes: 1 << 20 });
         let idle_after = settings.idle_after();
         assert!(
             socket.is_active(unix_ms(), idle_after),

@@ -180,6 +180,11 @@ pub struct Config {
     #[arg(long, env = "PPP_WRITE_QUEUE", default_value_t = 1024, global = true)]
     pub write_queue: usize,
 
+    /// Capacity of each socket's outbound queue, in bytes; whichever bound is hit first closes
+    /// the socket as a slow consumer.
+    #[arg(long, env = "PPP_WRITE_QUEUE_BYTES", default_value = "4MiB", value_parser = parse_size, global = true)]
+    pub write_queue_bytes: usize,
+
     /// A socket silent for this long is inactive.
     #[arg(long, env = "PPP_IDLE_AFTER", default_value = "60s", value_parser = parse_duration, global = true)]
     pub idle_after: Duration,
@@ -239,6 +244,7 @@ impl fmt::Debug for Config {
             .field("max_frame", &self.max_frame)
             .field("max_connections", &self.max_connections)
             .field("write_queue", &self.write_queue)
+            .field("write_queue_bytes", &self.write_queue_bytes)
             .field("idle_after", &self.idle_after)
             .field("idle_timeout", &self.idle_timeout)
             .field("health_interval", &self.health_interval)
@@ -279,6 +285,9 @@ impl Config {
         }
         if self.write_queue == 0 || self.write_queue > 1 << 20 {
             return invalid("--write-queue must be between 1 and 1048576");
+        }
+        if self.write_queue_bytes == 0 {
+            return invalid("--write-queue-bytes must be at least 1");
         }
         for (name, d) in [
             ("--idle-after", self.idle_after),

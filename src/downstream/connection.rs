@@ -30,7 +30,7 @@ use crate::{
     metrics as m,
     proto::NodeEvent,
     settings::Settings,
-    socket::{CloseReason, SocketState, SocketTable, event, unix_ms},
+    socket::{CloseReason, QueueBounds, SocketState, SocketTable, event, unix_ms},
     upstream::balancer::Balancer,
 };
 
@@ -59,8 +59,8 @@ pub struct Downstream {
     pub framing: Framing,
     /// `--max-frame`.
     pub max_frame: usize,
-    /// `--write-queue`.
-    pub write_queue: usize,
+    /// `--write-queue` and `--write-queue-bytes`.
+    pub write_queue: QueueBounds,
 }
 
 /// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.

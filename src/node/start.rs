@@ -21,7 +21,7 @@ use crate::{
     metrics as m,
     proto::NodeHello,
     settings::Settings,
-    socket::{SocketTable, unix_ms},
+    socket::{QueueBounds, SocketTable, unix_ms},
     upstream::balancer::Balancer,
     upstream::{self, pool::UpstreamPool, stream::StreamContext, tls::UpstreamTls},
 };
@@ -138,7 +138,7 @@ fn downstream(
         settings: settings.clone(),
         framing: config.framing,
         max_frame: config.max_frame,
-        write_queue: config.write_queue,
+        write_queue: QueueBounds { messages: config.write_queue, bytes: config.write_queue_bytes },
     }
 }
 

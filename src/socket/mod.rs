@@ -25,7 +25,7 @@ use uuid::Uuid;
 pub use self::{
     close::CloseReason,
     labels::{LabelError, Labels, MAX_LABEL_LEN, MAX_LABELS, validate_labels},
-    state::{QueueError, SocketState},
+    state::{QueueBounds, QueueError, SocketState},
     table::SocketTable,
 };
 

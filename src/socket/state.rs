@@ -34,8 +34,21 @@ pub enum QueueError {
 struct Outbound {
     /// Payloads waiting for the writer.
     queue: VecDeque<Bytes>,
+    /// Their bytes.
+    bytes: usize,
     /// Set by the writer when it stops: nothing more is taken.
     sealed: bool,
+}
+
+/// The bounds of a socket's outbound queue (`--write-queue`, `--write-queue-bytes`): whichever is
+/// hit first makes the socket a slow consumer, so a stalled client costs at most that much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Most payloads queued.
+    pub messages: usize,
+    /// Most payload bytes queued. One payload larger than this still goes into an empty queue
+    /// (it is bounded by the largest command an upstream may send), or it could never be sent.
+    pub bytes: usize,
 }
 
 /// The state of one socket that its reader and writer tasks share with the node (commands, the
@@ -68,7 +81,7 @@ pub struct SocketState {
     /// takes everything queued in one go.
     outbound: Mutex<Outbound>,
     /// `--write-queue`.
-    outbound_capacity: usize,
+    outbound_bounds: QueueBounds,
     /// Wakes the writer when something is queued.
     outbound_ready: Notify,
     /// The first close reason wins; set before `closing` is cancelled.
@@ -88,8 +101,8 @@ impl fmt::Debug for SocketState {
 }
 
 impl SocketState {
-    /// A new socket with an outbound queue of `write_queue` messages.
-    pub fn new(remote_addr: SocketAddr, local_addr: SocketAddr, write_queue: usize) -> Arc<Self> {
+    /// A new socket whose outbound queue holds at most `bounds`.
+    pub fn new(remote_addr: SocketAddr, local_addr: SocketAddr, bounds: QueueBounds) -> Arc<Self> {
         let id = SocketId::new();
         // The accept time is the id's own timestamp, so sockets ordered by id are ordered by
         // `connected_at` too (the admin API pages through them with the id as cursor).
@@ -107,7 +120,7 @@ impl SocketState {
             bytes_out: AtomicU64::new(0),
             labels: RwLock::new(Arc::default()),
             outbound: Mutex::default(),
-            outbound_capacity: write_queue,
+            outbound_bounds: bounds,
             outbound_ready: Notify::new(),
             close_reason: OnceLock::new(),
             closing: CancellationToken::new(),
@@ -172,11 +185,14 @@ impl SocketState {
         if outbound.sealed || self.close_reason.get().is_some() {
             return Err(QueueError::Closing);
         }
-        if outbound.queue.len() >= self.outbound_capacity {
+        let bounds = self.outbound_bounds;
+        let too_many_bytes = !outbound.queue.is_empty() && outbound.bytes + payload.len() > bounds.bytes;
+        if outbound.queue.len() >= bounds.messages || too_many_bytes {
             drop(outbound);
             self.close(CloseReason::SlowConsumer);
             return Err(QueueError::SlowConsumer);
         }
+        outbound.bytes += payload.len();
         outbound.queue.push_back(payload);
         drop(outbound);
         self.outbound_ready.notify_one();
@@ -185,13 +201,16 @@ impl SocketState {
 
     /// Takes everything queued, for the writer (its memory goes with it).
     pub fn take_outbound(&self) -> VecDeque<Bytes> {
-        std::mem::take(&mut self.outbound.lock().unwrap_or_else(|e| e.into_inner()).queue)
+        let mut outbound = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        outbound.bytes = 0;
+        std::mem::take(&mut outbound.queue)
     }
 
     /// Takes everything queued and refuses anything more: the writer's last call.
     pub fn seal_outbound(&self) -> VecDeque<Bytes> {
         let mut outbound = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
         outbound.sealed = true;
+        outbound.bytes = 0;
         std::mem::take(&mut outbound.queue)
     }
 
@@ -222,7 +241,7 @@ mod tests {
 
     fn socket() -> Arc<SocketState> {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        SocketState::new(addr, addr, 2)
+        SocketState::new(addr, addr, QueueBounds { messages: 2, bytes: 8 })
     }
 
     #[test]
@@ -237,6 +256,16 @@ mod tests {
         let too_many: Labels = (0..=MAX_LABELS).map(|i| (i.to_string(), "v".to_string())).collect();
         assert!(s.set_labels(too_many, true).is_err());
         assert_eq!(*s.labels(), l(&[("kind", "x")]));
+    }
+
+    #[test]
+    fn a_queue_over_its_bytes_closes_the_socket_but_one_large_payload_goes_alone() {
+        let s = socket();
+        s.enqueue(Bytes::from_static(b"0123456789")).unwrap();
+        assert_eq!(s.take_outbound().len(), 1, "a payload over the byte bound goes into an empty queue");
+        s.enqueue(Bytes::from_static(b"12345")).unwrap();
+        assert_eq!(s.enqueue(Bytes::from_static(b"6789")), Err(QueueError::SlowConsumer));
+        assert_eq!(s.close_reason(), Some(CloseReason::SlowConsumer));
     }
 
     #[test]
