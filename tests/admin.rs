@@ -331,7 +331,9 @@ async fn runtime_settings_apply_live_and_refuse_bad_values_whole() {
 
 #[tokio::test]
 async fn drain_from_the_api_closes_sockets_and_turns_readiness_off() {
-    let (up, admin) = standalone(false).await;
+    let up = TestUpstream::start(false).await;
+    // Room for the 16 MiB queued below (the default --write-queue-bytes is 4 MiB).
+    let admin = AdminNode::start(ppp::config::Config { write_queue_bytes: 32 << 20, ..test_config(&[&up]) }).await;
     let mut c = Client::connect(&admin.node).await;
     let id = up.wait_opened(1).await[0].clone();
     // A client that does not read yet, with more queued for it than the kernel buffers hold:

@@ -7,7 +7,7 @@
 //! is queued into one write. Either side ending closes the socket with a reason; the reader's
 //! task then waits for the writer, removes the socket and reports `closed`.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::{
@@ -18,7 +18,7 @@ use tokio::{
     },
     time::Instant,
 };
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use super::{
     admission::Admission,
@@ -70,7 +70,10 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
     };
     let _ = stream.set_nodelay(true);
     let socket = SocketState::new(remote, local, ctx.write_queue);
-    let span = info_span!("socket", socket.id = %socket.id, client.addr = %remote);
+    // A debug span, as linkerd2-proxy's per-connection span: at the default `info` level it
+    // costs nothing (an enabled span keeps its formatted fields, ~300 bytes a socket, for the
+    // socket's whole life); what a socket logs above debug names its socket itself.
+    let span = debug_span!("socket", socket.id = %socket.id, client.addr = %remote);
     async move {
         debug!("socket opened");
         ctx.table.insert(socket.clone());
@@ -80,14 +83,20 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
         // Reader and writer run concurrently in this one task (one task per socket keeps an idle
         // socket small); each ends by closing the socket, which ends the other.
         let read_side = async {
-            let reason = match forward(&ctx.balancer, &socket, event::opened(&ctx.node_id, &socket, false)).await {
+            let opened = try_forward(&ctx.balancer, &socket, event::opened(&ctx.node_id, &socket, false));
+            let reason = match opened {
+                Some(waiting) => waiting.await,
+                None => Ok(()),
+            };
+            let reason = match reason {
                 Ok(()) => read_loop(&ctx, &socket, read).await,
                 Err(reason) => reason,
             };
             socket.close(reason);
         };
         tokio::join!(read_side, write_loop(ctx.framing, &socket, write));
-        closed(&ctx, &socket).await;
+        // Boxed: it runs once, at the end, and inline it would cost every socket its size.
+        Box::pin(closed(&ctx, &socket)).await;
         // Last, so that a drain, which waits for the table to empty before it ends the upstream
         // streams, never ends them before this `closed` event is queued.
         ctx.table.remove(socket.id);
@@ -115,22 +124,28 @@ async fn closed(ctx: &Downstream, socket: &SocketState) {
     }
     let forward = ctx.balancer.forward(event::closed(&socket.id_str, reason), Some(socket), None);
     if tokio::time::timeout(CLOSED_EVENT_TIMEOUT, forward).await.is_err() {
-        warn!("no upstream took the closed event");
+        warn!(socket.id = %socket.id, "no upstream took the closed event");
         metrics::counter!(m::MESSAGES_REFUSED, "reason" => "no_upstream").increment(1);
     }
 }
 
-/// Hands an event to an upstream, waiting as needed, unless the socket closes first.
-async fn forward(balancer: &Balancer, socket: &SocketState, event: NodeEvent) -> Result<(), CloseReason> {
-    // The common case, an upstream with room, needs no waiting and no cancellation future.
-    let Err(event) = balancer.try_forward(event, Some(socket), None) else {
-        return Ok(());
-    };
-    tokio::select! {
-        biased;
-        () = socket.closing.cancelled() => Err(socket.close_reason().unwrap_or(CloseReason::Shutdown)),
-        () = balancer.forward(event, Some(socket), None) => Ok(()),
-    }
+/// Waiting until an upstream takes an event (boxed: see [`forward`]).
+type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), CloseReason>> + Send + 'a>>;
+
+/// Hands an event to an upstream with room now (the common case: no waiting, no cancellation
+/// future), or returns the wait for one, which ends when an upstream took it or the socket
+/// closes first. The wait is boxed, and only built when needed: held
+/// inline, it would be part of every socket's task, idle or not, and make each idle socket cost
+/// its size (with the event) in memory.
+fn try_forward<'a>(balancer: &'a Balancer, socket: &'a SocketState, event: NodeEvent) -> Option<Waiting<'a>> {
+    let event = balancer.try_forward(event, Some(socket), None).err()?;
+    Some(Box::pin(async move {
+        tokio::select! {
+            biased;
+            () = socket.closing.cancelled() => Err(socket.close_reason().unwrap_or(CloseReason::Shutdown)),
+            () = balancer.forward(event, Some(socket), None) => Ok(()),
+        }
+    }))
 }
 
 /// Reads, frames and forwards until the socket closes; returns why it closed.
@@ -145,12 +160,14 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
     // Likewise built once, and again only after `--idle-timeout` changed at run time.
     let idle_changed = ctx.settings.idle_changed();
     tokio::pin!(idle_changed);
+    // Boxed, and only once `--idle-timeout` is on: a timer inline would cost every socket.
+    let mut idle_timer = None;
     loop {
         let deadline = ctx.settings.idle_timeout().and_then(|t| idle_deadline(socket, t));
         tokio::select! {
             biased;
             () = &mut closing => return socket.close_reason().unwrap_or(CloseReason::Shutdown),
-            () = sleep_until(deadline) => {
+            () = sleep_until(&mut idle_timer, deadline) => {
                 if ctx.settings.idle_timeout().and_then(|t| idle_deadline(socket, t)).is_some_and(|d| d <= Instant::now()) {
                     return CloseReason::Idle;
                 }
@@ -216,7 +233,9 @@ async fn forward_frames(
 ) -> Result<(), CloseReason> {
     let now = unix_ms();
     while let Some(frame) = decoder.decode(buf).map_err(frame_error)? {
-        forward(&ctx.balancer, socket, data_event(socket, frame, now)).await?;
+        if let Some(waiting) = try_forward(&ctx.balancer, socket, data_event(socket, frame, now)) {
+            waiting.await?;
+        }
     }
     Ok(())
 }
@@ -225,7 +244,9 @@ async fn forward_frames(
 async fn eof(ctx: &Downstream, socket: &SocketState, decoder: &mut FrameDecoder, buf: &mut BytesMut) -> CloseReason {
     match decoder.decode_eof(buf) {
         Ok(Some(frame)) => {
-            if let Err(reason) = forward(&ctx.balancer, socket, data_event(socket, frame, unix_ms())).await {
+            if let Some(waiting) = try_forward(&ctx.balancer, socket, data_event(socket, frame, unix_ms()))
+                && let Err(reason) = waiting.await
+            {
                 return reason;
             }
         }
@@ -265,11 +286,12 @@ fn idle_deadline(socket: &SocketState, timeout: Duration) -> Option<Instant> {
     Some(deadline.checked_sub(Duration::from_millis(silent_ms)).unwrap_or_else(Instant::now))
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// Waits until `deadline` on `timer` (made on first use); forever without a deadline.
+async fn sleep_until(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Option<Instant>) {
+    let Some(deadline) = deadline else { return std::future::pending().await };
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    timer.as_mut().reset(deadline);
+    timer.as_mut().await;
 }
 
 /// Writes queued messages until the socket closes; on a graceful close, flushes what is queued.
