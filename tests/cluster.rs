@@ -115,6 +115,39 @@ async fn commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts() {
 }
 
 #[tokio::test]
+async fn a_burst_of_cross_node_sends_arrives_in_order_with_every_receipt() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start(false).await;
+    let (_n1, _n2, mut on_n1, first, mut on_n2, second) = two_nodes_one_socket_each(&redis, &up).await;
+    // The commands go out on one node's stream: for that node one of the two sockets is on the
+    // other node, so half the burst crosses, pipelined, and must keep its order.
+    const N: usize = 3000;
+    for i in 0..N {
+        for (name, socket) in [("a", &first), ("b", &second)] {
+            let send = Command::Send(proto::Send { socket_id: socket.clone(), payload: format!("{i}").into() });
+            up.command(with_id(&format!("{name}{i}"), send)).await;
+        }
+    }
+    for i in 0..N {
+        assert_eq!(on_n1.line().await, i.to_string());
+        assert_eq!(on_n2.line().await, i.to_string());
+    }
+    up.wait_for("every receipt", |_| up.results().len() == 2 * N).await;
+    assert!(up.results().iter().all(|r| r.status == Status::Ok as i32));
+    // Once the socket is gone, its node says so (and the cached owner is dropped).
+    drop(on_n1);
+    drop(on_n2);
+    up.wait_for("closed", |_| up.closed().len() == 2).await;
+    for socket in [&first, &second] {
+        let send = Command::Send(proto::Send { socket_id: socket.clone(), payload: "late".into() });
+        up.command(with_id(&format!("late-{socket}"), send)).await;
+    }
+    up.wait_for("late receipts", |_| up.results().len() == 2 * N + 2).await;
+    let late: Vec<_> = up.results().into_iter().filter(|r| r.command_id.starts_with("late-")).collect();
+    assert!(late.iter().all(|r| r.status == Status::UnknownSocket as i32), "{late:?}");
+}
+
+#[tokio::test]
 async fn the_upstream_registry_is_shared_by_every_node() {
     let redis = RedisServer::start().await;
     let a = TestUpstream::start(true).await;

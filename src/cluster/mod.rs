@@ -102,11 +102,27 @@ pub trait Records: Send + Sync + 'static {
     fn labels_changed(&self, socket: &SocketState);
 }
 
+/// Where the receipt of a command forwarded to another node comes from.
+pub type PendingReceipt = std::pin::Pin<Box<dyn std::future::Future<Output = Receipt> + Send>>;
+
 /// The cluster seen from one node.
 #[async_trait]
 pub trait Backend: Records {
     /// Carries a one-socket command to the node that holds the socket (which is not this node).
     async fn forward_command(&self, command: &Command) -> Receipt;
+
+    /// Carries one-socket commands (for sockets this node does not hold) to their nodes, in
+    /// order (a socket gets its commands in the order given), without waiting for the receipts:
+    /// returns, per command, where its receipt comes from. Many commands then cost one round
+    /// trip, not one each.
+    async fn forward_commands(&self, commands: &[Command]) -> Vec<PendingReceipt> {
+        let mut pending: Vec<PendingReceipt> = Vec::with_capacity(commands.len());
+        for command in commands {
+            let receipt = self.forward_command(command).await;
+            pending.push(Box::pin(std::future::ready(receipt)));
+        }
+        pending
+    }
 
     /// Hands a broadcast to every other node (this node has already applied it).
     async fn broadcast(&self, broadcast: &Broadcast) -> Receipt;

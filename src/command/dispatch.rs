@@ -56,6 +56,12 @@ impl Dispatcher {
         receipt
     }
 
+    /// Carries commands for sockets this node does not hold to their nodes, in order, and says
+    /// where each receipt comes from (see [`Backend::forward_commands`]).
+    pub async fn forward(&self, commands: &[Command]) -> Vec<crate::cluster::PendingReceipt> {
+        self.backend.forward_commands(commands).await
+    }
+
     /// Carries out a one-socket command if this node holds the socket; `None` if it does not.
     /// Broadcasts are applied to this node's sockets and always answer OK.
     pub fn execute_local(&self, command: &Command) -> Option<Receipt> {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
 use super::pool::Upstream;
@@ -51,15 +51,36 @@ pub(super) async fn handle_command(
     send_receipt(upstream, command_id, receipt);
 }
 
-/// Carries out, in order, the commands of one stream for sockets held by other nodes.
+/// Commands of one stream for other nodes' sockets whose receipts are still awaited; when that
+/// many are, the stream waits (backpressure, through the stream's remote queue) before it
+/// forwards more.
+pub const REMOTE_IN_FLIGHT: usize = 4096;
+/// Most commands forwarded together.
+const REMOTE_BATCH: usize = 512;
+
+/// Carries the commands of one stream for sockets held by other nodes to their nodes: those that
+/// are ready together in one go, in order (a socket gets its commands in the order the upstream
+/// sent them), with up to [`REMOTE_IN_FLIGHT`] awaiting their receipts at once.
 pub(super) async fn remote_commands(
     upstream: Arc<Upstream>,
     mut commands: mpsc::Receiver<(Option<String>, Command)>,
     dispatcher: Dispatcher,
 ) {
-    while let Some((command_id, command)) = commands.recv().await {
-        let receipt = dispatcher.execute(&command).await;
-        send_receipt(&upstream, command_id, receipt);
+    let in_flight = Arc::new(Semaphore::new(REMOTE_IN_FLIGHT));
+    let mut batch = Vec::with_capacity(REMOTE_BATCH);
+    while commands.recv_many(&mut batch, REMOTE_BATCH).await > 0 {
+        let Ok(permits) = in_flight.clone().acquire_many_owned(batch.len() as u32).await else { return };
+        let (ids, batch_commands): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
+        let pending = dispatcher.forward(&batch_commands).await;
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let receipts = futures_util::future::join_all(pending).await;
+            for ((command_id, command), receipt) in ids.into_iter().zip(&batch_commands).zip(receipts) {
+                m::hot().command(command.kind(), receipt.status_label());
+                send_receipt(&upstream, command_id, receipt);
+            }
+            drop(permits);
+        });
     }
 }
 

@@ -98,7 +98,9 @@ pub struct RedisBackend {
     /// Bumped when the registry may have changed.
     registry: watch::Sender<u64>,
     /// Commands sent to other nodes, waiting for their receipts.
-    pending: Mutex<HashMap<u64, oneshot::Sender<Receipt>>>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Receipt>>>>,
+    /// Which node holds the sockets this node sent commands to (a socket never moves).
+    owners: Arc<forwarding::OwnerCache>,
     /// Request ids.
     next_request: AtomicU64,
     /// This node's sockets: its own truth, which the resync, the heartbeat's socket count and
@@ -168,7 +170,8 @@ impl RedisBackend {
             client,
             records,
             registry: watch::Sender::new(0),
-            pending: Mutex::default(),
+            pending: Arc::default(),
+            owners: Arc::default(),
             next_request: AtomicU64::new(1),
             table,
             inbound: Handoff::new(INBOUND_QUEUE),
@@ -209,6 +212,10 @@ impl RedisBackend {
 impl Backend for RedisBackend {
     async fn forward_command(&self, command: &Command) -> Receipt {
         self.forward(command).await
+    }
+
+    async fn forward_commands(&self, commands: &[Command]) -> Vec<super::PendingReceipt> {
+        self.forward_all(commands).await
     }
 
     async fn broadcast(&self, broadcast: &Broadcast) -> Receipt {
