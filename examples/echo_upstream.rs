@@ -26,6 +26,9 @@ struct Args {
     /// Never acknowledge events (as an upstream written before acks did).
     #[arg(long)]
     no_ack: bool,
+    /// Answer `ConnectBatch` UNIMPLEMENTED (as an upstream written before batches did).
+    #[arg(long)]
+    no_batch: bool,
 }
 
 #[tokio::main]
@@ -41,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let upstream = EchoUpstream { greet: args.greet, no_ack: args.no_ack };
+    let upstream = EchoUpstream { greet: args.greet, no_ack: args.no_ack, no_batch: args.no_batch };
     echo::serve(listener, upstream, shutdown).await?;
     Ok(())
 }

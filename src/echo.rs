@@ -54,12 +54,15 @@ pub struct EchoUpstream {
     /// Never acknowledge (as an upstream written before acks): the node falls back to health
     /// checks to confirm delivery. For the benchmark that compares the two.
     pub no_ack: bool,
+    /// Answer `ConnectBatch` `UNIMPLEMENTED` (as an upstream written before batches): the node
+    /// falls back to `Connect`. For the benchmark that compares the two.
+    pub no_batch: bool,
 }
 
 impl EchoUpstream {
     /// An echo upstream that greets new sockets when `greet` is set.
     pub fn new(greet: bool) -> Self {
-        Self { greet, no_ack: false }
+        Self { greet, no_ack: false, no_batch: false }
     }
 }
 
@@ -88,6 +91,9 @@ impl UpstreamService for EchoUpstream {
         &self,
         request: Request<Streaming<NodeEventBatch>>,
     ) -> Result<Response<Self::ConnectBatchStream>, Status> {
+        if self.no_batch {
+            return Err(Status::unimplemented("ConnectBatch"));
+        }
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         tokio::spawn(serve_batches(request.into_inner(), tx, Session::new(self.greet), self.no_ack));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

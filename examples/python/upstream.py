@@ -87,9 +87,11 @@ class Session:
     enough, and the ids need only be unique within the stream.
     """
 
-    def __init__(self, greet: bool, name: str) -> None:
+    def __init__(self, greet: bool, name: str, batches: bool = True) -> None:
         self.greet = greet
         self.name = name
+        # False stands for an upstream written before `ConnectBatch` (the benchmark compares).
+        self.batches = batches
         self.pending: dict[str, str] = {}  # command_id -> socket to tell about its receipt
         self.next_id = 0
         self.node_id = "?"  # set by `hello`, for the logs
@@ -239,6 +241,8 @@ class EchoUpstream(pb_grpc.UpstreamServicer):
         self, request_iterator: object, context: grpc.aio.ServicerContext
     ) -> None:
         """The same as `Connect`, in batches: all the commands answering one batch go in one."""
+        if not self.batches:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ConnectBatch")
 
         async def write(commands: list[pb.UpstreamCommand]) -> None:
             if commands:
@@ -300,7 +304,7 @@ class EchoUpstream(pb_grpc.UpstreamServicer):
             log.info("stream from node %s (%s) ended", session.node_id, context.peer())
 
 
-async def serve(listen: str, greet: bool, grace: float, name: str) -> None:
+async def serve(listen: str, greet: bool, grace: float, name: str, batches: bool = True) -> None:
     """Serves the upstream and the health service on `listen` until SIGTERM or SIGINT."""
     # gRPC's default settings. The one that matters is the 4 MiB limit on a received message: a
     # node sends events as large as its `--max-frame` allows, 1 MiB by default, which fits. A node
@@ -308,7 +312,7 @@ async def serve(listen: str, greet: bool, grace: float, name: str) -> None:
     # `grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])`, or its larger
     # messages break the stream.
     server = grpc.aio.server()
-    upstream = EchoUpstream(greet, name)
+    upstream = EchoUpstream(greet, name, batches)
     pb_grpc.add_UpstreamServicer_to_server(upstream, server)
     # Created here, inside the running event loop, because it makes asyncio objects.
     health_servicer = health.aio.HealthServicer()
@@ -363,11 +367,16 @@ def main() -> None:
         help="seconds open streams keep working after SIGTERM (default 5)",
     )
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG too (redelivered events)")
+    parser.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="answer ConnectBatch UNIMPLEMENTED, as an upstream written before it (the node uses Connect)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verbose:
         log.setLevel(logging.DEBUG)
-    asyncio.run(serve(args.listen, args.greet, args.grace, args.name))
+    asyncio.run(serve(args.listen, args.greet, args.grace, args.name, not args.no_batch))
 
 
 if __name__ == "__main__":
