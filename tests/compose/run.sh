@@ -216,7 +216,7 @@ sleep 20 # the fault's duration, not a wait for a condition
 docker network connect "${PROJECT}_redis" "$(container node2)"
 resynced() {
     local members
-    members=$(rcli SMEMBERS "ppp:default:node:$NODE2:sockets" | sort | tr '\n' ' ' | sed 's/ $//')
+    members=$(rcli SMEMBERS "ppp:{default}:node:$NODE2:sockets" | sort | tr '\n' ' ' | sed 's/ $//')
     [[ $members == "$ON2" ]]
 }
 until_ok 40 "$NODE2's sockets re-synced into Redis" resynced
@@ -233,7 +233,7 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
   end
   if node == ARGV[1] then out[#out + 1] = kind .. (resumed == '1' and ':resumed' or '') end
 end
-return out" 1 ppp:default:events "$1"
+return out" 1 ppp:{default}:events "$1"
 }
 NODE2_EVENTS=$(node_events "$NODE2" | tr '\n' ' ')
 python3 - "$NODE2_EVENTS" <<'PY' || fail "$NODE2 was not reaped, re-registered and its sockets announced again while cut off: $NODE2_EVENTS"
@@ -249,13 +249,13 @@ log "no socket lost; $NODE2 re-synced its sockets"
 log "docker kill node3 ($NODE3)"
 docker kill "$(container node3)" >/dev/null
 KILLED=$SECONDS
-reaped() { [[ -z $(rcli ZSCORE ppp:default:nodes "$NODE3") ]]; }
+reaped() { [[ -z $(rcli ZSCORE ppp:{default}:nodes "$NODE3") ]]; }
 until_ok 30 "$NODE3 reaped" reaped
 REAPED=$((SECONDS - KILLED))
 log "$NODE3 reaped after ~${REAPED}s"
 ((REAPED <= 12)) || fail "reaping took ${REAPED}s, more than --node-ttl + 2 s"
-[[ $(rcli EXISTS "ppp:default:node:$NODE3:sockets") == 0 ]] || fail "the dead node's socket set is still there"
-[[ $(rcli XRANGE ppp:default:events - + | grep -c node_lost) -ge 1 ]] || fail "no node_lost event recorded"
+[[ $(rcli EXISTS "ppp:{default}:node:$NODE3:sockets") == 0 ]] || fail "the dead node's socket set is still there"
+[[ $(rcli XRANGE ppp:{default}:events - + | grep -c node_lost) -ge 1 ]] || fail "no node_lost event recorded"
 
 # docker compose down leaves nothing behind.
 docker rm -f "$HOLD" >/dev/null
