@@ -54,6 +54,8 @@ pub fn ha_config<R: HaRedis>(redis: &R, node_id: &str, upstreams: &[&TestUpstrea
         redis_mode: R::MODE,
         node_id: Some(node_id.to_owned()),
         node_ttl: NODE_TTL,
+        // `last_seen` refreshed every 500 ms: `redis/touch.lua` runs on the topology too.
+        idle_after: Duration::from_secs(2),
         ..test_config(upstreams)
     }
 }
