@@ -44,7 +44,8 @@ async fn every_lua_script_runs_on_the_cluster_slot() {
         .unwrap();
     assert!(reaped.is_empty());
     let touch = Script::new(include_str!("../redis/touch.lua"));
-    let _: () = touch.key(format!("{K}socket:{socket}")).arg(&["last_seen", "2000"]).invoke_async(&mut c).await.unwrap();
+    let _: () =
+        touch.key(format!("{K}socket:{socket}")).arg(&["last_seen", "2000"]).invoke_async(&mut c).await.unwrap();
     let seen: String = c.hget(format!("{K}socket:{socket}"), "last_seen").await.unwrap();
     assert_eq!(seen, "2000");
     let _: () = c.zadd(format!("{K}nodes"), "n1", 5).await.unwrap();

@@ -100,6 +100,13 @@ impl RedisClusterSet {
         None
     }
 
+    /// A plain connection to the primary serving `key`'s slot now.
+    pub async fn primary_conn_of(&self, key: &str) -> MultiplexedConnection {
+        let slot = self.slot_of(key).await;
+        let (primary, _) = self.shard_of_slot(slot).await.expect("a primary serves the slot");
+        connect(primary).await.expect("the primary answers")
+    }
+
     /// Kills (SIGKILL) the primary serving `slot`; returns its port and its replica's.
     pub async fn kill_primary_of_slot(&mut self, slot: u16) -> (u16, u16) {
         let (primary, replicas) = self.shard_of_slot(slot).await.expect("a primary serves the slot");
