@@ -27,7 +27,8 @@
 //!   and its receipts, and the dispatcher that carries it out ([`command::dispatch`]).
 //! - [`cluster`]: the [`cluster::Backend`] trait (where socket metadata, lifecycle records and
 //!   cross-node commands go), its in-memory implementation for standalone nodes, its Redis
-//!   implementation, and [`cluster::view`], the cluster as the admin API lists it.
+//!   implementation (on one server, a Sentinel set or a Redis Cluster:
+//!   [`cluster::redis::topology`]), and [`cluster::view`], the cluster as the admin API lists it.
 //! - [`node`]: wires everything together ([`node::Node::start`]), keeps the upstream pool equal
 //!   to the registry, applies runtime settings, drains.
 //! - [`server`]: a node with its admin API and the shutdown signal: [`run`], what `main` calls.
