@@ -39,7 +39,7 @@ REDIS_SERVER=${REDIS_SERVER:-redis-server}
 BIN=${BIN:-target/release}
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)-cluster
 RESULTS=$OUT/results.txt
-K=ppp:default: # key prefix: --redis-prefix and --cluster are left at their defaults
+K='ppp:{default}:' # key prefix: --redis-prefix and --cluster are left at their defaults
 mkdir -p "$OUT"
 
 # shellcheck source=bench/lib.sh

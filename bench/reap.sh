@@ -49,7 +49,7 @@ one_run() {
     wait_echo "$b_port"
     start "loadgen-$run" "$BIN/examples/loadgen" idle --target "127.0.0.1:$a_port" --sockets "$SOCKETS" --duration 600s
     local load=$LAST_PID
-    registered() { [[ $(redis-cli -p "$redis_port" SCARD ppp:default:node:a:sockets) == "$SOCKETS" ]]; }
+    registered() { [[ $(redis-cli -p "$redis_port" SCARD ppp:{default}:node:a:sockets) == "$SOCKETS" ]]; }
     wait_for "$SOCKETS sockets registered" 60 registered
     python3 - "$OUT/upstream-$run.log" "$SOCKETS" "$a" "$run" <<'PY'
 import os, re, signal, sys, time

@@ -30,7 +30,8 @@
 //! - [`cluster`]: the [`cluster::Backend`] trait (where socket metadata, lifecycle records and
 //!   cross-node commands go) and the two narrow parts the data path holds ([`cluster::Records`],
 //!   [`cluster::Counter`]), its in-memory implementation for standalone nodes, its Redis
-//!   implementation, and [`cluster::view`], the cluster as the admin API lists it.
+//!   implementation (on one server, a Sentinel set or a Redis Cluster:
+//!   [`cluster::redis::topology`]), and [`cluster::view`], the cluster as the admin API lists it.
 //! - [`node`]: wires everything together ([`node::Node::start`]), keeps the upstream pool equal
 //!   to the registry, applies runtime settings, carries out what other nodes send, drains.
 //! - [`server`]: a node with its admin API and the shutdown signal: [`run`], what `main` calls.

@@ -27,7 +27,7 @@ async fn a_socket_on_another_node_is_listed_read_and_commanded() {
     let (redis, up, n1, n2) = two_nodes().await;
     let mut c = Client::connect(&n2.node).await;
     let id = up.wait_opened(1).await[0].clone();
-    redis.wait_exists("socket hash", &format!("ppp:default:socket:{id}")).await;
+    redis.wait_exists("socket hash", &format!("ppp:{{default}}:socket:{id}")).await;
     c.write(b"hi\n").await;
     assert_eq!(c.line().await, "hi");
 
@@ -113,7 +113,7 @@ async fn upstreams_and_runtime_settings_are_cluster_wide() {
     })
     .await;
     let registry: std::collections::HashMap<String, String> =
-        redis.conn().await.hgetall("ppp:default:upstreams").await.unwrap();
+        redis.conn().await.hgetall("ppp:{default}:upstreams").await.unwrap();
     assert_eq!(registry["second"], second.uri());
     n1.delete("/v1/upstreams/second").await.expect(204);
     eventually("n2 stops streaming to it", || n2.node.upstreams().get("second").is_none()).await;
@@ -138,7 +138,7 @@ async fn an_unreachable_owner_or_redis_is_a_503() {
     let (mut redis, _up, n1, _n2) = two_nodes().await;
     // A socket Redis says a node holds that no longer listens.
     let ghost = "0190b3a1-0000-7000-8000-00000000abcd";
-    let _: () = redis.conn().await.hset(format!("ppp:default:socket:{ghost}"), "node", "ghost").await.unwrap();
+    let _: () = redis.conn().await.hset(format!("ppp:{{default}}:socket:{ghost}"), "node", "ghost").await.unwrap();
     let path = format!("/v1/sockets/{ghost}");
     n1.send(n1.req(Method::POST, &format!("{path}/messages")).body("x")).await.expect(503);
     n1.delete(&path).await.expect(503);

@@ -123,9 +123,10 @@ async fn garbage_on_the_bus_is_counted_or_ignored_and_the_cluster_goes_on() {
     let (mut on_n1, first) = connect(&n1, &up, 0).await;
     let (mut on_n2, second) = connect(&n2, &up, 1).await;
     for id in [&first, &second] {
-        redis.wait_exists("registered", &format!("ppp:default:socket:{id}")).await;
+        redis.wait_exists("registered", &format!("ppp:{{default}}:socket:{id}")).await;
     }
-    let (node, broadcast, control) = ("ppp:default:ch:node:n1", "ppp:default:ch:broadcast", "ppp:default:ch:control");
+    let (node, broadcast, control) =
+        ("ppp:{default}:ch:node:n1", "ppp:{default}:ch:broadcast", "ppp:{default}:ch:control");
     wait_subscribers(&redis, node, 1).await;
     wait_subscribers(&redis, broadcast, 2).await;
     wait_subscribers(&redis, control, 2).await;
@@ -139,7 +140,7 @@ async fn garbage_on_the_bus_is_counted_or_ignored_and_the_cluster_goes_on() {
         assert_eq!(publish(&redis, control, payload).await, 2);
     }
     for (channel, payload) in decodable_but_wrong() {
-        let channel = format!("ppp:default:ch:{channel}");
+        let channel = format!("ppp:{{default}}:ch:{channel}");
         let channel = if channel.ends_with(":node") { node.to_owned() } else { channel };
         assert!(publish(&redis, &channel, &payload).await >= 1);
     }
@@ -168,7 +169,7 @@ async fn garbage_on_the_bus_is_counted_or_ignored_and_the_cluster_goes_on() {
     assert_eq!(bad_bus_messages(), expected, "counted once per node that received it");
     let beat = |node: &'static str| {
         let redis = &redis;
-        async move { redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", node).await.unwrap().unwrap() }
+        async move { redis.conn().await.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", node).await.unwrap().unwrap() }
     };
     let (beat1, beat2) = (beat("n1").await, beat("n2").await);
     eventually_async("both heartbeats go on", || async { beat("n1").await > beat1 && beat("n2").await > beat2 }).await;
@@ -182,13 +183,13 @@ async fn a_runtime_patch_with_a_huge_duration_on_the_bus_never_becomes_a_short_o
     let redis = RedisServer::start().await;
     let up = TestUpstream::start(false).await;
     let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    wait_subscribers(&redis, "ppp:default:ch:control", 1).await;
+    wait_subscribers(&redis, "ppp:{default}:ch:control", 1).await;
     let runtime = |patch: RuntimePatch| BusMessage::Runtime { origin: "other".into(), patch }.encode();
     let huge = RuntimePatch { idle_timeout: Some("18446744073709552s 616ms".into()), ..RuntimePatch::default() };
-    publish(&redis, "ppp:default:ch:control", &runtime(huge)).await;
+    publish(&redis, "ppp:{default}:ch:control", &runtime(huge)).await;
     // A second, plain patch: once it is applied, so was (or was refused) the first.
     let marker = RuntimePatch { max_connections: Some(777), ..RuntimePatch::default() };
-    publish(&redis, "ppp:default:ch:control", &runtime(marker)).await;
+    publish(&redis, "ppp:{default}:ch:control", &runtime(marker)).await;
     eventually("the marker applied", || n1.settings().max_connections() == 777).await;
     let t = n1.settings().idle_timeout();
     assert!(t.is_none_or(|t| t > Duration::from_secs(365 * 86_400)), "idle_timeout became {t:?}");

@@ -124,7 +124,7 @@ async fn invalid_commands_in_a_cluster_get_the_same_receipts() {
     let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
     let n2 = start_node(cluster_config(&redis, "n2", &[&up])).await;
     let (mut c, id) = connect(&n2, &up, 0).await;
-    redis.wait_exists("the socket is registered", &format!("ppp:default:socket:{id}")).await;
+    redis.wait_exists("the socket is registered", &format!("ppp:{{default}}:socket:{id}")).await;
     // Commands go out on whichever of the two streams was opened last; the socket is on n2.
     invalid_commands_get_receipts_and_the_stream_goes_on(&up, &mut c, &id).await;
     drop(n1);

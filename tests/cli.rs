@@ -2,7 +2,7 @@
 
 use std::{ffi::OsString, io::Write, time::Duration};
 
-use ppp::config::{Balance, ConfigError, Framing, load_from};
+use ppp::config::{Balance, ConfigError, Framing, RedisMode, load_from};
 
 fn args(list: &[&str]) -> Vec<OsString> {
     std::iter::once("ppp").chain(list.iter().copied()).map(OsString::from).collect()
@@ -99,6 +99,36 @@ fn the_binary_exits_with_a_clear_message_on_bad_config() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown key `bogus`"), "{stderr}");
+}
+
+#[test]
+fn redis_urls_are_a_list_in_flags_the_environment_and_the_file() {
+    let c =
+        load_from(args(&["--redis", "redis://a:1,redis://b:2", "--redis", "redis://c:3", "--redis-mode", "cluster"]))
+            .unwrap()
+            .config;
+    assert_eq!(c.redis, ["redis://a:1", "redis://b:2", "redis://c:3"]);
+    assert_eq!((c.redis_mode, c.redis_master_name.as_str()), (RedisMode::Cluster, "mymaster"));
+    assert!(c.validate().is_ok());
+    let f = file(
+        "redis = [\"redis://s1:26379\", \"redis://s2:26379\"]\nredis-mode = \"sentinel\"\nredis-master-name = \"ha\"\n",
+    );
+    let c = load_from(args(&["--config", f.path()])).unwrap().config;
+    assert_eq!(c.redis, ["redis://s1:26379", "redis://s2:26379"]);
+    assert_eq!((c.redis_mode, c.redis_master_name.as_str()), (RedisMode::Sentinel, "ha"));
+    let f = file("redis = \"redis://one:6379\"\n");
+    let c = load_from(args(&["--config", f.path()])).unwrap().config;
+    assert_eq!((c.redis, c.redis_mode), (vec!["redis://one:6379".to_owned()], RedisMode::Standalone));
+    // The environment is split on commas too (seen from a child process: this binary's other
+    // tests must not see these variables).
+    let run = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppp")).envs(env.iter().copied()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = run(&[("PPP_REDIS", "redis://a:1,redis://b:2")]);
+    assert!(code != Some(0) && stderr.contains("exactly one --redis URL, not 2"), "{stderr}");
+    let (code, stderr) = run(&[("PPP_REDIS_MODE", "sentinel")]);
+    assert!(code != Some(0) && stderr.contains("--redis-mode sentinel needs at least one --redis URL"), "{stderr}");
 }
 
 /// Starts `ppp demo` on free ports; returns the child, its stdout (keep it open: the demo

@@ -18,24 +18,24 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     let mut c = Client::connect(&node).await;
     let id = up.wait_opened(1).await[0].clone();
     let mut r = redis.conn().await;
-    let socket_key = format!("ppp:default:socket:{id}");
+    let socket_key = format!("ppp:{{default}}:socket:{id}");
     redis.wait_exists("socket hash", &socket_key).await;
     let hash: HashMap<String, String> = r.hgetall(&socket_key).await.unwrap();
     assert_eq!(hash["node"], "n1");
     assert_eq!(hash["local"], node.local_addr().to_string());
     assert!(hash["connected_at"].parse::<i64>().unwrap() > 0);
     assert!(hash.contains_key("remote") && hash.contains_key("last_seen"));
-    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
     assert_eq!(members, vec![id.clone()]);
-    let indexed: Vec<String> = r.zrange("ppp:default:sockets", 0, -1).await.unwrap();
+    let indexed: Vec<String> = r.zrange("ppp:{default}:sockets", 0, -1).await.unwrap();
     assert_eq!(indexed, vec![id.clone()]);
-    let upstreams: HashMap<String, String> = r.hgetall("ppp:default:upstreams").await.unwrap();
+    let upstreams: HashMap<String, String> = r.hgetall("ppp:{default}:upstreams").await.unwrap();
     assert_eq!(upstreams[&up.id()], up.uri());
     eventually_async("heartbeat", || async {
-        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1").await.unwrap().is_some()
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "n1").await.unwrap().is_some()
     })
     .await;
-    let info: HashMap<String, String> = r.hgetall("ppp:default:node:n1").await.unwrap();
+    let info: HashMap<String, String> = r.hgetall("ppp:{default}:node:n1").await.unwrap();
     assert_eq!(info["listen"], node.local_addr().to_string());
     assert_eq!(info["version"], ppp::VERSION);
 
@@ -57,10 +57,10 @@ async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     drop(c);
     eventually_async("socket removed", || async { !redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap() })
         .await;
-    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
     assert!(members.is_empty());
     let events: Vec<redis::streams::StreamId> =
-        r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await.unwrap().ids;
+        r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:{default}:events").await.unwrap().ids;
     let kinds: Vec<(String, String)> = events
         .iter()
         .map(|e| (e.get::<String>("type").unwrap(), e.get::<String>("reason").unwrap_or_default()))
@@ -83,7 +83,7 @@ async fn two_nodes_one_socket_each(
     let on_n2 = Client::connect(&n2).await;
     let second = up.wait_opened(2).await[1].clone();
     for id in [&first, &second] {
-        redis.wait_exists("registered", &format!("ppp:default:socket:{id}")).await;
+        redis.wait_exists("registered", &format!("ppp:{{default}}:socket:{id}")).await;
     }
     (n1, n2, on_n1, first, on_n2, second)
 }
@@ -170,12 +170,12 @@ async fn a_dead_node_is_reaped_exactly_once_with_a_closed_event_per_socket() {
     let mut r = redis.conn().await;
     // A node that stopped beating a minute ago, holding two sockets.
     let old = ppp::socket::unix_ms() - 60_000;
-    let _: () = r.zadd("ppp:default:nodes", "ghost", old).await.unwrap();
-    let _: () = r.hset("ppp:default:node:ghost", "listen", "10.0.0.9:7999").await.unwrap();
+    let _: () = r.zadd("ppp:{default}:nodes", "ghost", old).await.unwrap();
+    let _: () = r.hset("ppp:{default}:node:ghost", "listen", "10.0.0.9:7999").await.unwrap();
     for s in ["s1", "s2"] {
-        let _: () = r.sadd("ppp:default:node:ghost:sockets", s).await.unwrap();
-        let _: () = r.hset(format!("ppp:default:socket:{s}"), "node", "ghost").await.unwrap();
-        let _: () = r.zadd("ppp:default:sockets", s, old).await.unwrap();
+        let _: () = r.sadd("ppp:{default}:node:ghost:sockets", s).await.unwrap();
+        let _: () = r.hset(format!("ppp:{{default}}:socket:{s}"), "node", "ghost").await.unwrap();
+        let _: () = r.zadd("ppp:{default}:sockets", s, old).await.unwrap();
     }
     let up = TestUpstream::start(true).await;
     let config = |id: &str| ppp::config::Config {
@@ -185,12 +185,12 @@ async fn a_dead_node_is_reaped_exactly_once_with_a_closed_event_per_socket() {
     let _n1 = start_node(config("n1")).await;
     let _n2 = start_node(config("n2")).await;
     eventually_async("ghost reaped", || async {
-        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "ghost").await.unwrap().is_none()
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "ghost").await.unwrap().is_none()
     })
     .await;
     // Give the other node a heartbeat or two to (not) reap it again.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await.unwrap().ids;
+    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:{default}:events").await.unwrap().ids;
     let lost: Vec<String> = events
         .iter()
         .filter(|e| e.get::<String>("reason").as_deref() == Some("node_lost"))
@@ -199,16 +199,16 @@ async fn a_dead_node_is_reaped_exactly_once_with_a_closed_event_per_socket() {
     assert_eq!(lost.len(), 2, "one closed event per socket, exactly once");
     let down = events.iter().filter(|e| e.get::<String>("type").as_deref() == Some("node_down")).count();
     assert_eq!(down, 1);
-    assert!(!r.exists::<_, bool>("ppp:default:socket:s1").await.unwrap());
-    assert!(!r.exists::<_, bool>("ppp:default:node:ghost").await.unwrap());
-    assert_eq!(r.zcard::<_, usize>("ppp:default:sockets").await.unwrap(), 0);
+    assert!(!r.exists::<_, bool>("ppp:{default}:socket:s1").await.unwrap());
+    assert!(!r.exists::<_, bool>("ppp:{default}:node:ghost").await.unwrap());
+    assert_eq!(r.zcard::<_, usize>("ppp:{default}:sockets").await.unwrap(), 0);
     // The upstreams hear it too: one `closed` per socket, once across the cluster.
     up.wait_for("closed at the upstream", |_| up.closed().len() >= 2).await;
     let mut closed = up.closed();
     closed.sort();
     assert_eq!(closed, [("s1".to_owned(), "node_lost".to_owned()), ("s2".to_owned(), "node_lost".to_owned())]);
     eventually_async("the reap job is done", || async {
-        redis.conn().await.zcard::<_, usize>("ppp:default:reaps").await.unwrap() == 0
+        redis.conn().await.zcard::<_, usize>("ppp:{default}:reaps").await.unwrap() == 0
     })
     .await;
 }
@@ -222,18 +222,18 @@ async fn a_heartbeat_that_moves_is_alive_however_old_its_clock_says_it_is() {
         ppp::config::Config { node_ttl: std::time::Duration::from_secs(1), ..cluster_config(&redis, "n1", &[&up]) };
     let _n1 = start_node(config).await;
     // A node whose clock is a minute behind: every score it writes is a minute old, but it moves.
-    let _: () = r.sadd("ppp:default:node:skewed:sockets", "s1").await.unwrap();
+    let _: () = r.sadd("ppp:{default}:node:skewed:sockets", "s1").await.unwrap();
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(3) {
         let behind = ppp::socket::unix_ms() - 60_000;
-        let _: () = r.zadd("ppp:default:nodes", "skewed", behind).await.unwrap();
+        let _: () = r.zadd("ppp:{default}:nodes", "skewed", behind).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    assert!(r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "skewed").await.unwrap().is_some(), "reaped alive");
+    assert!(r.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "skewed").await.unwrap().is_some(), "reaped alive");
     assert!(up.closed().is_empty());
     // It stops beating: dead one --node-ttl later by the watcher's own clock.
     eventually_async("reaped once it stood still", || async {
-        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "skewed").await.unwrap().is_none()
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "skewed").await.unwrap().is_none()
     })
     .await;
     up.wait_for("its socket's closed", |_| up.closed() == [("s1".to_owned(), "node_lost".to_owned())]).await;
@@ -244,11 +244,11 @@ async fn a_node_restarted_with_the_same_id_reaps_its_previous_run_first() {
     let redis = RedisServer::start().await;
     let mut r = redis.conn().await;
     // The previous run of n1, killed a moment ago: still registered, with a fresh heartbeat.
-    let _: () = r.zadd("ppp:default:nodes", "n1", ppp::socket::unix_ms()).await.unwrap();
-    let _: () = r.hset("ppp:default:node:n1", "run_id", "the-old-run").await.unwrap();
+    let _: () = r.zadd("ppp:{default}:nodes", "n1", ppp::socket::unix_ms()).await.unwrap();
+    let _: () = r.hset("ppp:{default}:node:n1", "run_id", "the-old-run").await.unwrap();
     for s in ["old1", "old2", "old3"] {
-        let _: () = r.sadd("ppp:default:node:n1:sockets", s).await.unwrap();
-        let _: () = r.hset(format!("ppp:default:socket:{s}"), "node", "n1").await.unwrap();
+        let _: () = r.sadd("ppp:{default}:node:n1:sockets", s).await.unwrap();
+        let _: () = r.hset(format!("ppp:{{default}}:socket:{s}"), "node", "n1").await.unwrap();
     }
     let up = TestUpstream::start(true).await;
     let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
@@ -259,10 +259,10 @@ async fn a_node_restarted_with_the_same_id_reaps_its_previous_run_first() {
     closed.sort();
     let lost = |s: &str| (s.to_owned(), "node_lost".to_owned());
     assert_eq!(closed, [lost("old1"), lost("old2"), lost("old3")]);
-    redis.wait_exists("the new run's socket", &format!("ppp:default:socket:{new}")).await;
-    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    redis.wait_exists("the new run's socket", &format!("ppp:{{default}}:socket:{new}")).await;
+    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
     assert_eq!(members, [new]);
-    let run: String = r.hget("ppp:default:node:n1", "run_id").await.unwrap();
+    let run: String = r.hget("ppp:{default}:node:n1", "run_id").await.unwrap();
     let hello = up.events().into_iter().find_map(|e| match e.event {
         Some(proto::node_event::Event::Hello(h)) => Some(h),
         _ => None,
@@ -279,16 +279,16 @@ async fn a_drained_node_leaves_the_cluster_cleanly() {
     let mut c = Client::connect(&node).await;
     up.wait_opened(1).await;
     eventually_async("registered", || async {
-        redis.conn().await.scard::<_, usize>("ppp:default:node:n1:sockets").await.unwrap() == 1
+        redis.conn().await.scard::<_, usize>("ppp:{default}:node:n1:sockets").await.unwrap() == 1
     })
     .await;
     node.shutdown().await;
     c.closed().await;
     let mut r = redis.conn().await;
-    assert!(r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1").await.unwrap().is_none());
-    assert!(!r.exists::<_, bool>("ppp:default:node:n1").await.unwrap());
-    assert_eq!(r.zcard::<_, usize>("ppp:default:sockets").await.unwrap(), 0);
-    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await.unwrap().ids;
+    assert!(r.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "n1").await.unwrap().is_none());
+    assert!(!r.exists::<_, bool>("ppp:{default}:node:n1").await.unwrap());
+    assert_eq!(r.zcard::<_, usize>("ppp:{default}:sockets").await.unwrap(), 0);
+    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:{default}:events").await.unwrap().ids;
     assert!(events.iter().any(|e| e.get::<String>("reason").as_deref() == Some("shutdown")));
 }
 
@@ -299,19 +299,19 @@ async fn after_redis_loses_its_data_the_node_registers_its_sockets_and_the_regis
     let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
     let mut c = Client::connect(&node).await;
     let id = up.wait_opened(1).await[0].clone();
-    let key = format!("ppp:default:socket:{id}");
+    let key = format!("ppp:{{default}}:socket:{id}");
     redis.wait_exists("registered", &key).await;
     let mut r = redis.conn().await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
     // The next heartbeat finds the node missing from K:nodes and resyncs from its own truth.
     redis.wait_exists("socket registered again", &key).await;
-    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
     assert_eq!(members, vec![id.clone()]);
     // A registry change makes every node re-read it: the empty registry is seeded again, not obeyed.
-    let _: () = r.publish("ppp:default:ch:control", Vec::<u8>::new()).await.unwrap();
+    let _: () = r.publish("ppp:{default}:ch:control", Vec::<u8>::new()).await.unwrap();
     node.add_upstream(Some("probe".into()), up.uri()).await.unwrap();
     node.remove_upstream("probe").await.unwrap();
-    let upstreams: HashMap<String, String> = r.hgetall("ppp:default:upstreams").await.unwrap();
+    let upstreams: HashMap<String, String> = r.hgetall("ppp:{default}:upstreams").await.unwrap();
     assert_eq!(upstreams.get(&up.id()), Some(&up.uri()), "{upstreams:?}");
     c.write(b"still served\n").await;
     assert_eq!(c.line().await, "still served");
@@ -344,7 +344,7 @@ async fn round_robin_is_fair_across_three_nodes_with_one_redis_command_per_32_me
     let incrby = redis.calls("incrby").await - before;
     // Each node may hold one block fetched ahead and unused.
     assert!(incrby <= (total as u64 + 6) / 32 + 6, "{incrby} INCRBY for {total} messages");
-    let rr: u64 = redis.conn().await.get("ppp:default:rr").await.unwrap();
+    let rr: u64 = redis.conn().await.get("ppp:{default}:rr").await.unwrap();
     assert!(rr >= 32, "K:rr is the shared counter: {rr}");
 }
 
@@ -393,7 +393,7 @@ async fn redis_killed_and_restarted_empty_loses_no_socket_and_state_is_resynced(
     let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
     let mut early = Client::connect(&node).await;
     let early_id = up.wait_opened(1).await[0].clone();
-    let early_key = format!("ppp:default:socket:{early_id}");
+    let early_key = format!("ppp:{{default}}:socket:{early_id}");
     redis.wait_exists("registered", &early_key).await;
 
     redis.kill();
@@ -410,14 +410,14 @@ async fn redis_killed_and_restarted_empty_loses_no_socket_and_state_is_resynced(
     // Its `closed` goes out once Redis has recorded it (so that, had the node been reaped
     // meanwhile, upstreams would not hear two).
     up.wait_for("early closed", |_| up.closed() == [(early_id.clone(), "client_closed".to_owned())]).await;
-    let late_key = format!("ppp:default:socket:{late_id}");
+    let late_key = format!("ppp:{{default}}:socket:{late_id}");
     redis.wait_exists("late socket registered", &late_key).await;
     let mut r = redis.conn().await;
     assert!(!r.exists::<_, bool>(&early_key).await.unwrap(), "the closed socket is not registered");
-    let members: Vec<String> = r.smembers("ppp:default:node:n1:sockets").await.unwrap();
+    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
     assert_eq!(members, vec![late_id.clone()]);
     eventually_async("registry seeded again", || async {
-        let all: HashMap<String, String> = redis.conn().await.hgetall("ppp:default:upstreams").await.unwrap();
+        let all: HashMap<String, String> = redis.conn().await.hgetall("ppp:{default}:upstreams").await.unwrap();
         all.contains_key(&up.id())
     })
     .await;
@@ -449,7 +449,7 @@ async fn a_paused_redis_stalls_nothing_and_the_node_catches_up() {
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     redis.resume();
     eventually("ready again", || node.is_ready()).await;
-    let key = format!("ppp:default:socket:{during_id}");
+    let key = format!("ppp:{{default}}:socket:{during_id}");
     redis.wait_exists("socket opened during the pause registered", &key).await;
 }
 
@@ -470,22 +470,22 @@ async fn a_node_killed_with_sigkill_is_reaped_exactly_once() {
         clients.push(tokio::net::TcpStream::connect(victim.listen).await.unwrap());
     }
     eventually_async("victim's sockets registered", || async {
-        redis.conn().await.scard::<_, usize>("ppp:default:node:victim:sockets").await.unwrap() == 2
+        redis.conn().await.scard::<_, usize>("ppp:{default}:node:victim:sockets").await.unwrap() == 2
     })
     .await;
     victim.kill();
     eventually_async("victim reaped", || async {
-        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "victim").await.unwrap().is_none()
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "victim").await.unwrap().is_none()
     })
     .await;
     // Two live nodes race to reap; give the loser a few heartbeats to (not) do it again.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let mut r = redis.conn().await;
-    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await.unwrap().ids;
+    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:{default}:events").await.unwrap().ids;
     let lost = events.iter().filter(|e| e.get::<String>("reason").as_deref() == Some("node_lost")).count();
     let down = events.iter().filter(|e| e.get::<String>("type").as_deref() == Some("node_down")).count();
     assert_eq!((lost, down), (2, 1));
-    assert_eq!(r.scard::<_, usize>("ppp:default:node:victim:sockets").await.unwrap(), 0);
+    assert_eq!(r.scard::<_, usize>("ppp:{default}:node:victim:sockets").await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -493,7 +493,7 @@ async fn a_tls_url_is_accepted_and_a_bad_url_is_refused_at_start() {
     let up = TestUpstream::start(true).await;
     // rediss:// (TLS) with a password: the node starts and serves while the cluster is unreachable.
     let config = ppp::config::Config {
-        redis: Some("rediss://:secret@127.0.0.1:1/0".into()),
+        redis: vec!["rediss://:secret@127.0.0.1:1/0".into()],
         node_id: Some("tls".into()),
         ..test_config(&[&up])
     };
@@ -501,7 +501,7 @@ async fn a_tls_url_is_accepted_and_a_bad_url_is_refused_at_start() {
     let mut c = Client::connect(&node).await;
     c.write(b"served without redis\n").await;
     assert_eq!(c.line().await, "served without redis");
-    let bad = ppp::config::Config { redis: Some("http://not-redis".into()), ..test_config(&[]) };
+    let bad = ppp::config::Config { redis: vec!["http://not-redis".into()], ..test_config(&[]) };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let error = ppp::Node::start(bad, listener).await.err().expect("refused").to_string();
     assert!(error.contains("--redis"), "{error}");
@@ -519,8 +519,8 @@ async fn a_node_started_before_redis_joins_when_redis_comes_up() {
     redis.restart().await;
     eventually_async("joined with its socket and its seed", || async {
         let mut r = redis.conn().await;
-        let sockets: usize = r.scard("ppp:default:node:early:sockets").await.unwrap();
-        let upstreams: HashMap<String, String> = r.hgetall("ppp:default:upstreams").await.unwrap();
+        let sockets: usize = r.scard("ppp:{default}:node:early:sockets").await.unwrap();
+        let upstreams: HashMap<String, String> = r.hgetall("ppp:{default}:upstreams").await.unwrap();
         sockets == 1 && upstreams.contains_key(&up.id())
     })
     .await;
@@ -533,13 +533,13 @@ async fn a_node_reaped_while_cut_off_registers_again() {
     let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
     let _c = Client::connect(&node).await;
     let id = up.wait_opened(1).await[0].clone();
-    let key = format!("ppp:default:socket:{id}");
+    let key = format!("ppp:{{default}}:socket:{id}");
     redis.wait_exists("registered", &key).await;
     // What another node's reaper does to a node it believes dead: redis/reap.lua.
     let mut r = redis.conn().await;
     let reaped: i64 = redis::Script::new(include_str!("../redis/reap.lua"))
-        .key("ppp:default:nodes")
-        .arg("ppp:default:")
+        .key("ppp:{default}:nodes")
+        .arg("ppp:{default}:")
         .arg("n1")
         .arg("")
         .arg("")
@@ -554,8 +554,8 @@ async fn a_node_reaped_while_cut_off_registers_again() {
     eventually_async("registered again with its socket", || async {
         let mut r = redis.conn().await;
         r.exists::<_, bool>(&key).await.unwrap()
-            && r.zscore::<_, _, Option<i64>>("ppp:default:nodes", "n1").await.unwrap().is_some()
-            && r.zscore::<_, _, Option<i64>>("ppp:default:sockets", &id).await.unwrap().is_some()
+            && r.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "n1").await.unwrap().is_some()
+            && r.zscore::<_, _, Option<i64>>("ppp:{default}:sockets", &id).await.unwrap().is_some()
     })
     .await;
     // The node itself announces the reaped job's closed (it reaps nobody, but it is a live node)
@@ -566,7 +566,7 @@ async fn a_node_reaped_while_cut_off_registers_again() {
     up.wait_for("opened again, resumed", resumed).await;
     assert_eq!(up.closed(), [(id.clone(), "node_lost".to_owned())]);
     eventually_async("resumed in K:events", || async {
-        let events = redis.conn().await.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:default:events").await;
+        let events = redis.conn().await.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:{default}:events").await;
         events.unwrap().ids.iter().any(|e| e.get::<String>("resumed").as_deref() == Some("1"))
     })
     .await;
@@ -581,9 +581,9 @@ async fn a_slow_owner_node_does_not_hold_up_commands_for_local_sockets() {
     let local_id = up.wait_opened(1).await[0].clone();
     // A "node" that holds a socket, listens on its channel, and never answers.
     let mute = uuid::Uuid::now_v7().to_string();
-    let _: () = redis.conn().await.hset(format!("ppp:default:socket:{mute}"), "node", "mute").await.unwrap();
+    let _: () = redis.conn().await.hset(format!("ppp:{{default}}:socket:{mute}"), "node", "mute").await.unwrap();
     let mut listener = redis::Client::open(redis.url()).unwrap().get_async_pubsub().await.unwrap();
-    listener.subscribe("ppp:default:ch:node:mute").await.unwrap();
+    listener.subscribe("ppp:{default}:ch:node:mute").await.unwrap();
     for i in 0..3 {
         let send = Command::Send(proto::Send { socket_id: mute.clone(), payload: "x".into() });
         up.command(with_id(&format!("mute-{i}"), send)).await;
@@ -611,7 +611,7 @@ async fn a_node_cut_off_and_reaped_never_gets_a_socket_two_closed_events() {
     let up = TestUpstream::start(true).await;
     let ttl = std::time::Duration::from_secs(2);
     let cut_config = ppp::config::Config {
-        redis: Some(format!("redis://{}", proxy.addr())),
+        redis: vec![format!("redis://{}", proxy.addr())],
         node_ttl: ttl,
         ..cluster_config(&redis, "cut", &[&up])
     };
@@ -621,7 +621,7 @@ async fn a_node_cut_off_and_reaped_never_gets_a_socket_two_closed_events() {
     let goes = Client::connect(&cut).await;
     let ids = up.wait_opened(2).await;
     eventually_async("both registered", || async {
-        redis.conn().await.scard::<_, usize>("ppp:default:node:cut:sockets").await.unwrap() == 2
+        redis.conn().await.scard::<_, usize>("ppp:{default}:node:cut:sockets").await.unwrap() == 2
     })
     .await;
 
@@ -629,7 +629,7 @@ async fn a_node_cut_off_and_reaped_never_gets_a_socket_two_closed_events() {
     // Closed while cut off: its `closed` waits, since the node may be reaped meanwhile.
     drop(goes);
     eventually_async("reaped while cut off", || async {
-        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:default:nodes", "cut").await.unwrap().is_none()
+        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "cut").await.unwrap().is_none()
     })
     .await;
     up.wait_for("node_lost for both", |_| up.closed().iter().filter(|(_, r)| r == "node_lost").count() == 2).await;

@@ -83,10 +83,12 @@ pub enum Action {
 }
 
 mod load;
+mod redis;
 mod units;
 
 pub use self::{
     load::{load, load_from},
+    redis::RedisMode,
     units::{MAX_DURATION, UnitError, parse_duration, parse_optional_duration, parse_size},
 };
 pub use crate::{downstream::framing::Framing, upstream::balance::Balance};
@@ -124,9 +126,19 @@ pub struct Config {
     #[arg(long, env = "PPP_ADMIN_INSECURE", global = true)]
     pub admin_insecure: bool,
 
-    /// Redis URL (`redis://` or `rediss://`); without it the node runs standalone.
-    #[arg(long, env = "PPP_REDIS", hide_env_values = true, global = true)]
-    pub redis: Option<String>,
+    /// Redis URL (`redis://` or `rediss://`); with `--redis-mode sentinel` the Sentinels', with
+    /// `cluster` seed nodes' (repeatable; comma-separated in the environment). Without it the
+    /// node runs alone.
+    #[arg(long, env = "PPP_REDIS", value_delimiter = ',', hide_env_values = true, global = true)]
+    pub redis: Vec<String>,
+
+    /// How `--redis` is reached: one server, a primary found through Sentinels, or a Redis Cluster.
+    #[arg(long, env = "PPP_REDIS_MODE", value_enum, default_value = "standalone", global = true)]
+    pub redis_mode: RedisMode,
+
+    /// The name the Sentinels monitor the primary under (`--redis-mode sentinel`).
+    #[arg(long, env = "PPP_REDIS_MASTER_NAME", default_value = "mymaster", global = true)]
+    pub redis_master_name: String,
 
     /// First part of every Redis key.
     #[arg(long, env = "PPP_REDIS_PREFIX", default_value = "ppp", global = true)]
@@ -230,7 +242,9 @@ impl fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("admin_insecure", &self.admin_insecure)
-            .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("redis", &self.redis.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+            .field("redis_mode", &self.redis_mode)
+            .field("redis_master_name", &self.redis_master_name)
             .field("redis_prefix", &self.redis_prefix)
             .field("cluster", &self.cluster)
             .field("node_id", &self.node_id)
@@ -315,6 +329,7 @@ impl Config {
         if self.upstream_cert.is_some() != self.upstream_key.is_some() {
             return invalid("--upstream-cert and --upstream-key go together: set both, or neither");
         }
+        redis::validate(self)?;
         if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() && !self.admin_insecure {
             return invalid(
                 "the admin listener is not loopback and no --admin-token is set \

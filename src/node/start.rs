@@ -114,7 +114,7 @@ type Backends = (Arc<dyn Backend>, Option<Arc<RedisBackend>>);
 /// The backend: Redis with `--redis`, else the memory stand-in.
 fn backend(config: &Config, run_id: &str, local_addr: SocketAddr, table: &SocketTable) -> Result<Backends, NodeError> {
     let node_id = config.node_id();
-    if config.redis.is_some() {
+    if !config.redis.is_empty() {
         let redis = RedisBackend::connect(config, &node_id, run_id, local_addr, table.clone())?;
         return Ok((redis.clone(), Some(redis)));
     }

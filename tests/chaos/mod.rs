@@ -2,14 +2,17 @@
 //! fault proxy on every link, and a checker of invariants.
 //!
 //! # Layout
-//! - from `tests/common`: the `redis-server` ([`RedisServer`]) and the `ppp` child processes
-//!   ([`NodeProc`]): kill -9, SIGTERM, SIGSTOP, snapshots.
+//! - from `tests/common`: the `redis-server` ([`RedisServer`]), or a Redis that fails over
+//!   ([`RedisSentinelSet`], [`RedisClusterSet`]), and the `ppp` child processes ([`NodeProc`]):
+//!   kill -9, SIGTERM, SIGSTOP, snapshots.
 //! - [`upstream`]: the recording, echoing upstream.
 //! - [`load`]: the load generator.
 //! - [`check`]: the checker and its report; [`state`], its Redis half.
 //! - [`soak`]: the soak's random fault schedule and its samples of memory and descriptors.
 //! - this file: [`Cluster`], which wires them together: each node reaches Redis through its own
-//!   [`FaultProxy`] and each upstream through one [`FaultProxy`] shared by every node.
+//!   [`FaultProxy`] (with one Redis server; a Sentinel set or a Redis Cluster names its primaries
+//!   itself, so there the nodes reach them directly) and each upstream through one [`FaultProxy`]
+//!   shared by every node.
 
 pub mod check;
 pub mod load;
@@ -29,7 +32,31 @@ use self::{
     load::Load,
     upstream::{Acks, Record},
 };
-use crate::common::{NodeIds, NodeProc, RedisServer, TestUpstream, fault::FaultProxy};
+use crate::common::{
+    HaRedis, NodeIds, NodeProc, RedisClusterSet, RedisSentinelSet, RedisServer, TestUpstream, fault::FaultProxy,
+};
+
+/// Which Redis the cluster runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// One `redis-server`, behind a fault proxy per node.
+    #[default]
+    Single,
+    /// A primary, a replica and three Sentinels (`--redis-mode sentinel`).
+    Sentinel,
+    /// A six-node Redis Cluster (`--redis-mode cluster`).
+    Cluster,
+}
+
+/// The cluster's Redis, as [`Topology`] says.
+pub enum Redis {
+    /// One server.
+    Single(RedisServer),
+    /// A Sentinel set.
+    Sentinel(RedisSentinelSet),
+    /// A Redis Cluster.
+    Cluster(RedisClusterSet),
+}
 
 /// The cluster's shape and its nodes' settings (short, so schedules are quick).
 #[derive(Debug, Clone)]
@@ -58,6 +85,8 @@ pub struct Options {
     pub fixed_node_ids: bool,
     /// Whether the upstreams acknowledge what they processed.
     pub acks: Acks,
+    /// Which Redis.
+    pub topology: Topology,
 }
 
 impl Default for Options {
@@ -74,6 +103,7 @@ impl Default for Options {
             node_env: Vec::new(),
             fixed_node_ids: false,
             acks: Acks::Never,
+            topology: Topology::Single,
         }
     }
 }
@@ -86,9 +116,9 @@ pub struct Cluster {
     pub options: Options,
     /// Logs and Redis's data; removed when the test passes (unless `PPP_CHAOS_KEEP` is set).
     dir: PathBuf,
-    /// The real `redis-server`.
-    pub redis: RedisServer,
-    /// Each node slot's link to Redis.
+    /// The real Redis.
+    redis: Redis,
+    /// Each node slot's link to Redis (none with a Redis that fails over).
     pub redis_links: Vec<FaultProxy>,
     /// The upstreams.
     pub upstreams: Vec<TestUpstream>,
@@ -107,6 +137,33 @@ fn flag(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
+/// `--redis-mode` and `--redis` for a Redis that fails over.
+fn redis_args<R: HaRedis>(redis: &R) -> Vec<String> {
+    let mut args = vec!["--redis-mode".to_owned(), R::MODE.as_str().to_owned()];
+    args.extend(redis.urls().into_iter().flat_map(|url| ["--redis".to_owned(), url]));
+    args
+}
+
+/// Every node's flags but Redis's and the upstreams'.
+fn node_args(options: &Options) -> Vec<String> {
+    let mut args = vec![
+        "--node-ttl".to_owned(),
+        flag(options.node_ttl),
+        "--resync-interval".to_owned(),
+        flag(options.resync_interval),
+        "--health-interval".to_owned(),
+        flag(options.health_interval),
+        "--drain-timeout".to_owned(),
+        flag(options.drain_timeout),
+        "--write-queue".to_owned(),
+        options.write_queue.to_string(),
+    ];
+    if let Some(max) = options.max_connections {
+        args.extend(["--max-connections".to_owned(), max.to_string()]);
+    }
+    args
+}
+
 impl Cluster {
     /// Starts Redis, the upstreams, the proxies and the nodes, and waits until every node is
     /// ready and streams to every upstream.
@@ -114,7 +171,11 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("ppp-chaos-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let redis = RedisServer::start_in(&dir).await;
+        let redis = match options.topology {
+            Topology::Single => Redis::Single(RedisServer::start_in(&dir).await),
+            Topology::Sentinel => Redis::Sentinel(RedisSentinelSet::start().await),
+            Topology::Cluster => Redis::Cluster(RedisClusterSet::start().await),
+        };
         let mut upstreams = Vec::new();
         let mut upstream_links = Vec::new();
         for _ in 0..options.upstreams {
@@ -125,28 +186,20 @@ impl Cluster {
         let mut redis_links = Vec::new();
         let mut nodes = Vec::new();
         for slot in 0..options.nodes {
-            let link = FaultProxy::start(redis.addr()).await;
-            let mut args = vec![
-                "--redis".to_owned(),
-                format!("redis://{}", link.addr()),
-                "--node-ttl".to_owned(),
-                flag(options.node_ttl),
-                "--resync-interval".to_owned(),
-                flag(options.resync_interval),
-                "--health-interval".to_owned(),
-                flag(options.health_interval),
-                "--drain-timeout".to_owned(),
-                flag(options.drain_timeout),
-                "--write-queue".to_owned(),
-                options.write_queue.to_string(),
-            ];
+            let mut args = match &redis {
+                Redis::Single(server) => {
+                    let link = FaultProxy::start(server.addr()).await;
+                    let args = vec!["--redis".to_owned(), format!("redis://{}", link.addr())];
+                    redis_links.push(link);
+                    args
+                }
+                Redis::Sentinel(set) => redis_args(set),
+                Redis::Cluster(set) => redis_args(set),
+            };
+            args.extend(node_args(&options));
             for up in &upstream_links {
                 args.extend(["--upstream".to_owned(), format!("http://{}", up.addr())]);
             }
-            if let Some(max) = options.max_connections {
-                args.extend(["--max-connections".to_owned(), max.to_string()]);
-            }
-            redis_links.push(link);
             let env = options.node_env.iter().filter(|(s, ..)| *s == slot).map(|(_, k, v)| (k.clone(), v.clone()));
             let ids = if options.fixed_node_ids { NodeIds::Fixed(format!("n{slot}")) } else { NodeIds::PerStart };
             nodes.push(NodeProc::new(slot, args, env.collect(), ids, &dir));
@@ -169,6 +222,44 @@ impl Cluster {
         }
         cluster.wait_ready().await;
         cluster
+    }
+
+    /// The one Redis server (of [`Topology::Single`]).
+    pub fn redis(&self) -> &RedisServer {
+        match &self.redis {
+            Redis::Single(server) => server,
+            _ => panic!("this schedule runs on one Redis server"),
+        }
+    }
+
+    /// The one Redis server, to kill or restart it.
+    pub fn redis_mut(&mut self) -> &mut RedisServer {
+        match &mut self.redis {
+            Redis::Single(server) => server,
+            _ => panic!("this schedule runs on one Redis server"),
+        }
+    }
+
+    /// A connection to the Redis server that holds the cluster's keys now (the primary, on a
+    /// Redis that fails over).
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        match &self.redis {
+            Redis::Single(server) => server.conn().await,
+            Redis::Sentinel(set) => set.primary_conn().await,
+            Redis::Cluster(set) => set.primary_conn_of(&format!("{}nodes", state::K)).await,
+        }
+    }
+
+    /// Kills the primary holding the cluster's keys (SIGKILL) and waits until Redis promoted a
+    /// replica; returns when it was killed.
+    pub async fn fail_over_redis(&mut self) -> tokio::time::Instant {
+        let killed = tokio::time::Instant::now();
+        match &mut self.redis {
+            Redis::Single(_) => panic!("one Redis server does not fail over"),
+            Redis::Sentinel(set) => fail_over(set).await,
+            Redis::Cluster(set) => fail_over(set).await,
+        }
+        killed
     }
 
     fn spawn_node(&mut self, slot: usize) {
@@ -235,7 +326,7 @@ impl Cluster {
 
     /// Every entry of `K:events` so far, oldest first: its fields.
     pub async fn k_events(&self) -> Vec<BTreeMap<String, String>> {
-        state::events(&mut self.redis.conn().await).await
+        state::events(&mut self.redis_conn().await).await
     }
 
     /// The slots whose current log has a line with every one of `needles`.
@@ -281,11 +372,17 @@ impl Cluster {
             live_nodes,
             upstreams: upstreams.collect(),
         };
-        let report = check::check(observed, &mut self.redis.conn().await, expect).await;
+        let report = check::check(observed, &mut self.redis_conn().await, expect).await;
         load.finish().await;
         println!("   logs: {}", self.dir.display());
         report
     }
+}
+
+/// Kills `redis`'s primary and waits for the promotion.
+async fn fail_over<R: HaRedis>(redis: &mut R) {
+    redis.kill_primary().await;
+    redis.wait_promoted().await;
 }
 
 impl Drop for Cluster {

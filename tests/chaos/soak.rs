@@ -259,10 +259,10 @@ impl Soak {
         let what = match kind {
             Kind::RedisPaused => {
                 let d = self.secs(3.0, 12.0);
-                cluster.redis.pause();
+                cluster.redis().pause();
                 load.churn(churn);
                 self.idle(cluster, d).await;
-                cluster.redis.resume();
+                cluster.redis().resume();
                 format!("{:.1} s, {churn} clients churned meanwhile", d.as_secs_f64())
             }
             Kind::RedisBlackHoled => {
@@ -279,12 +279,12 @@ impl Soak {
             }
             Kind::RedisKilled => {
                 let d = self.secs(2.0, 8.0);
-                cluster.redis.kill();
+                cluster.redis_mut().kill();
                 self.redis_lost_data = true;
                 load.churn(churn);
                 self.idle(cluster, d).await;
-                cluster.redis.forget_data();
-                cluster.redis.restart().await;
+                cluster.redis_mut().forget_data();
+                cluster.redis_mut().restart().await;
                 format!("down {:.1} s, back empty, {churn} clients churned meanwhile", d.as_secs_f64())
             }
             Kind::NodeKilled | Kind::NodeDrained => {
@@ -374,7 +374,7 @@ impl Soak {
                 Some(NodeSample { id: n.id.clone(), rss_kib: rss_kib(pid)?, fds: fds(pid)? })
             })
             .collect();
-        let redis_used = redis_used_memory(cluster.redis.addr()).await;
+        let redis_used = redis_used_memory(cluster.redis().addr()).await;
         let sample = Sample { at: self.elapsed(), nodes, redis_used };
         let nodes: Vec<String> =
             sample.nodes.iter().map(|n| format!("{} {} MiB {} fds", n.id, mib(n.rss_kib), n.fds)).collect();
@@ -503,7 +503,7 @@ fn lift_links(cluster: &Cluster) {
     for link in cluster.redis_links.iter().chain(&cluster.upstream_links) {
         link.set(Fault::None);
     }
-    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| cluster.redis.resume()));
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| cluster.redis().resume()));
 }
 
 /// The checker's verdict as a line: what broke, or `ok`.

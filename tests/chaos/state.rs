@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::check::EventsReport;
 
 /// Every key of the cluster starts with this (`--redis-prefix` and `--cluster` are defaults).
-pub const K: &str = "ppp:default:";
+pub const K: &str = "ppp:{default}:";
 
 /// What Redis must hold: the live nodes, the sockets each really holds, the registry.
 #[derive(Debug, Default)]

@@ -1,4 +1,5 @@
-//! Test helpers, one concept per file: a real `redis-server`, an in-process recording upstream
+//! Test helpers, one concept per file: a real `redis-server` (alone, as a Sentinel set, or as a
+//! Redis Cluster, and what the HA tests share in `ha`), an in-process recording upstream
 //! (real tonic over loopback), nodes on port 0, line clients and an admin client over real TCP
 //! sockets, a fault proxy, external (other-language) upstreams, a CA and a TLS upstream
 //! (`upstream_tls`), and a DNS server the test controls (`dns`). No fixed ports; waits are on
@@ -11,11 +12,15 @@ pub mod admin;
 pub mod client;
 pub mod dns;
 pub mod external;
+pub mod failover;
 pub mod fault;
+pub mod ha;
 pub mod node;
 pub mod node_process;
 pub mod process;
 pub mod recorder;
+pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod sockets;
 pub mod upstream;
@@ -25,5 +30,6 @@ pub mod wait;
 // What `use common::*;` brings; a binary that uses none of one file's helpers is not wrong.
 #[allow(unused_imports)]
 pub use self::{
-    admin::*, client::*, node::*, node_process::*, recorder::*, redis_server::*, sockets::*, upstream::*, wait::*,
+    admin::*, client::*, failover::*, ha::*, node::*, node_process::*, recorder::*, redis_cluster::*,
+    redis_sentinel::*, redis_server::*, sockets::*, upstream::*, wait::*,
 };

@@ -34,5 +34,5 @@ pub async fn start_node(config: Config) -> Node {
 
 /// A test config for a cluster member.
 pub fn cluster_config(redis: &RedisServer, node_id: &str, upstreams: &[&TestUpstream]) -> Config {
-    Config { redis: Some(redis.url()), node_id: Some(node_id.to_owned()), ..test_config(upstreams) }
+    Config { redis: vec![redis.url()], node_id: Some(node_id.to_owned()), ..test_config(upstreams) }
 }

@@ -59,3 +59,34 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A child process, killed (SIGKILL) and reaped on drop.
+pub struct ChildProcess(Option<std::process::Child>);
+
+impl ChildProcess {
+    /// Spawns `command`, its output discarded; fails the test, saying `what` is missing, when it
+    /// cannot.
+    pub fn spawn(command: &mut Command, what: &str) -> Self {
+        let child = command.stdout(std::process::Stdio::null()).spawn();
+        Self(Some(child.unwrap_or_else(|e| panic!("{what} runs (scripts/test.sh installs it): {e}"))))
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether it was not killed.
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

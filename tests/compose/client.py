@@ -8,12 +8,14 @@
                                     receipt, and a `/broadcast` that both receive. Exit 0 or 1.
 """
 
+import os
 import re
 import socket
 import sys
 import time
 
-DEADLINE = 10.0
+# How long a read may wait (PPP_CLIENT_DEADLINE seconds, default 10): short to retry quickly.
+DEADLINE = float(os.environ.get("PPP_CLIENT_DEADLINE", "10"))
 WHOAMI = re.compile(r"you are ([0-9a-f-]{36})")
 
 

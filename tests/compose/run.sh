@@ -8,6 +8,10 @@
 #   - node 1's admin API lists the sockets node 3 holds;
 #   - `docker kill` of a node gets it reaped within --node-ttl + 2 s;
 #   - a node cut off from Redis (`docker network disconnect`) for 20 s loses no socket and re-syncs;
+#   - then, with docker-compose.ha.yml (a replica and three Sentinels, the nodes in sentinel mode):
+#     `docker kill` of the Redis primary loses no socket, the Sentinels promote the replica, the
+#     nodes follow it (cross-node send and broadcast work again), every socket is registered on
+#     the new primary and nobody is reaped;
 #   - `docker compose down` leaves no container, network or volume behind.
 # Skipped, with the reason printed, when no Docker engine answers.
 set -euo pipefail
@@ -37,7 +41,10 @@ export COMPOSE_PROJECT_NAME=ppptest$$
 PROJECT=$COMPOSE_PROJECT_NAME
 WORK=$(mktemp -d)
 HOLD=
-compose() { "${COMPOSE[@]}" -f docker-compose.yml -f tests/compose/docker-compose.local.yml "$@"; }
+# The compose files in use: the main one with the local images, and in the HA phase also
+# docker-compose.ha.yml with its local override.
+FILES=(-f docker-compose.yml -f tests/compose/docker-compose.local.yml)
+compose() { "${COMPOSE[@]}" "${FILES[@]}" "$@"; }
 cleanup() {
     local rc=$?
     [[ -n $HOLD ]] && docker rm -f "$HOLD" >/dev/null 2>&1
@@ -112,6 +119,10 @@ DOCKERFILE
 image ppp-test/ppp:local "$WORK/ppp"
 
 add "$WORK/redis/rootfs" /usr/bin/redis-server /usr/bin/redis-cli
+# The Sentinels' starting config (empty; each container rewrites its own copy): there is no shell
+# in the image to make one (tests/compose/docker-compose.ha.local.yml).
+mkdir -p "$WORK/redis/rootfs/etc"
+: >"$WORK/redis/rootfs/etc/sentinel.conf"
 cat >"$WORK/redis/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY rootfs/ /
@@ -216,7 +227,7 @@ sleep 20 # the fault's duration, not a wait for a condition
 docker network connect "${PROJECT}_redis" "$(container node2)"
 resynced() {
     local members
-    members=$(rcli SMEMBERS "ppp:default:node:$NODE2:sockets" | sort | tr '\n' ' ' | sed 's/ $//')
+    members=$(rcli SMEMBERS "ppp:{default}:node:$NODE2:sockets" | sort | tr '\n' ' ' | sed 's/ $//')
     [[ $members == "$ON2" ]]
 }
 until_ok 40 "$NODE2's sockets re-synced into Redis" resynced
@@ -233,7 +244,7 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
   end
   if node == ARGV[1] then out[#out + 1] = kind .. (resumed == '1' and ':resumed' or '') end
 end
-return out" 1 ppp:default:events "$1"
+return out" 1 ppp:{default}:events "$1"
 }
 NODE2_EVENTS=$(node_events "$NODE2" | tr '\n' ' ')
 python3 - "$NODE2_EVENTS" <<'PY' || fail "$NODE2 was not reaped, re-registered and its sockets announced again while cut off: $NODE2_EVENTS"
@@ -249,13 +260,56 @@ log "no socket lost; $NODE2 re-synced its sockets"
 log "docker kill node3 ($NODE3)"
 docker kill "$(container node3)" >/dev/null
 KILLED=$SECONDS
-reaped() { [[ -z $(rcli ZSCORE ppp:default:nodes "$NODE3") ]]; }
+reaped() { [[ -z $(rcli ZSCORE ppp:{default}:nodes "$NODE3") ]]; }
 until_ok 30 "$NODE3 reaped" reaped
 REAPED=$((SECONDS - KILLED))
 log "$NODE3 reaped after ~${REAPED}s"
 ((REAPED <= 12)) || fail "reaping took ${REAPED}s, more than --node-ttl + 2 s"
-[[ $(rcli EXISTS "ppp:default:node:$NODE3:sockets") == 0 ]] || fail "the dead node's socket set is still there"
-[[ $(rcli XRANGE ppp:default:events - + | grep -c node_lost) -ge 1 ]] || fail "no node_lost event recorded"
+[[ $(rcli EXISTS "ppp:{default}:node:$NODE3:sockets") == 0 ]] || fail "the dead node's socket set is still there"
+[[ $(rcli XRANGE ppp:{default}:events - + | grep -c node_lost) -ge 1 ]] || fail "no node_lost event recorded"
+
+# --- Redis HA: the same cluster on a primary, a replica and three Sentinels -----------------------
+
+docker rm -f "$HOLD" >/dev/null
+HOLD=
+compose down -v --remove-orphans >&2
+FILES+=(-f docker-compose.ha.yml -f tests/compose/docker-compose.ha.local.yml)
+log "docker compose up, with docker-compose.ha.yml"
+compose up -d --no-build >&2
+for n in sentinel1 sentinel2 sentinel3 node1 node2 node3; do until_ok 60 "$n healthy" healthy "$n"; done
+until_ok 30 "all three upstreams ready on node1" upstreams_ready
+rcli_on() { docker exec "$(container "$1")" redis-cli "${@:2}"; }
+in_sync() { rcli_on redis-replica INFO replication | grep -q master_link_status:up; }
+until_ok 30 "the replica in sync" in_sync
+HOLD=$(docker run -d --network "${PROJECT}_edge" --entrypoint python3 ppp-test/python:local /app/client.py hold balancer:7999 30)
+until_ok 60 "30 sockets held" held
+until_ok 15 "all 30 in Redis" in_redis
+python3 tests/compose/client.py cross 127.0.0.1:7001 127.0.0.1:7002 >&2 || fail "cross-node send/broadcast over Sentinel"
+
+log "docker kill redis (the primary)"
+docker kill "$(container redis)" >/dev/null
+KILLED=$SECONDS
+promoted() { rcli_on redis-replica ROLE | head -1 | grep -qx master; }
+until_ok 30 "the Sentinels promote the replica" promoted
+log "replica promoted after ~$((SECONDS - KILLED))s"
+# A short read deadline: a try that meets the gap fails in a second and is retried.
+cross() { PPP_CLIENT_DEADLINE=1 python3 tests/compose/client.py cross 127.0.0.1:7001 127.0.0.1:7003; }
+until_ok 30 "cross-node send and broadcast again" cross
+log "cross-node send and broadcast work again after ~$((SECONDS - KILLED))s"
+on_new_primary() {
+    local n=0 node
+    for node in $(rcli_on redis-replica ZRANGE 'ppp:{default}:nodes' 0 -1); do
+        n=$((n + $(rcli_on redis-replica SCARD "ppp:{default}:node:$node:sockets")))
+    done
+    ((n >= 30))
+}
+until_ok 30 "every socket registered on the new primary" on_new_primary
+if docker logs "$HOLD" 2>&1 | grep LOST; then fail "sockets were lost in the Redis failover"; fi
+[[ $(rcli_on redis-replica ZCARD 'ppp:{default}:nodes') == 3 ]] || fail "a node is missing from the new primary"
+if rcli_on redis-replica XRANGE 'ppp:{default}:events' - + | grep -qx node_down; then
+    fail "a node was reaped because of the Redis failover"
+fi
+log "Redis failover: no socket lost, nobody reaped, every socket on the new primary"
 
 # docker compose down leaves nothing behind.
 docker rm -f "$HOLD" >/dev/null

@@ -1,14 +1,31 @@
-//! Connections to Redis: the pool, the one multiplexed connection the hot paths share, and the
-//! timeout every round trip gets (a paused or black-holed Redis must not stall a task).
+//! Connections to Redis: [`RedisConn`], the one connection type every caller uses whatever the
+//! topology; how a Redis Cluster client is set up; and the timeout every round trip gets (a
+//! paused or black-holed Redis must not stall a task).
 
 use std::{future::Future, time::Duration};
 
-use deadpool_redis::Pool;
+use redis::{
+    Cmd, ConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, RedisResult, Value,
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
+};
 
 use crate::cluster::BackendError;
 
 /// Longest wait for any Redis round trip: a paused or black-holed Redis must not stall a task.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a cluster connection waits to connect to one Redis node.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a cluster connection waits for one answer before it retries (on a fresh view of the
+/// cluster, after a failover).
+const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Retries of one cluster request, waiting 20 ms, 40 ms, … up to [`CLUSTER_MAX_RETRY_WAIT_MS`]
+/// in between (redis-rs's default starts at 1.28 s, longer than a failover).
+const CLUSTER_RETRIES: u32 = 8;
+/// The longest wait between two retries of a cluster request.
+const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 400;
 
 /// Runs a Redis operation with [`REDIS_TIMEOUT`]; a timeout is an I/O error like any other.
 ///
@@ -17,79 +34,52 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn timed<T>(op: impl Future<Output = Result<T, redis::RedisError>>) -> Result<T, redis::RedisError> {
     match tokio::time::timeout(REDIS_TIMEOUT, op).await {
         Ok(result) => result,
-        Err(_) => Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "timeout",
-            format!("Redis did not answer within {REDIS_TIMEOUT:?}"),
-        ))),
+        Err(_) => Err(io_error("timeout", format!("Redis did not answer within {REDIS_TIMEOUT:?}"))),
     }
 }
 
-/// One multiplexed connection taken from the pool and shared by the hot callers (the counter,
-/// the record writer, commands for other nodes): it pipelines concurrent requests on one socket,
-/// and skips the pool's per-checkout health check (a `PING` round trip each time). Replaced by a
-/// fresh one from the pool after any error.
-pub struct SharedConn {
-    pool: Pool,
-    conn: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+/// An I/O error: what callers see when Redis cannot be reached.
+pub(super) fn io_error(what: &'static str, detail: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, what, detail))
 }
 
-impl SharedConn {
-    /// A shared connection over `pool`.
-    pub fn new(pool: Pool) -> Self {
-        Self { pool, conn: std::sync::Mutex::new(None) }
-    }
+/// A connection to Redis, whatever the topology: to one server (standalone, or the primary the
+/// Sentinels named), or to a Redis Cluster (which routes each command to its slot's primary and
+/// follows `MOVED`, `ASK` and failovers itself). Cheap to clone: clones share the socket(s).
+#[derive(Clone)]
+pub enum RedisConn {
+    /// One server.
+    Single(MultiplexedConnection),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
 
-    /// Runs `op` on the shared connection, with [`REDIS_TIMEOUT`]; drops the connection if `op`
-    /// fails, so the next call starts from a healthy one.
-    ///
-    /// # Errors
-    /// The operation's error, or a timeout.
-    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, redis::RedisError>
-    where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
-        Fut: Future<Output = Result<T, redis::RedisError>>,
-    {
-        let result = timed(async {
-            let cached = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let conn = match cached {
-                Some(conn) => conn,
-                None => {
-                    let pooled = self.pool.get().await.map_err(pool_error)?;
-                    let conn = (*pooled).clone();
-                    *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-                    conn
-                }
-            };
-            op(conn).await
-        })
-        .await;
-        if result.is_err() {
-            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
         }
-        result
     }
-}
 
-/// A pool error as a Redis error, so callers handle one kind.
-pub fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
-    match e {
-        deadpool_redis::PoolError::Backend(e) => e,
-        other => redis::RedisError::from((redis::ErrorKind::Io, "pool", other.to_string())),
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
     }
-}
 
-/// The client (for the subscriber's dedicated connection) and the pool for a `--redis` URL.
-pub(super) fn open(url: &str) -> Result<(redis::Client, Pool), BackendError> {
-    // `rediss://` goes through rustls, which needs a process-wide crypto provider; `Err` means
-    // one is installed already, which is as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let invalid = |e: &dyn std::fmt::Display| BackendError::Invalid(format!("--redis: {e}"));
-    let client = redis::Client::open(url).map_err(|e| invalid(&e))?;
-    let pool = deadpool_redis::Config::from_url(url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| invalid(&e))?;
-    Ok((client, pool))
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// Runs a registry operation with [`REDIS_TIMEOUT`].
@@ -99,6 +89,27 @@ pub(super) async fn within<T>(op: impl Future<Output = Result<T, BackendError>>)
         .unwrap_or_else(|_| Err(BackendError::Unavailable("Redis did not answer in time".to_owned())))
 }
 
+/// A Redis error as the backend reports it: the cluster state is unavailable.
 pub(super) fn unavailable(e: redis::RedisError) -> BackendError {
     BackendError::Unavailable(e.to_string())
+}
+
+/// A cluster client over `seeds` with short timeouts and retries (a failover must not hold a
+/// request past [`REDIS_TIMEOUT`]); with `pushes`, on RESP3, sending them there.
+pub(super) fn cluster_client(
+    seeds: &[ConnectionInfo],
+    pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
+) -> RedisResult<ClusterClient> {
+    let builder = ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
+        .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
+        .overall_response_timeout(Some(REDIS_TIMEOUT))
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(10)
+        .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS)
+        .retry_wait_formula(20, 2);
+    match pushes {
+        Some(tx) => builder.use_protocol(ProtocolVersion::RESP3).push_sender(tx).build(),
+        None => builder.build(),
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::{
 use redis::AsyncCommands;
 use tracing::debug;
 
-use super::connection::SharedConn;
+use super::shared::SharedConn;
 use crate::{cluster::Counter, metrics as m};
 
 /// Values leased per `INCRBY` at first: Redis sees at most one command per this many messages.

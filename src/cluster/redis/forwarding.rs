@@ -67,7 +67,7 @@ impl RedisBackend {
             let (tx, rx) = oneshot::channel();
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(request, tx);
             let message = BusMessage::Command { request, reply_to: self.node.clone(), command: wire };
-            pipe.publish(self.keys.node_channel(&owner), message.encode());
+            pipe.add_command(self.shared.topology().publish(&self.keys.node_channel(&owner), message.encode()));
             sent.push((pending.len(), request, socket, owner, rx));
             pending.push(None);
         }

@@ -1,11 +1,14 @@
 //! Every Redis key and channel of a cluster, exactly as DESIGN §4 names them: all start with
-//! `{prefix}:{cluster}:` (`K:` below).
+//! `{prefix}:{{cluster}}:` (`K:` below), e.g. `ppp:{default}:`. The cluster name in braces is a
+//! Redis Cluster hash tag: every key and channel of one cluster hashes to one slot, so every
+//! pipeline and Lua script (which build their key names from `K:`) stays on one Redis node, and
+//! several clusters spread over a Redis Cluster's shards.
 
 /// Key and channel names for one cluster. The fixed names are built once, here; a name with a
 /// node or socket id in it is built by its method at each call.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    /// `{prefix}:{cluster}:`
+    /// `{prefix}:{{cluster}}:`
     base: String,
     /// `K:nodes` — sorted set: node id → last heartbeat (unix ms).
     pub nodes: String,
@@ -29,7 +32,7 @@ pub struct Keys {
 impl Keys {
     /// The names for `prefix` (`--redis-prefix`) and `cluster` (`--cluster`).
     pub fn new(prefix: &str, cluster: &str) -> Self {
-        let base = format!("{prefix}:{cluster}:");
+        let base = format!("{prefix}:{{{cluster}}}:");
         Self {
             nodes: format!("{base}nodes"),
             reaps: format!("{base}reaps"),
@@ -91,16 +94,29 @@ mod tests {
     #[test]
     fn names_follow_the_design() {
         let k = Keys::new("ppp", "default");
-        assert_eq!(k.nodes, "ppp:default:nodes");
-        assert_eq!(k.node("n1"), "ppp:default:node:n1");
-        assert_eq!(k.node_sockets("n1"), "ppp:default:node:n1:sockets");
-        assert_eq!(k.socket("abc"), "ppp:default:socket:abc");
-        assert_eq!(k.sockets, "ppp:default:sockets");
-        assert_eq!(k.upstreams, "ppp:default:upstreams");
-        assert_eq!(k.rr, "ppp:default:rr");
-        assert_eq!(k.events, "ppp:default:events");
-        assert_eq!(k.node_channel("n1"), "ppp:default:ch:node:n1");
-        assert_eq!(k.broadcast_channel, "ppp:default:ch:broadcast");
-        assert_eq!(k.control_channel, "ppp:default:ch:control");
+        assert_eq!(k.base(), "ppp:{default}:");
+        assert_eq!(k.nodes, "ppp:{default}:nodes");
+        assert_eq!(k.node("n1"), "ppp:{default}:node:n1");
+        assert_eq!(k.node_sockets("n1"), "ppp:{default}:node:n1:sockets");
+        assert_eq!(k.socket("abc"), "ppp:{default}:socket:abc");
+        assert_eq!(k.sockets, "ppp:{default}:sockets");
+        assert_eq!(k.upstreams, "ppp:{default}:upstreams");
+        assert_eq!(k.rr, "ppp:{default}:rr");
+        assert_eq!(k.events, "ppp:{default}:events");
+        assert_eq!(k.node_channel("n1"), "ppp:{default}:ch:node:n1");
+        assert_eq!(k.broadcast_channel, "ppp:{default}:ch:broadcast");
+        assert_eq!(k.control_channel, "ppp:{default}:ch:control");
+    }
+
+    #[test]
+    fn every_key_of_a_cluster_hashes_to_its_slot() {
+        let k = Keys::new("ppp", "default");
+        let slot = redis::cluster_routing::Slot::for_key(k.nodes.as_bytes());
+        let (job, owner, sent) = k.reap_job("n1/run/1");
+        for key in [k.socket("abc"), k.node_reaped("n1"), k.node_channel("n2"), k.control_channel, job, owner, sent] {
+            assert_eq!(redis::cluster_routing::Slot::for_key(key.as_bytes()), slot, "{key}");
+        }
+        let other = Keys::new("ppp", "other");
+        assert_ne!(redis::cluster_routing::Slot::for_key(other.nodes.as_bytes()), slot);
     }
 }

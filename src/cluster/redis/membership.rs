@@ -17,11 +17,7 @@ use std::{
 use redis::AsyncCommands;
 use tracing::{info, warn};
 
-use super::{
-    RedisBackend,
-    connection::{pool_error, timed},
-    records,
-};
+use super::{RedisBackend, connection::RedisConn, records};
 use crate::{metrics as m, socket::unix_ms};
 
 /// How often a node refreshes its heartbeat and looks for dead nodes.
@@ -73,7 +69,10 @@ impl RedisBackend {
                 () = self.stop.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            if let Err(e) = timed(self.beat()).await {
+            let this: &Self = &self;
+            // A failover shows here as errors until the new primary answers: time this node could
+            // not reach Redis, which its watch of the others' heartbeats does not count.
+            if let Err(e) = self.shared.run(|mut conn| async move { this.beat(&mut conn).await }).await {
                 if self.reachable.swap(false, Ordering::AcqRel) {
                     warn!(error = %e, "Redis unreachable; serving on, records queued");
                 }
@@ -85,7 +84,9 @@ impl RedisBackend {
                 info!("Redis reachable");
                 metrics::counter!(m::REDIS_RECONNECTS).increment(1);
             }
-            if let Err(e) = timed(self.reap_dead(&mut watch)).await {
+            let watched = &mut watch;
+            let reaped = self.shared.run(|mut conn| async move { this.reap_dead(&mut conn, watched).await }).await;
+            if let Err(e) = reaped {
                 warn!(error = %e, "reaping failed");
                 watch.restart();
             }
@@ -97,17 +98,16 @@ impl RedisBackend {
     /// One heartbeat. The first one of this run reaps the node's previous run if it is still
     /// registered (a fixed `--node-id` restarted before it was reaped), so its sockets get their
     /// `closed`, and only then lets the record writer start.
-    async fn beat(&self) -> Result<(), redis::RedisError> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
+    async fn beat(&self, conn: &mut RedisConn) -> Result<(), redis::RedisError> {
         if !*self.registered.borrow() {
-            self.reap_previous_run(&mut conn).await?;
+            self.reap_previous_run(conn).await?;
         }
         let present: Option<f64> = conn.zscore(self.keys.nodes.clone(), &self.node).await?;
         if present.is_none() {
             // Before this node shows in `K:nodes` again: a node reading the registry meanwhile
             // sees either no registration (and seeds it itself) or a seeded registry, never a
             // registration next to a registry Redis lost.
-            self.seed_registry(&mut conn).await?;
+            self.seed_registry(conn).await?;
         }
         let sockets = self.table.len();
         let mut fields = self.node_fields.clone();
@@ -117,11 +117,11 @@ impl RedisBackend {
             .hset_multiple(self.keys.node(&self.node), &fields)
             .ignore()
             .hincr(self.keys.node(&self.node), "beats", 1)
-            .query_async(&mut *conn)
+            .query_async(conn)
             .await?;
         let expected = self.beats.fetch_add(1, Ordering::AcqRel) + 1;
         if added == 1 {
-            self.registered_again(&mut conn).await?;
+            self.registered_again(conn).await?;
         } else if beats != expected {
             // Our record is not the one we wrote: Redis restarted, failed over or was restored
             // from a snapshot. Repair the socket registry now rather than at the next resync.
@@ -138,13 +138,13 @@ impl RedisBackend {
     /// New in `K:nodes`: the first beat, or the node was reaped while cut off, or Redis lost its
     /// data (the registry was seeded again just before). Record `node_up` and register the whole
     /// socket set again now.
-    async fn registered_again(&self, conn: &mut deadpool_redis::Connection) -> Result<(), redis::RedisError> {
+    async fn registered_again(&self, conn: &mut RedisConn) -> Result<(), redis::RedisError> {
         if *self.registered.borrow() {
             info!("registered in the cluster again");
             self.announcer.resume_pending.store(true, Ordering::Release);
         }
         records::event(&self.keys, self.events_max, "node_up", "", &self.node, unix_ms(), "")
-            .exec_async(&mut **conn)
+            .exec_async(&mut *conn)
             .await?;
         self.beats.store(1, Ordering::Release);
         self.resync_now.notify_one();
@@ -153,7 +153,7 @@ impl RedisBackend {
 
     /// Seeds the registry with what this node knows, overwriting nothing there: Redis may have
     /// lost it while this node was away from `K:nodes`.
-    async fn seed_registry(&self, conn: &mut deadpool_redis::Connection) -> Result<(), redis::RedisError> {
+    async fn seed_registry(&self, conn: &mut RedisConn) -> Result<(), redis::RedisError> {
         let known = self.known_upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if known.is_empty() {
             return Ok(());
@@ -162,12 +162,12 @@ impl RedisBackend {
         for e in &known {
             pipe.hset_nx(self.keys.upstreams.clone(), &e.id, &e.uri).ignore();
         }
-        pipe.query_async::<()>(&mut **conn).await
+        pipe.query_async::<()>(conn).await
     }
 
     /// Reaps this node's previous run, if a run with another id is still registered under this
     /// node id.
-    async fn reap_previous_run(&self, conn: &mut deadpool_redis::Connection) -> Result<(), redis::RedisError> {
+    async fn reap_previous_run(&self, conn: &mut RedisConn) -> Result<(), redis::RedisError> {
         let previous: Option<String> = conn.hget(self.keys.node(&self.node), "run_id").await?;
         let Some(previous) = previous.filter(|run| *run != self.run_id) else { return Ok(()) };
         let reaped = self.reap(conn, &self.node, None, &previous).await?;
@@ -179,12 +179,11 @@ impl RedisBackend {
     }
 
     /// Reaps every node whose heartbeat this node watched stay unchanged for `--node-ttl`.
-    async fn reap_dead(&self, watch: &mut Watch) -> Result<(), redis::RedisError> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
+    async fn reap_dead(&self, conn: &mut RedisConn, watch: &mut Watch) -> Result<(), redis::RedisError> {
         let beats: Vec<(String, i64)> = conn.zrange_withscores(self.keys.nodes.clone(), 0, -1).await?;
         let dead = watch.observe(beats, self.node_ttl, Instant::now());
         for (node, score) in dead.into_iter().filter(|(n, _)| *n != self.node).take(REAP_PER_BEAT) {
-            let reaped = self.reap(&mut conn, &node, Some(score), "").await?;
+            let reaped = self.reap(conn, &node, Some(score), "").await?;
             if reaped >= 0 {
                 info!(dead = %node, sockets = reaped, "reaped a dead node");
                 metrics::counter!(m::NODES_REAPED).increment(1);
@@ -198,7 +197,7 @@ impl RedisBackend {
     /// reaped (alive after all, or reaped by another node already).
     async fn reap(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut RedisConn,
         node: &str,
         watched: Option<i64>,
         run: &str,
@@ -215,7 +214,7 @@ impl RedisBackend {
             .arg(&self.node)
             .arg(self.events_max)
             .arg(job)
-            .invoke_async(&mut **conn)
+            .invoke_async(conn)
             .await
     }
 }

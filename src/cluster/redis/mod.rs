@@ -1,8 +1,13 @@
 //! The cluster backend on Redis (DESIGN §4).
 //!
 //! - [`keys`]: every key and channel name.
-//! - [`connection`]: the pool, the shared connection of the hot paths, and the timeout on every
+//! - [`topology`]: `--redis-mode`: one server, a primary found through Sentinels, or a Redis
+//!   Cluster.
+//! - [`connection`]: the one connection type, whatever the topology, and the timeout on every
 //!   round trip.
+//! - [`shared`]: the connection every task shares, opened again after any error.
+//! - [`subscription`]: the bus subscriber's own connection (`SUBSCRIBE`, or `SSUBSCRIBE` on a
+//!   Redis Cluster).
 //! - [`records`]: lifecycle records, queued and applied in batches, each exactly once.
 //! - [`bus`]: pub/sub messages between nodes (MessagePack).
 //! - [`counter`]: the shared round-robin counter, leased in blocks.
@@ -26,7 +31,10 @@ pub mod reaper;
 pub mod records;
 pub mod registry;
 pub mod resync;
+pub mod shared;
 pub mod subscriber;
+pub mod subscription;
+pub mod topology;
 
 use std::{
     collections::HashMap,
@@ -39,7 +47,6 @@ use std::{
 };
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use redis::{AsyncCommands, Script};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -47,10 +54,12 @@ use tracing::{Instrument, info, info_span, warn};
 
 use self::{
     bus::BusMessage,
-    connection::{SharedConn, open, pool_error, timed, unavailable, within},
+    connection::{unavailable, within},
     counter::{LeasedCounter, SharedCounter},
     keys::Keys,
     records::{Record, RecordWriter},
+    shared::SharedConn,
+    topology::Topology,
 };
 use super::{
     Backend, BackendError, Counter, Inbound, UpstreamEntry,
@@ -71,8 +80,9 @@ const INBOUND_QUEUE: usize = 1024;
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Runtime settings changes held for the node to apply; more at once is an operator's loop.
 const RUNTIME_BACKLOG: usize = 64;
-/// Pause before reconnecting the bus subscriber.
-const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(500);
+/// Pause before reconnecting the bus subscriber (a failover takes a second or more; a shorter
+/// pause only asks the Sentinels or the cluster more often meanwhile).
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
 
 /// `redis/reap.lua`.
 const REAP_LUA: &str = include_str!("../../../redis/reap.lua");
@@ -85,12 +95,8 @@ pub struct RedisBackend {
     keys: Keys,
     /// This node's id.
     node: String,
-    /// Pooled connections for commands (pub/sub has its own).
-    pool: Pool,
-    /// The connection of the hot paths (commands for other nodes, publishing).
+    /// The connection every task shares (the bus subscriber opens its own through its topology).
     shared: Arc<SharedConn>,
-    /// The URL, for the subscriber's dedicated connection.
-    client: redis::Client,
     /// The record writer's queue.
     records: mpsc::Sender<Record>,
     /// The leased round-robin counter.
@@ -144,11 +150,12 @@ pub struct RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects to `--redis` and starts the record writer, the heartbeat and the bus subscriber.
-    /// Redis need not be reachable yet: every task retries. `table` is this node's own truth.
+    /// Connects to `--redis` (as `--redis-mode` says) and starts the record writer, the heartbeat
+    /// and the bus subscriber. Redis need not be reachable yet: every task retries. `table` is
+    /// this node's own truth.
     ///
     /// # Errors
-    /// [`BackendError::Invalid`] when the URL is not a Redis URL.
+    /// [`BackendError::Invalid`] when a URL is not a Redis URL.
     pub fn connect(
         config: &Config,
         node: &str,
@@ -156,9 +163,9 @@ impl RedisBackend {
         listen: SocketAddr,
         table: SocketTable,
     ) -> Result<Arc<Self>, BackendError> {
-        let (client, pool) = open(config.redis.as_deref().unwrap_or_default())?;
+        let topology = Topology::open(config.redis_mode, &config.redis, &config.redis_master_name)?;
         let keys = Keys::new(&config.redis_prefix, &config.cluster);
-        let shared = Arc::new(SharedConn::new(pool.clone()));
+        let shared = Arc::new(SharedConn::new(topology));
         let registered = watch::Sender::new(false);
         let (writer, records) = RecordWriter::new(shared.clone(), keys.clone(), node, run_id, config, &registered);
         let backend = Arc::new(Self {
@@ -166,8 +173,6 @@ impl RedisBackend {
             shared,
             keys,
             node: node.to_owned(),
-            pool,
-            client,
             records,
             registry: watch::Sender::new(0),
             pending: Arc::default(),
@@ -243,40 +248,39 @@ impl Backend for RedisBackend {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRecord>, BackendError> {
-        within(async {
-            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            let beats: Vec<(String, i64)> =
-                conn.zrange_withscores(self.keys.nodes.clone(), 0, -1).await.map_err(unavailable)?;
-            let mut pipe = redis::pipe();
-            for (node, _) in &beats {
-                pipe.hgetall(self.keys.node(node));
-            }
-            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut *conn).await.map_err(unavailable)?;
-            let now = unix_ms();
-            let mut nodes: Vec<NodeRecord> =
-                beats.into_iter().zip(hashes).map(|((id, beat), h)| listing::node_record(id, now - beat, &h)).collect();
-            nodes.sort_by(|a, b| a.id.cmp(&b.id));
-            Ok(nodes)
-        })
-        .await
+        let (beats, hashes) = self
+            .shared
+            .run(|mut conn| async move {
+                let beats: Vec<(String, i64)> = conn.zrange_withscores(self.keys.nodes.clone(), 0, -1).await?;
+                let mut pipe = redis::pipe();
+                for (node, _) in &beats {
+                    pipe.hgetall(self.keys.node(node));
+                }
+                let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+                Ok((beats, hashes))
+            })
+            .await
+            .map_err(unavailable)?;
+        let now = unix_ms();
+        let mut nodes: Vec<NodeRecord> =
+            beats.into_iter().zip(hashes).map(|((id, beat), h)| listing::node_record(id, now - beat, &h)).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
     }
 
     async fn sockets(&self, query: &SocketQuery) -> Result<SocketPage, BackendError> {
-        within(async {
-            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            listing::sockets(&mut *conn, &self.keys, query).await.map_err(unavailable)
-        })
-        .await
+        self.shared
+            .run(|mut conn| async move { listing::sockets(&mut conn, &self.keys, query).await })
+            .await
+            .map_err(unavailable)
     }
 
     async fn socket(&self, id: SocketId, idle_after: Duration) -> Result<Option<SocketRecord>, BackendError> {
-        within(async {
-            let mut conn = self.pool.get().await.map_err(|e| unavailable(pool_error(e)))?;
-            let id = id.to_string();
-            let hash: HashMap<String, String> = conn.hgetall(self.keys.socket(&id)).await.map_err(unavailable)?;
-            Ok(SocketRecord::from_hash(&id, &hash, idle_after))
-        })
-        .await
+        let id = id.to_string();
+        let key = self.keys.socket(&id);
+        let hash: HashMap<String, String> =
+            self.shared.run(|mut conn| async move { conn.hgetall(key).await }).await.map_err(unavailable)?;
+        Ok(SocketRecord::from_hash(&id, &hash, idle_after))
     }
 
     async fn publish_runtime(&self, patch: &RuntimePatch) -> Result<(), BackendError> {
@@ -308,11 +312,9 @@ impl Backend for RedisBackend {
     }
 
     async fn draining(&self) {
-        let marked: Result<(), redis::RedisError> = timed(async {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            conn.hset(self.keys.node(&self.node), "draining", "1").await
-        })
-        .await;
+        let key = self.keys.node(&self.node);
+        let marked: Result<(), redis::RedisError> =
+            self.shared.run(|mut conn| async move { conn.hset(key, "draining", "1").await }).await;
         if let Err(e) = marked {
             warn!(error = %e, "could not mark the node draining");
         }
@@ -322,19 +324,12 @@ impl Backend for RedisBackend {
         self.stop.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
-        let left: Result<(), redis::RedisError> = timed(async {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            redis::pipe()
-                .zrem(self.keys.nodes.clone(), &self.node)
-                .ignore()
-                .del(self.keys.node(&self.node))
-                .ignore()
-                .del(self.keys.node_sockets(&self.node))
-                .ignore()
-                .query_async(&mut *conn)
-                .await
-        })
-        .await;
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.keys.nodes.clone(), &self.node).ignore();
+        pipe.del(self.keys.node(&self.node)).ignore();
+        pipe.del(self.keys.node_sockets(&self.node)).ignore();
+        let left: Result<(), redis::RedisError> =
+            self.shared.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await;
         match left {
             Ok(()) => info!("left the cluster"),
             Err(e) => warn!(error = %e, "could not leave the cluster cleanly; it will be reaped"),

@@ -23,11 +23,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{
-    Handoff, RedisBackend,
-    connection::{pool_error, timed},
-    records::Record,
-};
+use super::{Handoff, RedisBackend, connection::RedisConn, records::Record};
 use crate::{
     cluster::Announcement,
     proto::NodeEvent,
@@ -105,11 +101,8 @@ impl RedisBackend {
 
     /// Announces jobs until none is left that another node does not own.
     async fn announce_jobs(&self) -> Result<(), redis::RedisError> {
-        let jobs: Vec<String> = timed(async {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            conn.zrange(self.keys.reaps.clone(), 0, 15).await
-        })
-        .await?;
+        let key = self.keys.reaps.clone();
+        let jobs: Vec<String> = self.shared.run(|mut conn| async move { conn.zrange(key, 0, 15).await }).await?;
         for job in jobs {
             if self.stop.is_cancelled() {
                 break;
@@ -172,24 +165,10 @@ impl RedisBackend {
         offset: usize,
     ) -> Result<redis::Value, redis::RedisError> {
         let (list, owner, sent) = self.keys.reap_job(job);
-        timed(async {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            self.announcer
-                .script
-                .key(list)
-                .key(owner)
-                .key(sent)
-                .key(self.keys.reaps.clone())
-                .arg(mode)
-                .arg(&self.node)
-                .arg(LEASE.as_millis() as u64)
-                .arg(n)
-                .arg(job)
-                .arg(offset)
-                .invoke_async(&mut *conn)
-                .await
-        })
-        .await
+        let mut invocation = self.announcer.script.key(list);
+        invocation.key(owner).key(sent).key(self.keys.reaps.clone());
+        invocation.arg(mode).arg(&self.node).arg(LEASE.as_millis() as u64).arg(n).arg(job).arg(offset);
+        self.shared.run(|mut conn| async move { invocation.invoke_async(&mut conn).await }).await
     }
 
     /// The batch of a job at `offset`: how many at the head of the job may have been handed out
@@ -251,7 +230,7 @@ impl RedisBackend {
         if !self.announcer.resume_pending.load(Ordering::Acquire) {
             return;
         }
-        match timed(self.resume()).await {
+        match self.shared.run(|mut conn| async move { self.resume(&mut conn).await }).await {
             Ok(true) => self.announcer.resume_pending.store(false, Ordering::Release),
             Ok(false) => debug!("resume waits for the reaper's closed events"),
             Err(e) => debug!(error = %e, "resume failed; trying again at the next heartbeat"),
@@ -259,8 +238,7 @@ impl RedisBackend {
     }
 
     /// One try of [`Self::resume_if_reaped`]; `false` while the reaper still announces.
-    async fn resume(&self) -> Result<bool, redis::RedisError> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
+    async fn resume(&self, conn: &mut RedisConn) -> Result<bool, redis::RedisError> {
         let jobs: Vec<String> = conn.zrange(self.keys.reaps.clone(), 0, -1).await?;
         let mine = format!("{}/", self.node);
         if jobs.iter().any(|j| j.starts_with(&mine)) {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{RedisBackend, connection::SharedConn, keys::Keys};
+use super::{RedisBackend, keys::Keys, shared::SharedConn};
 use crate::{
     cluster::{ClosedRecorded, Records},
     config::Config,

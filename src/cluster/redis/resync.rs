@@ -11,11 +11,7 @@ use std::{
 use redis::{AsyncCommands, Script};
 use tracing::{debug, info, warn};
 
-use super::{
-    RedisBackend, TOUCH_LUA,
-    connection::{pool_error, timed},
-    records,
-};
+use super::{RedisBackend, TOUCH_LUA, connection::RedisConn, records};
 use crate::{metrics as m, socket::SocketState};
 
 impl RedisBackend {
@@ -30,7 +26,8 @@ impl RedisBackend {
                 _ = ticker.tick() => {}
                 () = self.resync_now.notified() => {}
             }
-            match timed(self.resync()).await {
+            let this: &Self = &self;
+            match self.shared.run(|mut conn| async move { this.resync(&mut conn).await }).await {
                 Ok((added, removed)) if added + removed > 0 => {
                     info!(added, removed, "socket registry repaired");
                 }
@@ -45,13 +42,12 @@ impl RedisBackend {
     }
 
     /// One resync; returns how many sockets were added to and removed from Redis.
-    async fn resync(&self) -> Result<(usize, usize), redis::RedisError> {
+    async fn resync(&self, conn: &mut RedisConn) -> Result<(usize, usize), redis::RedisError> {
         // Not before this run is registered: the socket set in Redis may still be a previous
         // run's, which must be reaped (with its `closed` events), not repaired away.
         if !*self.registered.borrow() {
             return Ok((0, 0));
         }
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
         let in_redis: HashSet<String> = conn.smembers(self.keys.node_sockets(&self.node)).await?;
         let truth = self.table.snapshot();
         let truth_ids: HashSet<&str> = truth.iter().map(|s| &*s.id_str).collect();
@@ -69,7 +65,7 @@ impl RedisBackend {
             removed += 1;
         }
         if added + removed > 0 {
-            pipe.query_async::<()>(&mut *conn).await?;
+            pipe.query_async::<()>(conn).await?;
         }
         Ok((added, removed))
     }
@@ -106,11 +102,8 @@ impl RedisBackend {
             if changed.is_empty() {
                 continue;
             }
-            let result: Result<(), redis::RedisError> = timed(async {
-                let mut conn = self.pool.get().await.map_err(pool_error)?;
-                pipe.query_async(&mut *conn).await
-            })
-            .await;
+            let result: Result<(), redis::RedisError> =
+                self.shared.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await;
             match result {
                 Ok(()) => written.extend(changed),
                 Err(e) => debug!(error = %e, "could not refresh last_seen"),

@@ -1,56 +1,64 @@
 //! The bus subscriber: this node's channel, the broadcast channel and the control channel, on a
-//! dedicated connection, subscribed again after every reconnect.
+//! dedicated connection ([`Subscription`]), subscribed again after every reconnect.
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use redis::AsyncCommands;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::{
     RESUBSCRIBE_PAUSE, RedisBackend,
     bus::{self, BusMessage},
+    connection::timed,
+    subscription::Subscription,
 };
 use crate::{cluster::Inbound, command::Receipt, metrics as m};
 
 impl RedisBackend {
     /// Listens on this node's channel, the broadcast channel and the control channel, on a
-    /// dedicated connection, resubscribing after every reconnect.
+    /// dedicated connection, subscribing again after every reconnect (and after a failover, on
+    /// the new primary).
     pub(super) async fn subscribe(self: Arc<Self>) {
         let control = self.keys.control_channel.clone();
         let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel.clone(), control.clone()];
         while !self.stop.is_cancelled() {
-            match self.client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&channels).await {
-                    Ok(()) => {
-                        debug!("bus subscribed");
-                        // Anything may have changed while we were away.
-                        self.registry.send_modify(|v| *v += 1);
-                        let mut messages = pubsub.on_message();
-                        loop {
-                            let message = tokio::select! {
-                                () = self.stop.cancelled() => return,
-                                m = messages.next() => m,
-                            };
-                            let Some(message) = message else { break };
-                            if message.get_channel_name() == control {
-                                self.on_control(message.get_payload_bytes());
-                                continue;
-                            }
-                            self.on_bus(message.get_payload_bytes()).await;
-                        }
-                        warn!("bus connection lost; resubscribing");
+            match timed(self.shared.topology().subscribe(&channels)).await {
+                Ok(mut subscription) => {
+                    debug!("bus subscribed");
+                    // Anything may have changed while we were away: the registry is read again.
+                    // (Runtime settings are not kept in Redis: a change published meanwhile is
+                    // lost for this node, as for a node started later; a command whose receipt
+                    // was lost fails after COMMAND_TIMEOUT.)
+                    self.registry.send_modify(|v| *v += 1);
+                    self.listen(&mut subscription, &control).await;
+                    if self.stop.is_cancelled() {
+                        return;
                     }
-                    Err(e) => warn!(error = %e, "bus subscribe failed"),
-                },
-                Err(e) => warn!(error = %e, "bus connection failed"),
+                    warn!("bus connection lost; subscribing again");
+                }
+                Err(e) => warn!(error = %e, "bus subscribe failed"),
             }
             metrics::counter!(m::REDIS_ERRORS).increment(1);
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
             }
+        }
+    }
+
+    /// Handles the subscription's messages until it ends (or the node stops).
+    async fn listen(self: &Arc<Self>, subscription: &mut Subscription, control: &str) {
+        loop {
+            let message = tokio::select! {
+                () = self.stop.cancelled() => return,
+                m = subscription.next() => m,
+            };
+            let Some(message) = message else { return };
+            if message.get_channel_name() == control {
+                self.on_control(message.get_payload_bytes());
+                continue;
+            }
+            self.on_bus(message.get_payload_bytes()).await;
         }
     }
 
@@ -126,9 +134,10 @@ impl RedisBackend {
         });
     }
 
-    /// Publishes a bus message; returns how many nodes received it.
+    /// Publishes a bus message (`PUBLISH`, or `SPUBLISH` on a Redis Cluster); returns how many
+    /// nodes received it.
     pub(super) async fn publish(&self, channel: &str, message: BusMessage) -> Result<usize, redis::RedisError> {
-        let channel = channel.to_owned();
-        self.shared.run(|mut conn| async move { conn.publish(channel, message.encode()).await }).await
+        let publish = self.shared.topology().publish(channel, message.encode());
+        self.shared.run(|mut conn| async move { publish.query_async(&mut conn).await }).await
     }
 }

@@ -1,0 +1,72 @@
+//! The cluster on a Redis Cluster of three primaries and three replicas (`--redis-mode
+//! cluster`): every key of a `--cluster` in one slot, pub/sub sharded; it works as on one Redis,
+//! and a failover of the primary holding the cluster's slot (killed with SIGKILL) loses nothing.
+
+#[allow(dead_code)]
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn nodes_on_a_redis_cluster_share_sockets_commands_listing_and_reaping() {
+    let redis = RedisClusterSet::start().await;
+    the_cluster_works(&redis).await;
+}
+
+#[tokio::test]
+async fn a_redis_cluster_failover_under_load_loses_no_socket_event_or_command() {
+    let mut redis = RedisClusterSet::start().await;
+    let figures = a_failover_loses_nothing(&mut redis).await;
+    println!("{}", figures.line("cluster"));
+    assert_eq!((figures.sockets_lost, figures.events_lost), (0, 0), "{figures:?}");
+    assert_eq!(figures.admin_status, 503, "a cross-node send in the gap is a 503: {figures:?}");
+}
+
+/// Every script of `redis/` builds its key names from `K:` (the cluster's hash tag), so all it
+/// touches is in the slot of the key it declares: Redis Cluster runs it on that slot's primary.
+#[tokio::test]
+async fn every_lua_script_runs_on_the_cluster_slot() {
+    use redis::{AsyncCommands, Script};
+    let redis = RedisClusterSet::start().await;
+    let mut c = redis.conn().await;
+    let socket = uuid::Uuid::now_v7().to_string();
+    let records = Script::new(include_str!("../redis/records.lua"));
+    let reaped: Vec<String> = records
+        .key(format!("{K}node:n1"))
+        .arg(K)
+        .arg("n1")
+        .arg("run-1")
+        .arg(1)
+        .arg(1000)
+        .arg(&["o", &socket, "10.0.0.1:1", "10.0.0.2:2", "1000"])
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert!(reaped.is_empty());
+    let touch = Script::new(include_str!("../redis/touch.lua"));
+    let _: () =
+        touch.key(format!("{K}socket:{socket}")).arg(&["last_seen", "2000"]).invoke_async(&mut c).await.unwrap();
+    let seen: String = c.hget(format!("{K}socket:{socket}"), "last_seen").await.unwrap();
+    assert_eq!(seen, "2000");
+    let _: () = c.zadd(format!("{K}nodes"), "n1", 5).await.unwrap();
+    let reap = Script::new(include_str!("../redis/reap.lua"));
+    let n: i64 = reap
+        .key(format!("{K}nodes"))
+        .arg(&[K, "n1", "5", "", "3000", "n2", "1000", "n1/run-1/3000"])
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "one socket reaped");
+    let list = format!("{K}reap:n1/run-1/3000");
+    let announce = Script::new(include_str!("../redis/announce.lua"));
+    let batch: Vec<String> = announce
+        .key(&list)
+        .key(format!("{list}:owner"))
+        .key(format!("{list}:sent"))
+        .key(format!("{K}reaps"))
+        .arg(&["take", "n2", "10000", "16", "n1/run-1/3000", "0"])
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(batch, ["0".to_owned(), socket]);
+}
