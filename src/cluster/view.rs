@@ -107,7 +107,7 @@ impl SocketRecord {
             messages_out: s.messages_out.load(Relaxed),
             bytes_in: s.bytes_in.load(Relaxed),
             bytes_out: s.bytes_out.load(Relaxed),
-            labels: (*s.labels()).clone(),
+            labels: s.labels_copy(),
         }
     }
 

@@ -122,11 +122,7 @@ impl Dispatcher {
 
 /// Whether the socket carries every label of the selector.
 fn matches_selector(socket: &SocketState, selector: &Labels) -> bool {
-    if selector.is_empty() {
-        return true;
-    }
-    let labels = socket.labels();
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    selector.is_empty() || socket.matches(selector)
 }
 
 /// Queues a payload, counting and reporting a refusal.

@@ -142,7 +142,7 @@ fn try_forward<'a>(balancer: &'a Balancer, socket: &'a SocketState, event: NodeE
     Some(Box::pin(async move {
         tokio::select! {
             biased;
-            () = socket.closing.cancelled() => Err(socket.close_reason().unwrap_or(CloseReason::Shutdown)),
+            () = socket.closing() => Err(socket.close_reason().unwrap_or(CloseReason::Shutdown)),
             () = balancer.forward(event, Some(socket), None) => Ok(()),
         }
     }))
@@ -155,7 +155,7 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
     // A raw read is one message, so it may not exceed --max-frame.
     let read_size = if ctx.framing == Framing::Raw { READ_CHUNK.min(ctx.max_frame) } else { READ_CHUNK };
     // Built once: building it per read would register and unregister a waiter every time.
-    let closing = socket.closing.cancelled();
+    let closing = socket.closing();
     tokio::pin!(closing);
     // Likewise built once, and again only after `--idle-timeout` changed at run time.
     let idle_changed = ctx.settings.idle_changed();
@@ -297,7 +297,7 @@ async fn sleep_until(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline:
 /// Writes queued messages until the socket closes; on a graceful close, flushes what is queued.
 async fn write_loop(framing: Framing, socket: &SocketState, mut write: OwnedWriteHalf) {
     let mut out = BytesMut::new();
-    let closing = socket.closing.cancelled();
+    let closing = socket.closing();
     tokio::pin!(closing);
     loop {
         let queued = socket.take_outbound();
@@ -349,7 +349,7 @@ fn encode_all(framing: Framing, socket: &SocketState, queued: VecDeque<Bytes>, o
 /// Resolves when the socket closes for a reason that does not flush (a write in progress is
 /// abandoned then); never resolves for a graceful close.
 async fn abort(socket: &SocketState) {
-    socket.closing.cancelled().await;
+    socket.closing().await;
     if socket.close_reason().is_some_and(CloseReason::flushes) {
         std::future::pending::<()>().await;
     }

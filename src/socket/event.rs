@@ -16,7 +16,7 @@ pub fn opened(node_id: &str, socket: &SocketState, resumed: bool) -> NodeEvent {
         remote_addr: socket.remote_addr.to_string(),
         local_addr: socket.local_addr.to_string(),
         connected_at_unix_ms: socket.connected_at_ms,
-        labels: (*socket.labels()).clone(),
+        labels: socket.labels_copy(),
         tls_server_name: String::new(),
     };
     wrap(Event::Opened(SocketOpened { socket: Some(info), resumed }))
@@ -24,7 +24,7 @@ pub fn opened(node_id: &str, socket: &SocketState, resumed: bool) -> NodeEvent {
 
 /// The `data` event for the socket's inbound message number `seq`, with its labels now.
 pub fn data(socket: &SocketState, seq: u64, payload: Bytes) -> NodeEvent {
-    let labels = (*socket.labels()).clone();
+    let labels = socket.labels_copy();
     wrap(Event::Data(SocketData { socket_id: socket.id_str.to_string(), seq, payload, labels }))
 }
 

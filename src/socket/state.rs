@@ -14,7 +14,6 @@ use std::{
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::{CloseReason, LabelError, Labels, MAX_LABELS, SocketId, validate_labels};
 
@@ -75,7 +74,8 @@ pub struct SocketState {
     /// Outbound payload bytes written.
     pub bytes_out: AtomicU64,
     /// Labels, copy-on-write: readers (every inbound message) clone an `Arc`, writers swap it.
-    labels: RwLock<Arc<Labels>>,
+    /// `None` while the socket has none: an empty map would cost every socket an allocation.
+    labels: RwLock<Option<Arc<Labels>>>,
     /// The outbound queue, bounded by `--write-queue`. A plain deque rather than a channel: it
     /// holds no memory while empty (a channel keeps a block of slots per socket), and the writer
     /// takes everything queued in one go.
@@ -84,10 +84,12 @@ pub struct SocketState {
     outbound_bounds: QueueBounds,
     /// Wakes the writer when something is queued.
     outbound_ready: Notify,
-    /// The first close reason wins; set before `closing` is cancelled.
+    /// The first close reason wins; set before `closing` is told.
     close_reason: OnceLock<CloseReason>,
     /// Cancelled when the socket must close; both tasks watch it.
-    pub closing: CancellationToken,
+    /// Told when the socket must close; both tasks wait on it ([`SocketState::closing`]). A
+    /// `Notify` inline, not a `CancellationToken`: that is a heap node per socket.
+    close_notify: Notify,
     /// With `--balance sticky`, the id of the upstream this socket is bound to (an id, not the
     /// upstream itself: a socket knows nothing of the pool, and a removed upstream is not kept
     /// alive by the sockets once bound to it).
@@ -118,12 +120,12 @@ impl SocketState {
             bytes_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
-            labels: RwLock::new(Arc::default()),
+            labels: RwLock::new(None),
             outbound: Mutex::default(),
             outbound_bounds: bounds,
             outbound_ready: Notify::new(),
             close_reason: OnceLock::new(),
-            closing: CancellationToken::new(),
+            close_notify: Notify::new(),
             sticky: Mutex::new(None),
         };
         Arc::new(state)
@@ -131,7 +133,18 @@ impl SocketState {
 
     /// The current labels.
     pub fn labels(&self) -> Arc<Labels> {
-        self.labels.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.labels.read().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()
+    }
+
+    /// A copy of the current labels (for an event), without allocating when there are none.
+    pub fn labels_copy(&self) -> Labels {
+        self.labels.read().unwrap_or_else(|e| e.into_inner()).as_deref().cloned().unwrap_or_default()
+    }
+
+    /// Whether the socket carries every label of `selector`.
+    pub fn matches(&self, selector: &Labels) -> bool {
+        let labels = self.labels.read().unwrap_or_else(|e| e.into_inner());
+        selector.iter().all(|(k, v)| labels.as_ref().and_then(|l| l.get(k)) == Some(v))
     }
 
     /// Merges `labels` into the socket's (an empty value removes the label), or replaces them all.
@@ -142,7 +155,7 @@ impl SocketState {
     pub fn set_labels(&self, labels: Labels, replace: bool) -> Result<Arc<Labels>, LabelError> {
         validate_labels(&labels)?;
         let mut guard = self.labels.write().unwrap_or_else(|e| e.into_inner());
-        let mut next = if replace { Labels::new() } else { (**guard).clone() };
+        let mut next = if replace { Labels::new() } else { guard.as_deref().cloned().unwrap_or_default() };
         for (k, v) in labels {
             if v.is_empty() && !replace {
                 next.remove(&k);
@@ -154,7 +167,7 @@ impl SocketState {
             return Err(LabelError::TooMany);
         }
         let next = Arc::new(next);
-        *guard = next.clone();
+        *guard = (!next.is_empty()).then(|| next.clone());
         Ok(next)
     }
 
@@ -225,8 +238,23 @@ impl SocketState {
     /// Asks the socket to close. The first reason given wins; later calls do nothing.
     pub fn close(&self, reason: CloseReason) {
         if self.close_reason.set(reason).is_ok() {
-            self.closing.cancel();
+            self.close_notify.notify_waiters();
         }
+    }
+
+    /// Resolves once the socket must close.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn closing(&self) {
+        let notified = self.close_notify.notified();
+        tokio::pin!(notified);
+        // Registered before the look, so a close between the two is not missed.
+        notified.as_mut().enable();
+        if self.close_reason.get().is_some() {
+            return;
+        }
+        notified.await;
     }
 
     /// Why the socket is closing, once it is.
