@@ -20,6 +20,10 @@ use uuid::Uuid;
 
 use crate::upstream::pool::Upstream;
 
+mod close;
+
+pub use self::close::CloseReason;
+
 /// A socket's labels: business metadata (user id, device kind) set by upstreams or admins.
 pub type Labels = HashMap<String, String>;
 
@@ -86,72 +90,6 @@ impl FromStr for SocketId {
     }
 }
 
-/// Why a socket closed: a closed set, documented in `docs/protocol.md`, reported in
-/// `SocketClosed.reason`, in lifecycle records and in metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    /// The client closed its side (EOF).
-    ClientClosed,
-    /// Reading from or writing to the client failed (reset, broken pipe).
-    ClientError,
-    /// Inactive for `--idle-timeout`.
-    Idle,
-    /// The client sent a frame longer than `--max-frame`.
-    FrameTooLarge,
-    /// The socket's outbound queue (`--write-queue`) was full.
-    SlowConsumer,
-    /// An upstream sent `Close`.
-    Upstream,
-    /// An operator closed it through the admin API.
-    Admin,
-    /// The node is draining or shutting down.
-    Shutdown,
-    /// The node holding it died and was reaped (recorded by another node).
-    NodeLost,
-}
-
-impl CloseReason {
-    /// Every reason, for docs and metrics.
-    pub const ALL: [CloseReason; 9] = [
-        Self::ClientClosed,
-        Self::ClientError,
-        Self::Idle,
-        Self::FrameTooLarge,
-        Self::SlowConsumer,
-        Self::Upstream,
-        Self::Admin,
-        Self::Shutdown,
-        Self::NodeLost,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientClosed => "client_closed",
-            Self::ClientError => "client_error",
-            Self::Idle => "idle",
-            Self::FrameTooLarge => "frame_too_large",
-            Self::SlowConsumer => "slow_consumer",
-            Self::Upstream => "upstream",
-            Self::Admin => "admin",
-            Self::Shutdown => "shutdown",
-            Self::NodeLost => "node_lost",
-        }
-    }
-
-    /// Whether messages already queued for the socket are written before it closes. A slow
-    /// consumer or a broken socket cannot take them; everyone else deserves them.
-    pub fn flushes(self) -> bool {
-        matches!(self, Self::Upstream | Self::Admin | Self::Shutdown | Self::Idle)
-    }
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Milliseconds since the Unix epoch, now (by this host's clock, shifted by
 /// `PPP_TEST_CLOCK_OFFSET_MS` when a test sets it to stand for a host whose clock is off).
 pub fn unix_ms() -> i64 {
@@ -196,6 +134,8 @@ pub struct SocketState {
     pub remote_addr: SocketAddr,
     /// The node's address the client connected to.
     pub local_addr: SocketAddr,
+    /// The name the client asked for in its TLS handshake (SNI), when it came over TLS with one.
+    pub tls_server_name: Option<Box<str>>,
     /// Accept time, unix ms.
     pub connected_at_ms: i64,
     /// Last inbound message, unix ms (starts at `connected_at_ms`): decides active/inactive.
@@ -235,6 +175,16 @@ impl fmt::Debug for SocketState {
 impl SocketState {
     /// A new socket with an outbound queue of `write_queue` messages.
     pub fn new(remote_addr: SocketAddr, local_addr: SocketAddr, write_queue: usize) -> Arc<Self> {
+        Self::with_tls(remote_addr, local_addr, write_queue, None)
+    }
+
+    /// [`SocketState::new`] for a socket that came over TLS and asked for `tls_server_name`.
+    pub fn with_tls(
+        remote_addr: SocketAddr,
+        local_addr: SocketAddr,
+        write_queue: usize,
+        tls_server_name: Option<Box<str>>,
+    ) -> Arc<Self> {
         let id = SocketId::new();
         // The accept time is the id's own timestamp, so sockets ordered by id are ordered by
         // `connected_at` too (the admin API pages through them with the id as cursor).
@@ -244,6 +194,7 @@ impl SocketState {
             id_str: id.to_string().into(),
             remote_addr,
             local_addr,
+            tls_server_name,
             connected_at_ms: now,
             last_seen_ms: AtomicI64::new(now),
             messages_in: AtomicU64::new(0),

@@ -9,6 +9,7 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 /// What can be wrong with the configuration. Always fatal at start-up, with a message naming the
 /// setting.
@@ -188,6 +189,30 @@ pub struct Config {
     #[arg(long, env = "PPP_EVENTS_MAX", default_value_t = 100_000, global = true)]
     pub events_max: u64,
 
+    /// PEM certificate chain (leaf first) for downstream TLS; with `--tls-key`. Re-read when it
+    /// changes and on SIGHUP.
+    #[arg(long, env = "PPP_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "PPP_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Every socket starts with a PROXY protocol header (v1 or v2) from a load balancer.
+    #[arg(long, env = "PPP_PROXY_PROTOCOL", global = true)]
+    pub proxy_protocol: bool,
+
+    /// Peers (CIDR) allowed to send a PROXY header (repeatable; comma-separated in the
+    /// environment); a socket from any other peer is closed.
+    #[arg(
+        long,
+        env = "PPP_PROXY_FROM",
+        value_delimiter = ',',
+        default_values = crate::downstream::proxy_header::DEFAULT_PROXY_FROM,
+        global = true
+    )]
+    pub proxy_from: Vec<IpNet>,
+
     /// Optional TOML file with any of these settings (keys are the flag names).
     #[arg(long, env = "PPP_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -222,6 +247,10 @@ impl fmt::Debug for Config {
             .field("resync_interval", &self.resync_interval)
             .field("drain_timeout", &self.drain_timeout)
             .field("events_max", &self.events_max)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("proxy_protocol", &self.proxy_protocol)
+            .field("proxy_from", &self.proxy_from)
             .field("config", &self.config)
             .field("log_format", &self.log_format)
             .finish()
@@ -277,6 +306,12 @@ impl Config {
         }
         for uri in &self.upstream {
             crate::upstream::validate_uri(uri).map_err(ConfigError::Invalid)?;
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("--tls-cert and --tls-key go together: give both, or neither for plain TCP");
+        }
+        if self.proxy_protocol && self.proxy_from.is_empty() {
+            return invalid("--proxy-protocol needs at least one --proxy-from range");
         }
         if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() && !self.admin_insecure {
             return invalid(

@@ -11,11 +11,8 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::{
-    io::AsyncWriteExt,
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
     time::Instant,
 };
 use tracing::{Instrument, debug, info_span, warn};
@@ -24,6 +21,7 @@ use super::{
     admission::Admission,
     framing::{self, FrameDecoder, FrameError},
     table::SocketTable,
+    transport::{self, Edge, Inbound, TlsInbound, Transport},
 };
 use crate::{
     cluster::Backend,
@@ -62,32 +60,22 @@ pub struct Downstream {
     pub max_frame: usize,
     /// `--write-queue`.
     pub write_queue: usize,
+    /// PROXY protocol and TLS, as configured.
+    pub edge: Edge,
 }
 
 /// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.
 pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
-    let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-        return; // The client is already gone; it was never a socket of ours.
-    };
-    let _ = stream.set_nodelay(true);
-    let socket = SocketState::new(remote, local, ctx.write_queue);
-    let span = info_span!("socket", socket.id = %socket.id, client.addr = %remote);
+    // The PROXY header and the TLS handshake, here in the socket's own task.
+    let Ok(opened) = transport::open(&ctx.edge, stream).await else { return };
+    let socket = SocketState::with_tls(opened.remote, opened.local, ctx.write_queue, opened.tls_server_name);
+    let span = info_span!("socket", socket.id = %socket.id, client.addr = %opened.remote);
     async move {
         debug!("socket opened");
         ctx.table.insert(socket.clone());
         ctx.backend.socket_opened(&socket);
         metrics::counter!(m::SOCKETS_OPENED).increment(1);
-        let (read, write) = stream.into_split();
-        // Reader and writer run concurrently in this one task (one task per socket keeps an idle
-        // socket small); each ends by closing the socket, which ends the other.
-        let read_side = async {
-            let reason = match deliver(&ctx.router, &socket, opened_event(&ctx.node_id, &socket, false)).await {
-                Ok(()) => read_loop(&ctx, &socket, read).await,
-                Err(reason) => reason,
-            };
-            socket.close(reason);
-        };
-        tokio::join!(read_side, write_loop(ctx.framing, &socket, write));
+        run(&ctx, &socket, opened.transport).await;
         let reason = socket.close_reason().unwrap_or(CloseReason::ClientClosed);
         debug!(%reason, "socket closed");
         metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
@@ -123,6 +111,31 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
     .await;
 }
 
+/// Runs the socket's reader and writer concurrently in this one task (one task per socket keeps
+/// an idle socket small); each ends by closing the socket, which ends the other. Plain TCP is
+/// split into its owned halves; TLS, one session for both directions, with `tokio::io::split`.
+async fn run(ctx: &Downstream, socket: &SocketState, transport: Transport) {
+    match transport {
+        Transport::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            tokio::join!(read_side(ctx, socket, read), write_loop(ctx.framing, socket, write));
+        }
+        Transport::Tls(tls) => {
+            let (read, write) = tokio::io::split(*tls);
+            tokio::join!(read_side(ctx, socket, TlsInbound::new(read)), write_loop(ctx.framing, socket, write));
+        }
+    }
+}
+
+/// Announces the socket, then reads it until it closes.
+async fn read_side(ctx: &Downstream, socket: &SocketState, read: impl Inbound) {
+    let reason = match deliver(&ctx.router, socket, opened_event(&ctx.node_id, socket, false)).await {
+        Ok(()) => read_loop(ctx, socket, read).await,
+        Err(reason) => reason,
+    };
+    socket.close(reason);
+}
+
 /// The `opened` event for a socket; `resumed` when it is announced again after the cluster
 /// reaped it while this node was cut off.
 pub fn opened_event(node_id: &str, socket: &SocketState, resumed: bool) -> NodeEvent {
@@ -133,7 +146,7 @@ pub fn opened_event(node_id: &str, socket: &SocketState, resumed: bool) -> NodeE
         local_addr: socket.local_addr.to_string(),
         connected_at_unix_ms: socket.connected_at_ms,
         labels: (*socket.labels()).clone(),
-        tls_server_name: String::new(),
+        tls_server_name: socket.tls_server_name.as_deref().unwrap_or_default().to_owned(),
     };
     NodeEvent { event: Some(Event::Opened(SocketOpened { socket: Some(info), resumed })), ..NodeEvent::default() }
 }
@@ -152,7 +165,7 @@ async fn deliver(router: &Router, socket: &SocketState, event: NodeEvent) -> Res
 }
 
 /// Reads, frames and forwards until the socket closes; returns why it closed.
-async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) -> CloseReason {
+async fn read_loop(ctx: &Downstream, socket: &SocketState, mut read: impl Inbound) -> CloseReason {
     let mut decoder = FrameDecoder::new(ctx.framing, ctx.max_frame);
     let mut buf = BytesMut::new();
     // A raw read is one message, so it may not exceed --max-frame.
@@ -178,7 +191,7 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
                 idle_changed.set(ctx.settings.idle_changed());
                 continue;
             }
-            ready = read.readable() => if ready.is_err() { return CloseReason::ClientError },
+            ready = read.ready() => if ready.is_err() { return CloseReason::ClientError },
         }
         if buf.capacity() - buf.len() < read_size {
             buf.reserve(read_size);
@@ -266,7 +279,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Writes queued messages until the socket closes; on a graceful close, flushes what is queued.
-async fn write_loop(framing: Framing, socket: &SocketState, mut write: OwnedWriteHalf) {
+async fn write_loop(framing: Framing, socket: &SocketState, mut write: impl AsyncWrite + Unpin) {
     let mut out = BytesMut::new();
     let closing = socket.closing.cancelled();
     tokio::pin!(closing);
@@ -282,7 +295,8 @@ async fn write_loop(framing: Framing, socket: &SocketState, mut write: OwnedWrit
         encode_all(framing, socket, queued, &mut out);
         let written = tokio::select! {
             biased;
-            r = write.write_all(&out) => r,
+            // The flush is a no-op on plain TCP; TLS may hold back the last record until it.
+            r = async { write.write_all(&out).await?; write.flush().await } => r,
             () = abort(socket) => return,
         };
         if written.is_err() {

@@ -39,6 +39,9 @@ pub enum NodeError {
     /// An upstream URI is not valid.
     #[error("{0}")]
     InvalidUpstream(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::downstream::tls::TlsError),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

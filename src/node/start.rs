@@ -16,7 +16,7 @@ use crate::{
     },
     command::Dispatcher,
     config::Config,
-    downstream::{admission, connection::Downstream, listener, table::SocketTable},
+    downstream::{admission, connection::Downstream, listener, table::SocketTable, tls::Tls, transport::Edge},
     logging::LogFilter,
     metrics as m,
     proto::NodeHello,
@@ -68,7 +68,7 @@ impl Node {
             finish: drain.streams_finish(),
             tracker: tracker.clone(),
         };
-        let downstream = downstream(&config, router, &table, &backend, &settings);
+        let downstream = downstream(&config, router, &table, &backend, &settings)?;
         let limit = admission::Limit::new(settings.clone());
         let inner = Inner {
             node_id: config.node_id(),
@@ -99,6 +99,10 @@ impl Node {
         self.spawn_announcements();
         let tracker = self.inner.tracker.clone();
         let stop = self.inner.drain.accepting();
+        if let Some(tls) = downstream.edge.tls.clone() {
+            // New handshakes are over once accepting stops: so is reloading their certificate.
+            tracker.spawn(tls.watch(stop.clone()));
+        }
         tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
     }
 
@@ -165,8 +169,13 @@ fn downstream(
     table: &SocketTable,
     backend: &Arc<dyn Backend>,
     settings: &Arc<Settings>,
-) -> Downstream {
-    Downstream {
+) -> Result<Downstream, NodeError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+        _ => None,
+    };
+    let proxy_from = config.proxy_protocol.then(|| config.proxy_from.clone().into());
+    Ok(Downstream {
         node_id: config.node_id().as_str().into(),
         router,
         table: table.clone(),
@@ -175,7 +184,8 @@ fn downstream(
         framing: config.framing,
         max_frame: config.max_frame,
         write_queue: config.write_queue,
-    }
+        edge: Edge { proxy_from, tls },
+    })
 }
 
 /// The first message of every stream of this run.

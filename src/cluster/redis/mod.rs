@@ -249,6 +249,7 @@ impl Backend for RedisBackend {
             remote: socket.remote_addr.to_string(),
             local: socket.local_addr.to_string(),
             connected_at: socket.connected_at_ms,
+            tls_server_name: socket.tls_server_name.clone(),
             resumed: false,
         });
     }
