@@ -20,6 +20,7 @@ apt_install() {
 need cargo || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 need cc || apt_install gcc
 need redis-server || apt_install redis-server
+need haproxy || apt_install haproxy
 need curl || apt_install curl
 need strip || apt_install binutils
 # The Go example upstream builds offline from Debian's Go packages (GOPATH mode); the 1.5
