@@ -105,9 +105,10 @@ async fn haproxy_health_checks_with_check_send_proxy_do_no_harm() {
 async fn a_header_written_a_byte_at_a_time_is_put_together_and_the_bytes_after_it_kept() {
     let up = TestUpstream::start(true).await;
     let node = start_node(proxy_config(test_config(&[&up]))).await;
-    for (header, client_addr) in
-        [(v1("192.0.2.7:41000", "10.0.0.1:7999"), "192.0.2.7:41000"), (v2("198.51.100.9:42000", "10.0.0.1:7999"), "198.51.100.9:42000")]
-    {
+    for (header, client_addr) in [
+        (v1("192.0.2.7:41000", "10.0.0.1:7999"), "192.0.2.7:41000"),
+        (v2("198.51.100.9:42000", "10.0.0.1:7999"), "198.51.100.9:42000"),
+    ] {
         let mut tcp = TcpStream::connect(node.local_addr()).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let (last, head) = header.split_last().unwrap();

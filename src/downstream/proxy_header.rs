@@ -117,7 +117,11 @@ pub fn trusted(peer: IpAddr, proxy_from: &[IpNet]) -> bool {
 ///
 /// # Errors
 /// [`ProxyHeaderError`]: the socket is to be closed with reason `proxy_protocol`.
-pub async fn read(tcp: &mut TcpStream, peer: IpAddr, proxy_from: &[IpNet]) -> Result<Option<Proxied>, ProxyHeaderError> {
+pub async fn read(
+    tcp: &mut TcpStream,
+    peer: IpAddr,
+    proxy_from: &[IpNet],
+) -> Result<Option<Proxied>, ProxyHeaderError> {
     if !trusted(peer, proxy_from) {
         return Err(ProxyHeaderError::Untrusted { peer });
     }
@@ -184,8 +188,8 @@ fn parse_v2(seen: &[u8]) -> Result<Parsed, ProxyHeaderError> {
         return Err(ProxyHeaderError::TooLong { max: MAX_V2 });
     }
     let Some(bytes) = seen.get(..len) else { return Ok(Parsed::Incomplete) };
-    let header = v2::Header::try_from(bytes)
-        .map_err(|e| ProxyHeaderError::Invalid { version: 2, detail: e.to_string() })?;
+    let header =
+        v2::Header::try_from(bytes).map_err(|e| ProxyHeaderError::Invalid { version: 2, detail: e.to_string() })?;
     let proxied = match (header.command, header.addresses) {
         (v2::Command::Proxy, v2::Addresses::IPv4(a)) => Some(Proxied {
             remote: SocketAddr::from((a.source_address, a.source_port)),
@@ -205,7 +209,11 @@ fn parse_v2(seen: &[u8]) -> Result<Parsed, ProxyHeaderError> {
 fn parse_v1(seen: &[u8]) -> Result<Parsed, ProxyHeaderError> {
     let window = &seen[..seen.len().min(MAX_V1)];
     let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
-        return if seen.len() >= MAX_V1 { Err(ProxyHeaderError::TooLong { max: MAX_V1 }) } else { Ok(Parsed::Incomplete) };
+        return if seen.len() >= MAX_V1 {
+            Err(ProxyHeaderError::TooLong { max: MAX_V1 })
+        } else {
+            Ok(Parsed::Incomplete)
+        };
     };
     let len = end + 2;
     let header = v1::Header::try_from(&seen[..len])
@@ -243,7 +251,8 @@ mod tests {
             }
             let mut with_data = header.clone();
             with_data.extend_from_slice(b"hello\n");
-            let proxied = Some(Proxied { remote: "192.0.2.1:50000".parse().unwrap(), local: "10.0.0.1:8080".parse().unwrap() });
+            let proxied =
+                Some(Proxied { remote: "192.0.2.1:50000".parse().unwrap(), local: "10.0.0.1:8080".parse().unwrap() });
             assert_eq!(parse(&with_data).unwrap(), Parsed::Complete { len: header.len(), proxied });
         }
     }

@@ -25,5 +25,6 @@ pub mod wait;
 // What `use common::*;` brings; a binary that uses none of one file's helpers is not wrong.
 #[allow(unused_imports)]
 pub use self::{
-    admin::*, client::*, haproxy::*, node::*, node_process::*, recorder::*, redis_server::*, sockets::*, tls::*, upstream::*, wait::*,
+    admin::*, client::*, haproxy::*, node::*, node_process::*, recorder::*, redis_server::*, sockets::*, tls::*,
+    upstream::*, wait::*,
 };

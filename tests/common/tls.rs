@@ -41,7 +41,9 @@ impl TestCa {
     /// A new certificate for [`DEVICE_NAME`], `localhost` and 127.0.0.1 with a fresh key, as PEM (chain,
     /// key) and the leaf's DER (to tell certificates apart).
     pub fn issue(&self) -> (String, String, CertificateDer<'static>) {
-        let params = CertificateParams::new(vec![DEVICE_NAME.to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let params =
+            CertificateParams::new(vec![DEVICE_NAME.to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().clone())
@@ -123,7 +125,8 @@ impl TlsClient {
     /// Reads one line (without `\n`); fails the test after the deadline or at EOF.
     pub async fn line(&mut self) -> String {
         let mut line = String::new();
-        let n = tokio::time::timeout(DEADLINE, self.reader.read_line(&mut line)).await.expect("a line in time").unwrap();
+        let n =
+            tokio::time::timeout(DEADLINE, self.reader.read_line(&mut line)).await.expect("a line in time").unwrap();
         assert!(n > 0, "unexpected EOF");
         line.trim_end_matches('\n').to_owned()
     }

@@ -247,7 +247,7 @@ impl RedisBackend {
                 remote: socket.remote_addr.to_string(),
                 local: socket.local_addr.to_string(),
                 connected_at: socket.connected_at_ms,
-            tls_server_name: socket.tls_server_name.clone(),
+                tls_server_name: socket.tls_server_name.clone(),
                 resumed: true,
             });
             events.push((opened_event(&self.node, &socket, true), Some(socket)));
