@@ -66,8 +66,10 @@ pub struct Downstream {
 
 /// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.
 pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
-    // The PROXY header and the TLS handshake, here in the socket's own task.
-    let Ok(opened) = transport::open(&ctx.edge, stream).await else { return };
+    // The PROXY header and the TLS handshake, here in the socket's own task. Boxed: their state
+    // (a TLS session being made) is gone once they are done, and does not make every socket's
+    // task, plain ones included, as big as itself for its whole life.
+    let Ok(opened) = Box::pin(transport::open(&ctx.edge, stream)).await else { return };
     let socket = SocketState::with_tls(opened.remote, opened.local, ctx.write_queue, opened.tls_server_name);
     let span = info_span!("socket", socket.id = %socket.id, client.addr = %opened.remote);
     async move {
