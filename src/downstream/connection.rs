@@ -10,6 +10,7 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::Either;
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -65,19 +66,41 @@ pub struct Downstream {
 }
 
 /// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.
-pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
-    // The PROXY header and the TLS handshake, here in the socket's own task. Boxed: their state
-    // (a TLS session being made) is gone once they are done, and does not make every socket's
-    // task, plain ones included, as big as itself for its whole life.
-    let Ok(opened) = Box::pin(transport::open(&ctx.edge, stream)).await else { return };
-    let socket = SocketState::with_tls(opened.remote, opened.local, ctx.write_queue, opened.tls_server_name);
-    let span = info_span!("socket", socket.id = %socket.id, client.addr = %opened.remote);
+///
+/// A plain function returning the socket's future, not an `async fn`: an `async fn` keeps its
+/// arguments in its future besides what its body moves them into, and every socket's task is
+/// that future, for the socket's whole life.
+pub fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) -> impl Future<Output = ()> + Send + 'static {
+    if ctx.edge.is_plain() {
+        return Either::Left(match transport::plain(stream) {
+            Ok(opened) => Either::Left(serve_opened(ctx, opened, permit)),
+            Err(_) => Either::Right(std::future::ready(())), // the client is already gone
+        });
+    }
+    // The PROXY header and the TLS handshake, here in the socket's own task, in a future of its
+    // own (boxed, gone once they are done: a TLS session being made is big), which hands back
+    // what it was given so that the socket's future holds only the box meanwhile.
+    let opening = Box::pin(async move {
+        let opened = transport::open(&ctx.edge, stream).await;
+        (ctx, opened, permit)
+    });
+    Either::Right(async move {
+        let (ctx, Ok(opened), permit) = opening.await else { return };
+        serve_opened(ctx, opened, permit).await;
+    })
+}
+
+/// [`serve`], once the socket is [`transport::open`]: `opened`, its messages, `closed`.
+fn serve_opened(ctx: Downstream, opened: transport::Opened, permit: Admission) -> impl Future<Output = ()> + Send {
+    let transport::Opened { remote, local, tls_server_name, transport } = opened;
+    let socket = SocketState::with_tls(remote, local, ctx.write_queue, tls_server_name);
+    let span = info_span!("socket", socket.id = %socket.id, client.addr = %remote);
     async move {
         debug!("socket opened");
         ctx.table.insert(socket.clone());
         ctx.backend.socket_opened(&socket);
         metrics::counter!(m::SOCKETS_OPENED).increment(1);
-        run(&ctx, &socket, opened.transport).await;
+        run(&ctx, &socket, transport).await;
         let reason = socket.close_reason().unwrap_or(CloseReason::ClientClosed);
         debug!(%reason, "socket closed");
         metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
@@ -110,21 +133,25 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
         drop(permit);
     }
     .instrument(span)
-    .await;
 }
 
 /// Runs the socket's reader and writer concurrently in this one task (one task per socket keeps
 /// an idle socket small); each ends by closing the socket, which ends the other. Plain TCP is
 /// split into its owned halves; TLS, one session for both directions, with `tokio::io::split`.
-async fn run(ctx: &Downstream, socket: &SocketState, transport: Transport) {
+/// (A plain function, not an `async` one: the future it returns does not keep `transport`.)
+fn run<'a>(ctx: &'a Downstream, socket: &'a SocketState, transport: Transport) -> impl Future<Output = ()> + 'a {
     match transport {
         Transport::Plain(tcp) => {
             let (read, write) = tcp.into_split();
-            tokio::join!(read_side(ctx, socket, read), write_loop(ctx.framing, socket, write));
+            Either::Left(async move {
+                tokio::join!(read_side(ctx, socket, read), write_loop(ctx.framing, socket, write));
+            })
         }
         Transport::Tls(tls) => {
             let (read, write) = tokio::io::split(*tls);
-            tokio::join!(read_side(ctx, socket, TlsInbound::new(read)), write_loop(ctx.framing, socket, write));
+            Either::Right(async move {
+                tokio::join!(read_side(ctx, socket, TlsInbound::new(read)), write_loop(ctx.framing, socket, write));
+            })
         }
     }
 }

@@ -113,9 +113,13 @@ impl ResolvesServerCert for CertSlot {
     }
 }
 
-/// Downstream TLS: the acceptor and where its certificate comes from. A cheap `Clone` handle.
+/// Downstream TLS: the acceptor and where its certificate comes from. A cheap `Clone` handle
+/// (one pointer: every socket's task holds one).
 #[derive(Clone)]
-pub struct Tls {
+pub struct Tls(Arc<Inner>);
+
+/// What [`Tls`] shares.
+struct Inner {
     /// Makes the handshakes.
     acceptor: TlsAcceptor,
     /// The certificate the acceptor hands out.
@@ -125,7 +129,7 @@ pub struct Tls {
     /// `--tls-key`.
     key_path: Arc<Path>,
     /// What the files held when they were loaded at start, which [`Tls::watch`] compares with.
-    loaded: Arc<PemFiles>,
+    loaded: PemFiles,
 }
 
 impl Tls {
@@ -134,7 +138,7 @@ impl Tls {
     /// # Errors
     /// [`TlsError`] naming the file and what is wrong with it.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let files = (read_pem(cert_path)?, read_pem(key_path)?);
         let key = certified_key(&files.0, &files.1, cert_path, key_path, &provider)?;
         let slot = Arc::new(CertSlot(RwLock::new(Arc::new(key))));
@@ -144,13 +148,13 @@ impl Tls {
             .with_cert_resolver(slot.clone());
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(NoServerSessionStorage {});
-        Ok(Self {
+        Ok(Self(Arc::new(Inner {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             slot,
             cert_path: cert_path.into(),
             key_path: key_path.into(),
-            loaded: Arc::new(files),
-        })
+            loaded: files,
+        })))
     }
 
     /// Makes the server side of the handshake on `tcp`, within [`HANDSHAKE_TIMEOUT`]; returns
@@ -160,7 +164,7 @@ impl Tls {
     /// # Errors
     /// [`HandshakeError`]: the socket is to be closed with reason `tls_handshake`.
     pub async fn handshake(&self, tcp: TcpStream) -> Result<(TlsStream<TcpStream>, Option<Box<str>>), HandshakeError> {
-        let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
+        let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.0.acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(HandshakeError::Failed(e)),
             Err(_) => Err(HandshakeError::Timeout),
@@ -182,7 +186,7 @@ impl Tls {
                 None
             }
         };
-        let mut last = Some((*self.loaded).clone());
+        let mut last = Some(self.0.loaded.clone());
         let mut tick = tokio::time::interval(RELOAD_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -209,11 +213,11 @@ impl Tls {
             return;
         }
         *last = files.as_ref().ok().cloned();
-        let provider = rustls::crypto::ring::default_provider();
-        match files.and_then(|(cert, key)| certified_key(&cert, &key, &self.cert_path, &self.key_path, &provider)) {
+        let provider = provider();
+        match files.and_then(|(cert, key)| certified_key(&cert, &key, &self.0.cert_path, &self.0.key_path, &provider)) {
             Ok(key) => {
-                *self.slot.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
-                info!(cert = %self.cert_path.display(), "TLS certificate loaded; new handshakes use it");
+                *self.0.slot.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+                info!(cert = %self.0.cert_path.display(), "TLS certificate loaded; new handshakes use it");
                 metrics::counter!(m::TLS_RELOADS, "result" => "ok").increment(1);
             }
             Err(e) => {
@@ -225,12 +229,17 @@ impl Tls {
 
     /// The certificate and key files' bytes.
     fn read_files(&self) -> Result<PemFiles, TlsError> {
-        Ok((read_pem(&self.cert_path)?, read_pem(&self.key_path)?))
+        Ok((read_pem(&self.0.cert_path)?, read_pem(&self.0.key_path)?))
     }
 }
 
 /// The bytes of the certificate file and of the key file.
 type PemFiles = (Vec<u8>, Vec<u8>);
+
+/// ring's provider, with rustls's default cipher suites in rustls's order.
+fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
 
 /// A file's bytes, at most [`MAX_PEM_FILE`] of them.
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {

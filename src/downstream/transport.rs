@@ -34,6 +34,13 @@ pub struct Edge {
     pub tls: Option<Tls>,
 }
 
+impl Edge {
+    /// Whether sockets come as they are: no PROXY header, no TLS, nothing to do before `opened`.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.proxy_from.is_none() && self.tls.is_none()
+    }
+}
+
 /// A socket's byte stream: the TCP socket, or TLS over it.
 pub(crate) enum Transport {
     /// Plain TCP.
@@ -59,10 +66,7 @@ pub(crate) struct Opened {
 /// with that reason, counted in `ppp_sockets_closed_total` (it was never opened: no upstream
 /// hears of it).
 pub(crate) async fn open(edge: &Edge, mut tcp: TcpStream) -> Result<Opened, Option<CloseReason>> {
-    let (Ok(mut remote), Ok(mut local)) = (tcp.peer_addr(), tcp.local_addr()) else {
-        return Err(None); // The client is already gone; it was never a socket of ours.
-    };
-    let _ = tcp.set_nodelay(true);
+    let (mut remote, mut local) = addresses(&tcp).ok_or(None)?;
     if let Some(proxy_from) = &edge.proxy_from {
         match proxy_header::read(&mut tcp, remote.ip(), proxy_from).await {
             Ok(proxied) => {
@@ -91,6 +95,21 @@ pub(crate) async fn open(edge: &Edge, mut tcp: TcpStream) -> Result<Opened, Opti
             Err(Some(refused(CloseReason::TlsHandshake)))
         }
     }
+}
+
+/// [`open`] on an [`Edge::is_plain`] edge, with nothing to wait for: the TCP socket as it is.
+/// `Err(None)`: the client is already gone.
+pub(crate) fn plain(tcp: TcpStream) -> Result<Opened, Option<CloseReason>> {
+    let (remote, local) = addresses(&tcp).ok_or(None)?;
+    Ok(Opened { remote, local, tls_server_name: None, transport: Transport::Plain(tcp) })
+}
+
+/// The TCP peer's and the listener's addresses (turning Nagle off on the way); `None` when the
+/// client is already gone: it was never a socket of ours.
+fn addresses(tcp: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
+    let addresses = (tcp.peer_addr().ok()?, tcp.local_addr().ok()?);
+    let _ = tcp.set_nodelay(true);
+    Some(addresses)
 }
 
 /// Counts a socket closed before it opened.
