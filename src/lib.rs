@@ -15,7 +15,9 @@
 //! - [`proto`]: the generated `ppp.v1` protocol types (`proto/ppp/v1/upstream.proto`).
 //! - [`socket`]: socket ids, labels, close reasons and the per-socket shared state.
 //! - [`downstream`]: the TCP side: the accept loop ([`downstream::listener`]), `--max-connections`
-//!   ([`downstream::admission`]), framing codecs ([`downstream::framing`]), the per-socket reader
+//!   ([`downstream::admission`]), what a socket is before its bytes are messages: its PROXY
+//!   header ([`downstream::proxy_header`]) and TLS ([`downstream::tls`]), then plain TCP or TLS
+//!   ([`downstream::transport`]), framing codecs ([`downstream::framing`]), the per-socket reader
 //!   and writer tasks ([`downstream::connection`]) and the table of this node's sockets
 //!   ([`downstream::table`]).
 //! - [`upstream`]: the gRPC side: the router that picks an upstream for each event, round-robin

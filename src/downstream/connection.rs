@@ -10,7 +10,10 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::future::Either;
+use futures_util::{
+    FutureExt,
+    future::{self, Either},
+};
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -67,10 +70,15 @@ pub struct Downstream {
 
 /// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.
 ///
-/// A plain function returning the socket's future, not an `async fn`: an `async fn` keeps its
-/// arguments in its future besides what its body moves them into, and every socket's task is
-/// that future, for the socket's whole life.
+/// Not an `async fn`: an `async fn` keeps its arguments in its future besides what its body moves
+/// them into, and every socket's task is that future, for the socket's whole life. Everything
+/// runs in the socket's task, from its first poll ([`start`]), never in the accept loop.
 pub fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) -> impl Future<Output = ()> + Send + 'static {
+    future::lazy(move |_| start(ctx, stream, permit)).flatten()
+}
+
+/// The socket's life from its first poll: plain, or after its PROXY header and TLS handshake.
+fn start(ctx: Downstream, stream: TcpStream, permit: Admission) -> impl Future<Output = ()> + Send + 'static {
     if ctx.edge.is_plain() {
         return Either::Left(match transport::plain(stream) {
             Ok(opened) => Either::Left(serve_opened(ctx, opened, permit)),
