@@ -72,7 +72,7 @@ pub struct Downstream {
 ///
 /// Not an `async fn`: an `async fn` keeps its arguments in its future besides what its body moves
 /// them into, and every socket's task is that future, for the socket's whole life. Everything
-/// runs in the socket's task, from its first poll ([`start`]), never in the accept loop.
+/// runs in the socket's task, from its first poll (`start`), never in the accept loop.
 pub fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) -> impl Future<Output = ()> + Send + 'static {
     future::lazy(move |_| start(ctx, stream, permit)).flatten()
 }

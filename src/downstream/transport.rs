@@ -1,12 +1,12 @@
-//! What a socket is before its bytes are messages: [`open`] reads its PROXY header and makes its
-//! TLS handshake, as configured ([`Edge`]), and hands back the [`Transport`] its reader and
+//! What a socket is before its bytes are messages: `open` reads its PROXY header and makes its
+//! TLS handshake, as configured ([`Edge`]), and hands back the `Transport` its reader and
 //! writer use, with the addresses and TLS server name the socket is known by.
 //!
 //! Both steps run in the socket's own task, before `opened` is sent, so one slow or bad client
 //! never holds up the accept loop or anybody else. The plain path stays what it was: the reader
 //! waits for readiness on the TCP socket and reads into a buffer that exists only while bytes
-//! are waiting ([`Inbound`] for `OwnedReadHalf`). Over TLS the reader waits with a one-byte read
-//! and then takes what else rustls has decrypted without waiting ([`TlsInbound`]), so an idle
+//! are waiting (`Inbound` for `OwnedReadHalf`). Over TLS the reader waits with a one-byte read
+//! and then takes what else rustls has decrypted without waiting (`TlsInbound`), so an idle
 //! TLS socket holds no read buffer of ours either (rustls keeps its own, see
 //! `docs/benchmarks.md`).
 
