@@ -59,6 +59,10 @@ async fn a_tls_client_echoes_and_its_server_name_is_in_opened_redis_and_the_admi
     let record = &doc["components"]["schemas"]["SocketRecord"];
     assert_eq!(record["properties"]["tls_server_name"]["type"], "string", "{record}");
     assert!(!record["required"].as_array().unwrap().iter().any(|r| r == "tls_server_name"));
+
+    // A client that leaves without TLS's close_notify (dropping the socket) closed, not erred.
+    drop(unnamed);
+    assert_eq!(close_reason(&up, &plain.id).await, "client_closed");
 }
 
 #[tokio::test]
@@ -160,4 +164,30 @@ async fn bad_tls_settings_are_refused_at_start_with_the_reason() {
     let not_pem = Config { tls_cert: Some(key.clone()), tls_key: Some(key), ..base };
     let error = start(not_pem).await;
     assert!(error.contains("CERTIFICATE"), "{error}");
+}
+
+#[tokio::test]
+async fn a_drain_refuses_sockets_still_in_their_handshake_instead_of_waiting_for_them() {
+    let up = TestUpstream::start(true).await;
+    let ca = TestCa::new();
+    ca.write();
+    let node = start_node(tls_config(test_config(&[&up]), &ca)).await;
+    let mut stalled = TcpStream::connect(node.local_addr()).await.unwrap();
+    // Accepted after the stalled one (one accept loop, in order): so that one is in its handshake.
+    let mut open = TlsClient::connect(node.local_addr(), &ca.connector(&[&TLS13]), DEVICE_NAME).await;
+    assert_eq!(open.echo("held").await, "held");
+    let shutdowns = || {
+        let text = ppp::metrics::install().unwrap().render();
+        let series = r#"ppp_sockets_closed_total{reason="shutdown"} "#;
+        text.lines().find_map(|l| l.strip_prefix(series)?.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let before = shutdowns();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(4), node.shutdown()).await.expect("the drain does not wait 5 s for it");
+    wait_closed(&mut stalled).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(shutdowns() - before >= 2.0, "the open socket and the one in its handshake");
+    assert_eq!(opened_infos(&up).len(), 1, "only the socket that finished its handshake was opened");
+    let id = opened_infos(&up)[0].id.clone();
+    assert_eq!(close_reason(&up, &id).await, "shutdown");
 }

@@ -20,6 +20,7 @@ use tokio::{
     net::{TcpStream, tcp::OwnedReadHalf},
 };
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{proxy_header, tls::Tls};
@@ -32,6 +33,10 @@ pub struct Edge {
     pub proxy_from: Option<Arc<[IpNet]>>,
     /// With `--tls-cert`, downstream TLS.
     pub tls: Option<Tls>,
+    /// Cancelled when the node stops accepting (a drain): a socket whose header or handshake is
+    /// not done by then is refused (`shutdown`), so a drain never waits for a socket it did not
+    /// know of.
+    pub stop: CancellationToken,
 }
 
 impl Edge {
@@ -61,11 +66,20 @@ pub(crate) struct Opened {
     pub(crate) transport: Transport,
 }
 
-/// Reads the socket's PROXY header and makes its TLS handshake, as `edge` says. `Err(None)`:
-/// the client was gone before anything happened; `Err(Some(reason))`: the socket is refused
-/// with that reason, counted in `ppp_sockets_closed_total` (it was never opened: no upstream
-/// hears of it).
-pub(crate) async fn open(edge: &Edge, mut tcp: TcpStream) -> Result<Opened, Option<CloseReason>> {
+/// Reads the socket's PROXY header and makes its TLS handshake, as `edge` says, unless the node
+/// stops accepting first. `Err(None)`: the client was gone before anything happened;
+/// `Err(Some(reason))`: the socket is refused with that reason, counted in
+/// `ppp_sockets_closed_total` (it was never opened: no upstream hears of it).
+pub(crate) async fn open(edge: &Edge, tcp: TcpStream) -> Result<Opened, Option<CloseReason>> {
+    tokio::select! {
+        biased;
+        () = edge.stop.cancelled() => Err(Some(refused(CloseReason::Shutdown))),
+        opened = open_edge(edge, tcp) => opened,
+    }
+}
+
+/// [`open`] itself.
+async fn open_edge(edge: &Edge, mut tcp: TcpStream) -> Result<Opened, Option<CloseReason>> {
     let (mut remote, mut local) = addresses(&tcp).ok_or(None)?;
     if let Some(proxy_from) = &edge.proxy_from {
         match proxy_header::read(&mut tcp, remote.ip(), proxy_from).await {
@@ -166,9 +180,11 @@ impl Inbound for TlsInbound {
         }
         // One byte: waiting costs no buffer, and rustls keeps the rest of the record.
         let mut byte = [0u8; 1];
-        match self.read.read(&mut byte).await? {
-            0 => self.eof = true,
-            _ => self.first = Some(byte[0]),
+        match self.read.read(&mut byte).await {
+            Ok(0) => self.eof = true,
+            Ok(_) => self.first = Some(byte[0]),
+            Err(e) if closed_without_notify(&e) => self.eof = true,
+            Err(e) => return Err(e),
         }
         Ok(())
     }
@@ -184,10 +200,18 @@ impl Inbound for TlsInbound {
         // What rustls has already decrypted, or can from what the socket holds, now.
         match self.read.read_buf(buf).now_or_never() {
             Some(Ok(0)) => self.eof = true,
+            Some(Err(e)) if closed_without_notify(&e) => self.eof = true,
             Some(Err(e)) => return Err(e),
             Some(Ok(n)) => return Ok(n + 1),
             None => {}
         }
         Ok(1)
     }
+}
+
+/// Whether a TLS read failed only because the client closed its TCP socket without TLS's
+/// `close_notify`, as most clients do: for the socket that is the client closing
+/// (`client_closed`), not an error. (Framing still tells a message cut short.)
+fn closed_without_notify(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof
 }

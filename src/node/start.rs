@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::Mutex};
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use super::{Inner, Node, NodeError, drain::Drain};
@@ -68,7 +68,7 @@ impl Node {
             finish: drain.streams_finish(),
             tracker: tracker.clone(),
         };
-        let downstream = downstream(&config, router, &table, &backend, &settings)?;
+        let downstream = downstream(&config, router, &table, &backend, &settings, drain.accepting())?;
         let limit = admission::Limit::new(settings.clone());
         let inner = Inner {
             node_id: config.node_id(),
@@ -162,13 +162,14 @@ fn backend(config: &Config, run_id: &str, local_addr: SocketAddr, table: &Socket
     Ok((Arc::new(MemoryBackend::new(table.clone(), me)), None))
 }
 
-/// What every socket's task needs.
+/// What every socket's task needs; `stop` is cancelled when the node stops accepting.
 fn downstream(
     config: &Config,
     router: Router,
     table: &SocketTable,
     backend: &Arc<dyn Backend>,
     settings: &Arc<Settings>,
+    stop: CancellationToken,
 ) -> Result<Downstream, NodeError> {
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
@@ -184,7 +185,7 @@ fn downstream(
         framing: config.framing,
         max_frame: config.max_frame,
         write_queue: config.write_queue,
-        edge: Edge { proxy_from, tls },
+        edge: Edge { proxy_from, tls, stop },
     })
 }
 
