@@ -1,7 +1,10 @@
-# Shell helpers shared by the benchmarks (bench/run.sh, bench/cluster.sh, bench/redelivery.sh):
-# logging, the processes a benchmark starts (all stopped on exit, newest first), free ports, waits,
-# CPU and memory readings of a process, and the fields and medians of result lines. Sourced after
-# the script has set OUT (where each process's log goes).
+# Shell helpers shared by the benchmarks (bench/run.sh, bench/tls.sh, bench/cluster.sh,
+# bench/redelivery.sh): logging, the processes a benchmark starts (all stopped on exit, newest
+# first), free ports, waits, CPU and memory readings of a process, the fields and medians of result
+# lines, and the pieces of a node benchmark (the machine, the echo upstream, a node, a loadgen run
+# with the CPU of the processes under load, RSS per idle socket). Sourced after the script has set
+# OUT (where each process's log goes); the node-benchmark pieces also use BIN (the binaries) and
+# RESULTS (where result lines go).
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -67,14 +70,17 @@ wait_port() {
     die "nothing listens on 127.0.0.1:$port after 30 s"
 }
 
-# wait_echo PORT: until a line sent to PORT comes back (a node: its upstream is ready).
+# wait_echo PORT [CA]: until a line sent to PORT comes back (a node: its upstream is ready); with
+# CA (a PEM file), over TLS to the name `localhost`, trusting that CA.
 wait_echo() {
-    python3 - "$1" <<'PY' || die "no echo from 127.0.0.1:$1 after 30 s"
-import socket, sys, time
-port, deadline = int(sys.argv[1]), time.time() + 30
+    python3 - "$1" "${2:-}" <<'PY' || die "no echo from 127.0.0.1:$1 after 30 s"
+import socket, ssl, sys, time
+port, ca, deadline = int(sys.argv[1]), sys.argv[2], time.time() + 30
+tls = ssl.create_default_context(cafile=ca) if ca else None
 while time.time() < deadline:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+            s = tls.wrap_socket(raw, server_hostname="localhost") if tls else raw
             s.sendall(b"bench-ready\n")
             data = b""
             while not data.endswith(b"\n"):
@@ -126,4 +132,100 @@ build_release() {
         log "building (release)"
         cargo build --release --examples --bins
     fi
+}
+
+# --- node benchmarks ---------------------------------------------------------------------------
+
+# machine_info FILE: what the results were measured on.
+machine_info() {
+    {
+        echo "date: $(date -u +%FT%TZ)"
+        echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+        echo "cpu: $(nproc) x $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+        echo "kernel: $(uname -r)"
+        echo "memory: $(awk '/^MemTotal/ {print $2 " kB"}' /proc/meminfo)"
+        echo "rustc: $(rustc --version)"
+        [[ -n ${HAPROXY:-} && -x ${HAPROXY:-} ]] && echo "haproxy: $("$HAPROXY" -v | head -1)"
+        echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$1"
+}
+
+UP_PORT=
+UP_PID=
+# start_echo_upstream: the example echo upstream, on a free port.
+start_echo_upstream() {
+    UP_PORT=$(free_port)
+    start upstream "$BIN/examples/echo_upstream" --listen "127.0.0.1:$UP_PORT"
+    UP_PID=$LAST_PID
+    wait_port "$UP_PORT"
+}
+
+NODE_PID=
+NODE_PORT=
+# start_node NAME [FLAG...]: a fresh node in front of the echo upstream, forwarding (with
+# NODE_TLS_CA set, waited for over TLS: pass the TLS flags).
+start_node() {
+    local name=$1 admin
+    shift
+    NODE_PORT=$(free_port)
+    admin=$(free_port)
+    start "$name" env RUST_LOG="${NODE_RUST_LOG:-info}" "$BIN/ppp" --listen "127.0.0.1:$NODE_PORT" \
+        --admin-listen "127.0.0.1:$admin" --upstream "http://127.0.0.1:$UP_PORT" "$@"
+    NODE_PID=$LAST_PID
+    wait_echo "$NODE_PORT" "${NODE_TLS_CA:-}"
+}
+
+# loadgen LABEL PORT MODE ARGS... (pids to sample CPU of in $SAMPLE, named in $SAMPLE_NAMES): one
+# loadgen run; its result line, with the CPU share of each sampled process over the run, goes to
+# $RESULTS and stdout.
+SAMPLE=()
+SAMPLE_NAMES=
+loadgen() {
+    local label=$1 port=$2 mode=$3
+    shift 3
+    local hz t0 t1 c0 c1 line cpu="" i
+    hz=$(getconf CLK_TCK)
+    t0=$(date +%s.%N)
+    mapfile -t c0 < <(cpu_ticks "${SAMPLE[@]}")
+    line=$("$BIN/examples/loadgen" "$mode" --target "127.0.0.1:$port" "$@" 2>>"$OUT/loadgen.log") ||
+        die "loadgen $mode against $label failed (see $OUT/loadgen.log)"
+    mapfile -t c1 < <(cpu_ticks "${SAMPLE[@]}")
+    t1=$(date +%s.%N)
+    for i in "${!SAMPLE[@]}"; do
+        cpu+=" $(awk -v a="${c0[i]}" -v b="${c1[i]}" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
+            'BEGIN {printf "%.0f", (b - a) / hz / (t1 - t0) * 100}')"
+    done
+    line="$label $line cpu_pct[$SAMPLE_NAMES]=${cpu# }"
+    echo "$line" >>"$RESULTS"
+    echo "$line" >&2
+    echo "$line"
+}
+
+# idle_rss LABEL SOCKETS [LOADGEN FLAG...]: RSS per idle socket of the node running now
+# ($NODE_PID, $NODE_PORT): `loadgen idle` opens SOCKETS silent sockets; once the node holds them
+# (fd count) and its RSS stops moving (two readings 0.5 s apart within 16 kB), (after - before) /
+# SOCKETS. Prints the bytes per socket; the result line goes to $RESULTS.
+idle_rss() {
+    local label=$1 sockets=$2 fds0 rss0 rss1 prev fds1 per lg
+    shift 2
+    sleep 1 # let the start-up settle (the readiness probe's socket is gone)
+    fds0=$(fd_count "$NODE_PID")
+    rss0=$(rss_kb "$NODE_PID")
+    start "loadgen-$label" "$BIN/examples/loadgen" idle --target "127.0.0.1:$NODE_PORT" \
+        --sockets "$sockets" --duration 300s "$@"
+    lg=$LAST_PID
+    wait_for "$sockets idle sockets connected" 120 grep -q '^idle connected=' "$OUT/loadgen-$label.log"
+    wait_for "the node to hold $sockets sockets" 60 eval '(($(fd_count "$NODE_PID") >= fds0 + sockets))'
+    prev=$(rss_kb "$NODE_PID")
+    for _ in $(seq 40); do
+        sleep 0.5
+        rss1=$(rss_kb "$NODE_PID")
+        ((rss1 - prev < 16 && prev - rss1 < 16)) && break
+        prev=$rss1
+    done
+    fds1=$(fd_count "$NODE_PID")
+    per=$(((rss1 - rss0) * 1024 / sockets))
+    echo "idle-rss $label sockets=$sockets rss_before_kb=$rss0 rss_after_kb=$rss1 fds_before=$fds0 fds_after=$fds1 bytes_per_socket=$per" >>"$RESULTS"
+    stop "$lg"
+    echo "$per"
 }

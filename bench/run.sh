@@ -41,34 +41,10 @@ fi
 
 build_release
 
-{
-    echo "date: $(date -u +%FT%TZ)"
-    echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
-    echo "cpu: $(nproc) x $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-    echo "kernel: $(uname -r)"
-    echo "memory: $(awk '/^MemTotal/ {print $2 " kB"}' /proc/meminfo)"
-    echo "rustc: $(rustc --version)"
-    echo "haproxy: $("$HAPROXY" -v | head -1)"
-    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-} >"$OUT/machine.txt"
+machine_info "$OUT/machine.txt"
 
-UP_PORT=$(free_port)
-start upstream "$BIN/examples/echo_upstream" --listen "127.0.0.1:$UP_PORT"
-UP_PID=$LAST_PID
-wait_port "$UP_PORT"
+start_echo_upstream
 
-NODE_PID=
-NODE_PORT=
-# start_node NAME: a fresh node in front of the echo upstream, forwarding.
-start_node() {
-    NODE_PORT=$(free_port)
-    local admin
-    admin=$(free_port)
-    start "$1" env RUST_LOG="${NODE_RUST_LOG:-info}" "$BIN/ppp" --listen "127.0.0.1:$NODE_PORT" \
-        --admin-listen "127.0.0.1:$admin" --upstream "http://127.0.0.1:$UP_PORT"
-    NODE_PID=$LAST_PID
-    wait_echo "$NODE_PORT"
-}
 
 LE_PORT=$(free_port)
 start line_echo "$BIN/examples/line_echo" --listen "127.0.0.1:$LE_PORT"
@@ -101,30 +77,6 @@ wait_echo "$HA_PORT"
 start_node node
 log "node on :$NODE_PORT (upstream :$UP_PORT), haproxy on :$HA_PORT (line_echo :$LE_PORT); results in $OUT"
 
-# loadgen LABEL PORT MODE ARGS... (pids to sample CPU of in $SAMPLE): one loadgen run; its result
-# line, with the CPU share of each sampled process over the run, goes to results.txt and stdout.
-SAMPLE=()
-SAMPLE_NAMES=
-loadgen() {
-    local label=$1 port=$2 mode=$3
-    shift 3
-    local hz t0 t1 c0 c1 line cpu="" i
-    hz=$(getconf CLK_TCK)
-    t0=$(date +%s.%N)
-    mapfile -t c0 < <(cpu_ticks "${SAMPLE[@]}")
-    line=$("$BIN/examples/loadgen" "$mode" --target "127.0.0.1:$port" "$@" 2>>"$OUT/loadgen.log") ||
-        die "loadgen $mode against $label failed (see $OUT/loadgen.log)"
-    mapfile -t c1 < <(cpu_ticks "${SAMPLE[@]}")
-    t1=$(date +%s.%N)
-    for i in "${!SAMPLE[@]}"; do
-        cpu+=" $(awk -v a="${c0[i]}" -v b="${c1[i]}" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
-            'BEGIN {printf "%.0f", (b - a) / hz / (t1 - t0) * 100}')"
-    done
-    line="$label $line cpu_pct[$SAMPLE_NAMES]=${cpu# }"
-    echo "$line" >>"$RESULTS"
-    echo "$line" >&2
-    echo "$line"
-}
 
 # --- (a) throughput ------------------------------------------------------------------------------
 
@@ -172,29 +124,9 @@ PER_SOCKET=()
 for run in $(seq "$RUNS"); do
     log "idle-socket run $run/$RUNS"
     start_node "node-idle-$run"
-    sleep 1 # let the start-up settle (the readiness probe's socket is gone)
-    fds0=$(fd_count "$NODE_PID")
-    rss0=$(rss_kb "$NODE_PID")
-    start "loadgen-idle-$run" "$BIN/examples/loadgen" idle --target "127.0.0.1:$NODE_PORT" \
-        --sockets "$IDLE_SOCKETS" --duration 120s
-    lg=$LAST_PID
-    wait_for "$IDLE_SOCKETS idle sockets connected" 60 grep -q '^idle connected=' "$OUT/loadgen-idle-$run.log"
-    wait_for "the node to hold $IDLE_SOCKETS sockets" 60 \
-        eval '(($(fd_count "$NODE_PID") >= fds0 + IDLE_SOCKETS))'
-    # Until RSS stops moving: two readings 0.5 s apart within 16 kB.
-    prev=$(rss_kb "$NODE_PID")
-    for _ in $(seq 40); do
-        sleep 0.5
-        rss1=$(rss_kb "$NODE_PID")
-        ((rss1 - prev < 16 && prev - rss1 < 16)) && break
-        prev=$rss1
-    done
-    fds1=$(fd_count "$NODE_PID")
-    per=$(((rss1 - rss0) * 1024 / IDLE_SOCKETS))
-    echo "idle-rss run=$run sockets=$IDLE_SOCKETS rss_before_kb=$rss0 rss_after_kb=$rss1 fds_before=$fds0 fds_after=$fds1 bytes_per_socket=$per" |
-        tee -a "$RESULTS"
+    per=$(idle_rss "plain-$run" "$IDLE_SOCKETS")
+    tail -1 "$RESULTS" >&2
     PER_SOCKET+=("$per")
-    stop "$lg"
     stop "$NODE_PID"
 done
 

@@ -8,7 +8,11 @@
 //! loadgen throughput --target 127.0.0.1:7999 --sockets 100 --burst 16 --warmup 2s --duration 10s
 //! loadgen latency    --target 127.0.0.1:7999 --sockets 100 --rate 10000 --warmup 2s --duration 10s
 //! loadgen idle       --target 127.0.0.1:7999 --sockets 10000 --duration 120s
+//! loadgen handshakes --target 127.0.0.1:7999 --tls-ca ca.pem --concurrency 32 --duration 10s
 //! ```
+//!
+//! `throughput` and `idle` speak TLS with `--tls-ca PATH` (the CA to trust) and `--tls-name`
+//! (the name to ask for, default `localhost`), for `bench/tls.sh`.
 //!
 //! - `throughput` is a closed loop: each socket writes a burst of lines in one write, reads until
 //!   every reply is back, and goes again.
@@ -18,12 +22,15 @@
 //!   omission). The last stretch before a message is due is waited with microsecond sleeps, not
 //!   tokio's millisecond timer; how late the generator itself wrote is reported as `send_lag_*`.
 //! - `idle` connects sockets and holds them, silent, for `--duration`.
+//! - `handshakes` is a closed loop of TLS connects: each of `--concurrency` workers connects,
+//!   makes the handshake, closes (with a reset, so no port is left in TIME_WAIT) and goes again.
 //!
 //! Each mode prints one machine-readable line on stdout (`mode key=value ...`); progress and
 //! errors go to stderr. Every mode stops by itself. `idle` needs `ulimit -n` above `--sockets`.
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -35,8 +42,9 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::{Buf, BytesMut};
 use clap::{Args, Parser, Subcommand};
 use futures_util::{StreamExt, TryStreamExt, stream};
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -76,6 +84,70 @@ enum Mode {
     Latency(LatencyArgs),
     /// Many silent sockets, held open.
     Idle(IdleArgs),
+    /// TLS handshakes per second: connect, handshake, close, again.
+    Handshakes(HandshakeArgs),
+}
+
+/// TLS, for the modes that can speak it.
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// Speak TLS, trusting the CA in this PEM file.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// The server name to ask for (SNI) and to verify the certificate against.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+}
+
+/// A TLS client: the connector and the name it asks for.
+#[derive(Clone)]
+struct TlsClient {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl TlsArgs {
+    /// The client, when `--tls-ca` is given.
+    fn client(&self) -> Result<Option<TlsClient>> {
+        let Some(ca) = &self.tls_ca else { return Ok(None) };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+            roots.add(cert?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(self.tls_name.clone())?;
+        Ok(Some(TlsClient { connector: Arc::new(config).into(), name }))
+    }
+}
+
+impl TlsClient {
+    /// The handshake over a connected socket.
+    async fn handshake(&self, socket: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        Ok(tokio::time::timeout(REPLY_TIMEOUT, self.connector.connect(self.name.clone(), socket)).await??)
+    }
+}
+
+/// Options of `handshakes`.
+#[derive(Args)]
+struct HandshakeArgs {
+    /// Server to connect to (`host:port`).
+    #[arg(long)]
+    target: SocketAddr,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Load before measuring starts.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Options of `throughput`.
@@ -99,6 +171,8 @@ struct ThroughputArgs {
     /// How long to measure.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Options of `latency`.
@@ -139,6 +213,8 @@ struct IdleArgs {
     /// How long to hold them once all are connected.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn main() -> Result<()> {
@@ -149,6 +225,7 @@ fn main() -> Result<()> {
             Mode::Throughput(args) => throughput(args).await,
             Mode::Latency(args) => latency(args).await,
             Mode::Idle(args) => idle(args).await,
+            Mode::Handshakes(args) => handshakes(args).await,
         }
     })
 }
@@ -192,6 +269,7 @@ fn cpu_percent(before: Option<Duration>, after: Option<Duration>, wall: Duration
 
 async fn throughput(args: ThroughputArgs) -> Result<()> {
     ensure!(args.sockets > 0 && args.burst > 0 && !args.duration.is_zero(), "sockets, burst and duration must be > 0");
+    let tls = args.tls.client()?;
     let sockets = connect_all(args.target, args.sockets).await?;
     let mut burst = Vec::with_capacity(args.burst * (args.size + 1));
     for _ in 0..args.burst {
@@ -205,7 +283,13 @@ async fn throughput(args: ThroughputArgs) -> Result<()> {
     let stop = measure_from + args.duration;
     let mut tasks = JoinSet::new();
     for socket in sockets {
-        tasks.spawn(closed_loop(socket, burst.clone(), args.burst, replies.clone(), stop));
+        match &tls {
+            None => tasks.spawn(closed_loop(socket, burst.clone(), args.burst, replies.clone(), stop)),
+            Some(tls) => {
+                let socket = tls.handshake(socket).await?;
+                tasks.spawn(closed_loop(socket, burst.clone(), args.burst, replies.clone(), stop))
+            }
+        };
     }
     tokio::time::sleep_until(measure_from).await;
     let (from, count_from, cpu_from) = (Instant::now(), replies.load(Ordering::Relaxed), cpu_time());
@@ -228,7 +312,7 @@ async fn throughput(args: ThroughputArgs) -> Result<()> {
 
 /// One socket of `throughput`: a burst out, all its replies in, again, until `stop`.
 async fn closed_loop(
-    mut socket: TcpStream,
+    mut socket: impl AsyncRead + AsyncWrite + Unpin,
     burst: Arc<[u8]>,
     lines: usize,
     replies: Arc<AtomicU64>,
@@ -237,6 +321,7 @@ async fn closed_loop(
     let mut buf = vec![0u8; 64 << 10];
     while Instant::now() < stop {
         socket.write_all(&burst).await.context("write")?;
+        socket.flush().await.context("flush")?; // TLS may hold the last record back until then
         let mut got = 0;
         while got < lines {
             let n = tokio::time::timeout(REPLY_TIMEOUT, socket.read(&mut buf))
@@ -455,9 +540,59 @@ fn micros(d: Duration) -> u32 {
 async fn idle(args: IdleArgs) -> Result<()> {
     let start = Instant::now();
     let sockets = connect_all(args.target, args.sockets).await?;
-    println!("idle connected={} connect_ms={}", sockets.len(), start.elapsed().as_millis());
+    let Some(tls) = args.tls.client()? else {
+        println!("idle connected={} connect_ms={}", sockets.len(), start.elapsed().as_millis());
+        tokio::time::sleep(args.duration).await;
+        drop(sockets);
+        return Ok(());
+    };
+    let tls_sockets: Vec<_> = stream::iter(sockets)
+        .map(|socket| tls.handshake(socket))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .try_collect()
+        .await?;
+    println!("idle connected={} tls=1 connect_ms={}", tls_sockets.len(), start.elapsed().as_millis());
     tokio::time::sleep(args.duration).await;
-    drop(sockets);
+    drop(tls_sockets);
+    Ok(())
+}
+
+async fn handshakes(args: HandshakeArgs) -> Result<()> {
+    let tls = args.tls.client()?.context("handshakes needs --tls-ca")?;
+    ensure!(args.concurrency > 0 && !args.duration.is_zero(), "concurrency and duration must be > 0");
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let stop = measure_from + args.duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..args.concurrency {
+        let (tls, done) = (tls.clone(), done.clone());
+        tasks.spawn(async move {
+            while Instant::now() < stop {
+                let socket = TcpStream::connect(args.target).await.context("connect")?;
+                // Closed with a reset: a port in TIME_WAIT per handshake would run out of ports.
+                socket.set_zero_linger()?;
+                let tls_stream = tls.handshake(socket).await?;
+                drop(tls_stream);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    tokio::time::sleep_until(measure_from).await;
+    let (from, count_from, cpu_from) = (Instant::now(), done.load(Ordering::Relaxed), cpu_time());
+    tokio::time::sleep_until(stop).await;
+    let (to, count_to, cpu_to) = (Instant::now(), done.load(Ordering::Relaxed), cpu_time());
+    join_all(tasks).await?;
+    let wall = to - from;
+    println!(
+        "handshakes per_sec={:.0} concurrency={} handshakes={} seconds={:.2} loadgen_cpu_pct={}",
+        (count_to - count_from) as f64 / wall.as_secs_f64(),
+        args.concurrency,
+        count_to - count_from,
+        wall.as_secs_f64(),
+        cpu_percent(cpu_from, cpu_to, wall),
+    );
     Ok(())
 }
 

@@ -18,8 +18,10 @@
 -- A copy already applied returns what the first copy returned.
 --
 -- ARGV[6…] the records, each a kind and its fields:
---          'o', id, remote, local, connected_at   a socket opened
---          'r', id, remote, local, connected_at   a socket the cluster reaped while its node was
+--          'o', id, remote, local, connected_at, tls_server_name
+--                                                 a socket opened (`tls_server_name` empty: none)
+--          'r', id, remote, local, connected_at, tls_server_name
+--                                                 a socket the cluster reaped while its node was
 --                                                 cut off is announced again (`resumed`)
 --          'c', id, reason, at                    a socket closed (no event when the cluster
 --                                                 already recorded its `closed`: it was reaped)
@@ -55,6 +57,9 @@ while i <= #ARGV do
     redis.call('HSET', socket, 'node', node, 'remote', ARGV[i + 2], 'local', ARGV[i + 3],
       'connected_at', connected_at)
     redis.call('HSETNX', socket, 'last_seen', connected_at)
+    if ARGV[i + 5] ~= '' then
+      redis.call('HSET', socket, 'tls_server_name', ARGV[i + 5])
+    end
     redis.call('SADD', node_sockets, id)
     redis.call('ZADD', prefix .. 'sockets', connected_at, id)
     if kind == 'o' then
@@ -62,7 +67,7 @@ while i <= #ARGV do
     elseif redis.call('SREM', reaped, id) == 1 then
       event('opened', id, connected_at, '', 'resumed', '1')
     end
-    i = i + 5
+    i = i + 6
   elseif kind == 'c' then
     redis.call('DEL', socket)
     redis.call('SREM', node_sockets, id)

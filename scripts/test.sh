@@ -24,6 +24,7 @@ need redis-server || apt_install redis-server
 # tests/redis_sentinel.rs runs three Sentinels; tests/redis_cluster.rs joins a Redis Cluster with redis-cli.
 need redis-sentinel || apt_install redis-sentinel
 need redis-cli || apt_install redis-tools
+need haproxy || apt_install haproxy
 need curl || apt_install curl
 need strip || apt_install binutils
 # The Go example upstream builds offline from Debian's Go packages (GOPATH mode); the 1.5

@@ -18,7 +18,9 @@
 //!   of this node's sockets ([`socket::table`]) and its events as upstreams get them
 //!   ([`socket::event`]).
 //! - [`downstream`]: the TCP side: the accept loop ([`downstream::listener`]), `--max-connections`
-//!   ([`downstream::admission`]), framing codecs ([`downstream::framing`]) and the per-socket
+//!   ([`downstream::admission`]), what a socket is before its bytes are messages: its PROXY
+//!   header ([`downstream::proxy_header`]) and TLS ([`downstream::tls`]), then plain TCP or TLS
+//!   ([`downstream::transport`]), framing codecs ([`downstream::framing`]) and the per-socket
 //!   reader and writer tasks ([`downstream::connection`]).
 //! - [`upstream`]: the gRPC side: the balancer that picks an upstream for each event, round-robin
 //!   or sticky, with inbound backpressure ([`upstream::balancer`]), the pool of upstreams

@@ -9,7 +9,8 @@
 //! [`FAMILIES`] lists every family once, with its help text: [`install`] describes each (so
 //! `/metrics` carries `# HELP` and `# TYPE` for all) and registers every series whose labels are a
 //! closed set with zero ([`CLOSE_REASONS`](crate::socket::CloseReason::ALL), [`REFUSAL_REASONS`],
-//! [`COMMAND_KINDS`] × [`STATUSES`], the socket states), so dashboards and alerts see 0 rather than
+//! [`COMMAND_KINDS`] × [`STATUSES`], the socket states, [`TLS_OUTCOMES`], [`RELOAD_RESULTS`],
+//! [`PROXY_OUTCOMES`]), so dashboards and alerts see 0 rather than
 //! no data. Per-upstream families appear, at zero, once the upstream exists ([`upstream_zeros`]).
 //! `docs/admin-api.md`'s table is checked against [`FAMILIES`] by `tests/metrics.rs`.
 
@@ -17,6 +18,15 @@
 pub const SOCKETS_OPENED: &str = "ppp_sockets_opened_total";
 /// Counter: sockets closed. Label `reason` (a close reason).
 pub const SOCKETS_CLOSED: &str = "ppp_sockets_closed_total";
+/// Counter: TLS handshakes, by `outcome`: `ok`, `timeout`, `protocol_error` (not TLS, or nothing
+/// in common), `peer_alert` (the client refused ours, e.g. an unknown CA), `client_closed`.
+pub const TLS_HANDSHAKES: &str = "ppp_tls_handshakes_total";
+/// Counter: reloads of the TLS certificate, by `result`: `ok`, `failed` (the old one is kept).
+pub const TLS_RELOADS: &str = "ppp_tls_reloads_total";
+/// Counter: PROXY protocol headers, by `outcome`: `ok`, `local` (v2 `LOCAL` or v1 `UNKNOWN`: the
+/// TCP addresses are kept), `untrusted` (peer not in `--proxy-from`), `timeout`, `too_long`,
+/// `invalid` (no header, or a bad one), `client_closed`.
+pub const PROXY_HEADERS: &str = "ppp_proxy_headers_total";
 /// Counter: sockets refused because `--max-connections` were open.
 pub const SOCKETS_REFUSED: &str = "ppp_sockets_refused_total";
 /// Gauge: sockets open on this node. Label `state`: `active`, `inactive`.
@@ -109,13 +119,16 @@ const fn family(name: &'static str, kind: Kind, labels: &'static [&'static str],
 }
 
 /// Every family the node exports, each described once at start ([`install`]).
-pub const FAMILIES: [Family; 26] = {
+pub const FAMILIES: [Family; 29] = {
     use Kind::{Counter as C, Gauge as G, Histogram as H};
     [
         family(SOCKETS_OPENED, C, &[], "Sockets accepted and held"),
         family(SOCKETS_CLOSED, C, &["reason"], "Sockets closed, by close reason"),
         family(SOCKETS_REFUSED, C, &[], "Sockets refused because --max-connections were open"),
         family(SOCKETS_OPEN, G, &["state"], "Sockets held, by state (active: a message within --idle-after)"),
+        family(TLS_HANDSHAKES, C, &["outcome"], "TLS handshakes of downstream sockets, by outcome"),
+        family(TLS_RELOADS, C, &["result"], "Reloads of the TLS certificate (failed: the one in use is kept)"),
+        family(PROXY_HEADERS, C, &["outcome"], "PROXY protocol headers of downstream sockets, by outcome"),
         family(MESSAGES_IN, C, &[], "Inbound messages read from sockets"),
         family(BYTES_IN, C, &[], "Inbound payload bytes"),
         family(MESSAGES_OUT, C, &[], "Outbound messages written to sockets"),
@@ -162,6 +175,13 @@ pub const REFUSAL_REASONS: [&str; 8] = [
     "record_queue_full",
     "bad_bus_message",
 ];
+
+/// The `outcome` label values of [`TLS_HANDSHAKES`].
+pub const TLS_OUTCOMES: [&str; 5] = ["ok", "timeout", "protocol_error", "peer_alert", "client_closed"];
+/// The `result` label values of [`TLS_RELOADS`].
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
+/// The `outcome` label values of [`PROXY_HEADERS`].
+pub const PROXY_OUTCOMES: [&str; 7] = ["ok", "local", "untrusted", "timeout", "too_long", "invalid", "client_closed"];
 
 /// The `state` label values of [`SOCKETS_OPEN`].
 pub const SOCKET_STATES: [&str; 2] = ["active", "inactive"];
@@ -225,6 +245,15 @@ fn zeros() {
     }
     for state in SOCKET_STATES {
         metrics::gauge!(SOCKETS_OPEN, "state" => state).increment(0.0);
+    }
+    for (family, label, values) in [
+        (TLS_HANDSHAKES, "outcome", TLS_OUTCOMES.as_slice()),
+        (TLS_RELOADS, "result", RELOAD_RESULTS.as_slice()),
+        (PROXY_HEADERS, "outcome", PROXY_OUTCOMES.as_slice()),
+    ] {
+        for value in values {
+            metrics::counter!(family, label => *value).increment(0);
+        }
     }
     // Registers every command kind × status.
     let _ = hot();

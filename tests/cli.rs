@@ -276,3 +276,34 @@ fn json_logs_are_one_object_per_line() {
     assert!(line.contains("\"node.id\":\"json-node\""), "{line}");
     assert!(status.success());
 }
+
+#[test]
+fn tls_and_proxy_protocol_settings_come_from_the_file_and_flags_and_are_checked() {
+    let f = file(
+        r#"
+        tls-cert = "/etc/ppp/cert.pem"
+        tls_key = "/etc/ppp/key.pem"
+        proxy-protocol = true
+        proxy-from = ["10.1.0.0/16", "fd00::/8"]
+        "#,
+    );
+    let c = load_from(args(&["--config", f.path()])).unwrap().config;
+    assert_eq!(c.tls_cert.as_deref(), Some(std::path::Path::new("/etc/ppp/cert.pem")));
+    assert_eq!(c.tls_key.as_deref(), Some(std::path::Path::new("/etc/ppp/key.pem")));
+    assert!(c.proxy_protocol);
+    let nets: Vec<ipnet::IpNet> = vec!["10.1.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()];
+    assert_eq!(c.proxy_from, nets);
+    c.validate().unwrap();
+
+    let defaults = load_from(args(&[])).unwrap().config;
+    assert!(!defaults.proxy_protocol && defaults.tls_cert.is_none() && defaults.tls_key.is_none());
+    assert_eq!(defaults.proxy_from.len(), 6, "loopback and the private ranges");
+    let flags = load_from(args(&["--proxy-from", "192.168.1.0/24", "--proxy-from", "127.0.0.1/32"])).unwrap().config;
+    assert_eq!(flags.proxy_from.len(), 2, "the flag replaces the default list");
+
+    let e = load_from(args(&["--proxy-from", "10.0.0.0/33"])).unwrap_err().to_string();
+    assert!(e.contains("proxy-from"), "{e}");
+    let only_cert = load_from(args(&["--tls-cert", "/etc/ppp/cert.pem"])).unwrap().config;
+    let e = only_cert.validate().unwrap_err().to_string();
+    assert!(e.contains("--tls-cert") && e.contains("--tls-key"), "{e}");
+}

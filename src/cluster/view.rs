@@ -88,6 +88,11 @@ pub struct SocketRecord {
     pub bytes_out: u64,
     /// The socket's labels.
     pub labels: Labels,
+    /// The name the client asked for in its TLS handshake (SNI); absent for a plain TCP socket
+    /// or a TLS client that sent none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub tls_server_name: Option<String>,
 }
 
 impl SocketRecord {
@@ -108,6 +113,7 @@ impl SocketRecord {
             bytes_in: s.bytes_in.load(Relaxed),
             bytes_out: s.bytes_out.load(Relaxed),
             labels: s.labels_copy(),
+            tls_server_name: s.tls_server_name.as_deref().map(str::to_owned),
         }
     }
 
@@ -134,6 +140,7 @@ impl SocketRecord {
             bytes_in: count("bytes_in"),
             bytes_out: count("bytes_out"),
             labels,
+            tls_server_name: hash.get("tls_server_name").cloned(),
         })
     }
 }

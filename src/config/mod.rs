@@ -9,6 +9,7 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 /// What can be wrong with the configuration. Always fatal at start-up, with a message naming the
 /// setting.
@@ -85,6 +86,7 @@ pub enum Action {
 mod load;
 mod redis;
 mod units;
+mod validate;
 
 pub use self::{
     load::{load, load_from},
@@ -225,6 +227,30 @@ pub struct Config {
     #[arg(long, env = "PPP_EVENTS_MAX", default_value_t = 100_000, global = true)]
     pub events_max: u64,
 
+    /// PEM certificate chain (leaf first) for downstream TLS; with `--tls-key`. Re-read when it
+    /// changes and on SIGHUP.
+    #[arg(long, env = "PPP_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "PPP_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Every socket starts with a PROXY protocol header (v1 or v2) from a load balancer.
+    #[arg(long, env = "PPP_PROXY_PROTOCOL", global = true)]
+    pub proxy_protocol: bool,
+
+    /// Peers (CIDR) allowed to send a PROXY header (repeatable; comma-separated in the
+    /// environment); a socket from any other peer is closed.
+    #[arg(
+        long,
+        env = "PPP_PROXY_FROM",
+        value_delimiter = ',',
+        default_values = crate::downstream::proxy_header::DEFAULT_PROXY_FROM,
+        global = true
+    )]
+    pub proxy_from: Vec<IpNet>,
+
     /// Optional TOML file with any of these settings (keys are the flag names).
     #[arg(long, env = "PPP_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -266,6 +292,10 @@ impl fmt::Debug for Config {
             .field("resync_interval", &self.resync_interval)
             .field("drain_timeout", &self.drain_timeout)
             .field("events_max", &self.events_max)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("proxy_protocol", &self.proxy_protocol)
+            .field("proxy_from", &self.proxy_from)
             .field("config", &self.config)
             .field("log_format", &self.log_format)
             .finish()
@@ -283,60 +313,6 @@ impl Config {
     /// The node id: the configured one, or the host name and a short random suffix.
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(default_node_id)
-    }
-
-    /// Checks settings that parse but cannot work. Called once at start-up.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming the setting.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.max_frame == 0 || self.max_frame > MAX_FRAME_LIMIT {
-            return invalid("--max-frame must be between 1 byte and 256MiB");
-        }
-        if self.max_connections == 0 {
-            return invalid("--max-connections must be at least 1");
-        }
-        if self.write_queue == 0 || self.write_queue > 1 << 20 {
-            return invalid("--write-queue must be between 1 and 1048576");
-        }
-        if self.write_queue_bytes == 0 {
-            return invalid("--write-queue-bytes must be at least 1");
-        }
-        for (name, d) in [
-            ("--idle-after", self.idle_after),
-            ("--health-interval", self.health_interval),
-            ("--node-ttl", self.node_ttl),
-            ("--resync-interval", self.resync_interval),
-            ("--dns-interval", self.dns_interval),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
-            }
-        }
-        if self.idle_timeout.0.is_some_and(|t| t.is_zero()) {
-            return invalid("--idle-timeout must be greater than 0 (or `off`)");
-        }
-        if self.node_id.as_deref().is_some_and(|id| !valid_name(id)) {
-            return invalid("--node-id may hold only letters, digits, '-', '_' and '.'");
-        }
-        if !valid_name(&self.cluster) || !valid_name(&self.redis_prefix) {
-            return invalid("--cluster and --redis-prefix may hold only letters, digits, '-', '_' and '.'");
-        }
-        for uri in &self.upstream {
-            crate::upstream::validate_uri(uri).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        }
-        if self.upstream_cert.is_some() != self.upstream_key.is_some() {
-            return invalid("--upstream-cert and --upstream-key go together: set both, or neither");
-        }
-        redis::validate(self)?;
-        if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() && !self.admin_insecure {
-            return invalid(
-                "the admin listener is not loopback and no --admin-token is set \
-                 (set one, or pass --admin-insecure to accept the risk)",
-            );
-        }
-        Ok(())
     }
 }
 

@@ -7,22 +7,21 @@
 //! is queued into one write. Either side ending closes the socket with a reason; the reader's
 //! task then waits for the writer, removes the socket and reports `closed`.
 
-use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::{
-    io::AsyncWriteExt,
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
-    time::Instant,
+use futures_util::{
+    FutureExt,
+    future::{self, Either},
 };
+use tokio::{net::TcpStream, time::Instant};
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::{
     admission::Admission,
-    framing::{self, FrameDecoder, FrameError},
+    framing::{FrameDecoder, FrameError},
+    transport::{self, Edge, Inbound, TlsInbound, Transport},
+    writer::write_loop,
 };
 use crate::{
     cluster::Records,
@@ -37,8 +36,6 @@ use crate::{
 /// Bytes reserved per read. Reads go straight into a buffer that frames are split off without
 /// copying; the buffer is released as soon as no partial frame is left in it.
 pub const READ_CHUNK: usize = 16 << 10;
-/// How long queued messages may take to flush when a socket closes gracefully.
-pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the `closed` event of a socket may wait for an upstream with room.
 pub const CLOSED_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -61,15 +58,44 @@ pub struct Downstream {
     pub max_frame: usize,
     /// `--write-queue` and `--write-queue-bytes`.
     pub write_queue: QueueBounds,
+    /// PROXY protocol and TLS, as configured.
+    pub edge: Edge,
 }
 
 /// Serves one accepted socket until it closes. `permit` is its place under `--max-connections`.
-pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
-    let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-        return; // The client is already gone; it was never a socket of ours.
-    };
-    let _ = stream.set_nodelay(true);
-    let socket = SocketState::new(remote, local, ctx.write_queue);
+///
+/// Not an `async fn`: an `async fn` keeps its arguments in its future besides what its body moves
+/// them into, and every socket's task is that future, for the socket's whole life. Everything
+/// runs in the socket's task, from its first poll (`start`), never in the accept loop.
+pub fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) -> impl Future<Output = ()> + Send + 'static {
+    future::lazy(move |_| start(ctx, stream, permit)).flatten()
+}
+
+/// The socket's life from its first poll: plain, or after its PROXY header and TLS handshake.
+fn start(ctx: Downstream, stream: TcpStream, permit: Admission) -> impl Future<Output = ()> + Send + 'static {
+    if ctx.edge.is_plain() {
+        return Either::Left(match transport::plain(stream) {
+            Ok(opened) => Either::Left(serve_opened(ctx, opened, permit)),
+            Err(_) => Either::Right(std::future::ready(())), // the client is already gone
+        });
+    }
+    // The PROXY header and the TLS handshake, here in the socket's own task, in a future of its
+    // own (boxed, gone once they are done: a TLS session being made is big), which hands back
+    // what it was given so that the socket's future holds only the box meanwhile.
+    let opening = Box::pin(async move {
+        let opened = transport::open(&ctx.edge, stream).await;
+        (ctx, opened, permit)
+    });
+    Either::Right(async move {
+        let (ctx, Ok(opened), permit) = opening.await else { return };
+        serve_opened(ctx, opened, permit).await;
+    })
+}
+
+/// [`serve`], once the socket is [`transport::open`]: `opened`, its messages, `closed`.
+fn serve_opened(ctx: Downstream, opened: transport::Opened, permit: Admission) -> impl Future<Output = ()> + Send {
+    let transport::Opened { remote, local, tls_server_name, transport } = opened;
+    let socket = SocketState::with_tls(remote, local, ctx.write_queue, tls_server_name);
     // A debug span, as linkerd2-proxy's per-connection span: at the default `info` level it
     // costs nothing (an enabled span keeps its formatted fields, ~300 bytes a socket, for the
     // socket's whole life); what a socket logs above debug names its socket itself.
@@ -79,22 +105,7 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
         ctx.table.insert(socket.clone());
         ctx.records.socket_opened(&socket);
         metrics::counter!(m::SOCKETS_OPENED).increment(1);
-        let (read, write) = stream.into_split();
-        // Reader and writer run concurrently in this one task (one task per socket keeps an idle
-        // socket small); each ends by closing the socket, which ends the other.
-        let read_side = async {
-            let opened = try_forward(&ctx.balancer, &socket, event::opened(&ctx.node_id, &socket, false));
-            let reason = match opened {
-                Some(waiting) => waiting.await,
-                None => Ok(()),
-            };
-            let reason = match reason {
-                Ok(()) => read_loop(&ctx, &socket, read).await,
-                Err(reason) => reason,
-            };
-            socket.close(reason);
-        };
-        tokio::join!(read_side, write_loop(ctx.framing, &socket, write));
+        run(&ctx, &socket, transport).await;
         // Boxed: it runs once, at the end, and inline it would cost every socket its size.
         Box::pin(closed(&ctx, &socket)).await;
         // Last, so that a drain, which waits for the table to empty before it ends the upstream
@@ -103,7 +114,41 @@ pub async fn serve(ctx: Downstream, stream: TcpStream, permit: Admission) {
         drop(permit);
     }
     .instrument(span)
-    .await;
+}
+
+/// Runs the socket's reader and writer concurrently in this one task (one task per socket keeps
+/// an idle socket small); each ends by closing the socket, which ends the other. Plain TCP is
+/// split into its owned halves; TLS, one session for both directions, with `tokio::io::split`.
+/// (A plain function, not an `async` one: the future it returns does not keep `transport`.)
+fn run<'a>(ctx: &'a Downstream, socket: &'a SocketState, transport: Transport) -> impl Future<Output = ()> + 'a {
+    match transport {
+        Transport::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            Either::Left(async move {
+                tokio::join!(read_side(ctx, socket, read), write_loop(ctx.framing, socket, write));
+            })
+        }
+        Transport::Tls(tls) => {
+            let (read, write) = tokio::io::split(*tls);
+            Either::Right(async move {
+                tokio::join!(read_side(ctx, socket, TlsInbound::new(read)), write_loop(ctx.framing, socket, write));
+            })
+        }
+    }
+}
+
+/// Announces the socket, then reads it until it closes.
+async fn read_side(ctx: &Downstream, socket: &SocketState, read: impl Inbound) {
+    let opened = try_forward(&ctx.balancer, socket, event::opened(&ctx.node_id, socket, false));
+    let reason = match opened {
+        Some(waiting) => waiting.await,
+        None => Ok(()),
+    };
+    let reason = match reason {
+        Ok(()) => read_loop(ctx, socket, read).await,
+        Err(reason) => reason,
+    };
+    socket.close(reason);
 }
 
 /// Records the socket's close and hands its `closed` event to an upstream.
@@ -149,7 +194,7 @@ fn try_forward<'a>(balancer: &'a Balancer, socket: &'a SocketState, event: NodeE
 }
 
 /// Reads, frames and forwards until the socket closes; returns why it closed.
-async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) -> CloseReason {
+async fn read_loop(ctx: &Downstream, socket: &SocketState, mut read: impl Inbound) -> CloseReason {
     let mut decoder = FrameDecoder::new(ctx.framing, ctx.max_frame);
     let mut buf = BytesMut::new();
     // A raw read is one message, so it may not exceed --max-frame.
@@ -177,9 +222,9 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, read: OwnedReadHalf) 
                 idle_changed.set(ctx.settings.idle_changed());
                 continue;
             }
-            ready = read.readable() => if ready.is_err() { return CloseReason::ClientError },
+            ready = read.ready() => if ready.is_err() { return CloseReason::ClientError },
         }
-        match read_into(&read, &mut buf, read_size) {
+        match read_into(&mut read, &mut buf, read_size) {
             Read::Bytes => {}
             Read::Spurious => continue,
             Read::Eof => return eof(ctx, socket, &mut decoder, &mut buf).await,
@@ -207,7 +252,7 @@ enum Read {
 }
 
 /// Reads what the socket has, at most `read_size` bytes, into `buf`, without waiting.
-fn read_into(read: &OwnedReadHalf, buf: &mut BytesMut, read_size: usize) -> Read {
+fn read_into(read: &mut impl Inbound, buf: &mut BytesMut, read_size: usize) -> Read {
     if buf.capacity() - buf.len() < read_size {
         buf.reserve(read_size);
     }
@@ -292,65 +337,4 @@ async fn sleep_until(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline:
     let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
     timer.as_mut().reset(deadline);
     timer.as_mut().await;
-}
-
-/// Writes queued messages until the socket closes; on a graceful close, flushes what is queued.
-async fn write_loop(framing: Framing, socket: &SocketState, mut write: OwnedWriteHalf) {
-    let mut out = BytesMut::new();
-    let closing = socket.closing();
-    tokio::pin!(closing);
-    loop {
-        let queued = socket.take_outbound();
-        if queued.is_empty() {
-            tokio::select! {
-                biased;
-                () = socket.outbound_ready() => continue,
-                () = &mut closing => break,
-            }
-        }
-        encode_all(framing, socket, queued, &mut out);
-        let written = tokio::select! {
-            biased;
-            r = write.write_all(&out) => r,
-            () = abort(socket) => return,
-        };
-        if written.is_err() {
-            socket.close(CloseReason::ClientError);
-            return;
-        }
-        out = BytesMut::new(); // Hold no memory while the socket is quiet.
-    }
-    let rest = socket.seal_outbound();
-    if socket.close_reason().is_some_and(CloseReason::flushes) {
-        encode_all(framing, socket, rest, &mut out);
-        let flush = async {
-            write.write_all(&out).await?;
-            write.shutdown().await
-        };
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
-    }
-}
-
-/// Frames every queued payload into `out`, counting them.
-fn encode_all(framing: Framing, socket: &SocketState, queued: VecDeque<Bytes>, out: &mut BytesMut) {
-    let messages = queued.len() as u64;
-    let mut bytes = 0u64;
-    for payload in queued {
-        framing::encode(framing, &payload, out);
-        bytes += payload.len() as u64;
-    }
-    socket.messages_out.fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
-    socket.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-    let hot = m::hot();
-    hot.messages_out.increment(messages);
-    hot.bytes_out.increment(bytes);
-}
-
-/// Resolves when the socket closes for a reason that does not flush (a write in progress is
-/// abandoned then); never resolves for a graceful close.
-async fn abort(socket: &SocketState) {
-    socket.closing().await;
-    if socket.close_reason().is_some_and(CloseReason::flushes) {
-        std::future::pending::<()>().await;
-    }
 }

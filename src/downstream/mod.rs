@@ -2,10 +2,17 @@
 //!
 //! - [`listener`]: the accept loop.
 //! - [`admission`]: `--max-connections`, the count of admitted sockets.
-//! - [`connection`]: one socket's life: its reader and writer tasks.
+//! - [`transport`]: what a socket is before its bytes are messages: its PROXY header
+//!   ([`proxy_header`]) and its TLS handshake ([`tls`]), then plain TCP or TLS for its reader and
+//!   writer.
+//! - [`connection`]: one socket's life: `opened`, its reader, `closed`; [`writer`]: its writer.
 //! - [`framing`]: cutting bytes into messages and framing them again.
 
 pub mod admission;
 pub mod connection;
 pub mod framing;
 pub mod listener;
+pub mod proxy_header;
+pub mod tls;
+pub mod transport;
+pub mod writer;

@@ -46,6 +46,9 @@ pub enum NodeError {
     /// An upstream URI is not valid.
     #[error(transparent)]
     InvalidUpstream(#[from] crate::upstream::UriError),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::downstream::tls::TlsError),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

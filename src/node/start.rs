@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::Mutex};
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use super::{Inner, Node, NodeError, dns::DnsEntries, drain::Drain};
@@ -16,7 +16,7 @@ use crate::{
     },
     command::Dispatcher,
     config::Config,
-    downstream::{admission, connection::Downstream, listener},
+    downstream::{admission, connection::Downstream, listener, tls::Tls, transport::Edge},
     logging::LogFilter,
     metrics as m,
     proto::NodeHello,
@@ -58,7 +58,7 @@ impl Node {
         let drain = Drain::default();
         let tracker = TaskTracker::new();
         let stream_ctx = stream_context(&config, run_id, &dispatcher, &balancer, &drain, &tracker)?;
-        let downstream = downstream(&config, balancer, &table, &backend, &settings);
+        let downstream = downstream(&config, balancer, &table, &backend, &settings, drain.accepting())?;
         let limit = admission::Limit::new(settings.clone());
         let inner = Inner {
             node_id: config.node_id(),
@@ -87,6 +87,10 @@ impl Node {
         self.spawn_watches();
         let tracker = self.inner.tracker.clone();
         let stop = self.inner.drain.accepting();
+        if let Some(tls) = downstream.edge.tls.clone() {
+            // New handshakes are over once accepting stops: so is reloading their certificate.
+            tracker.spawn(tls.watch(stop.clone()));
+        }
         tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
     }
 
@@ -122,15 +126,21 @@ fn backend(config: &Config, run_id: &str, local_addr: SocketAddr, table: &Socket
     Ok((Arc::new(MemoryBackend::new(table.clone(), me)), None))
 }
 
-/// What every socket's task needs.
+/// What every socket's task needs; `stop` is cancelled when the node stops accepting.
 fn downstream(
     config: &Config,
     balancer: Balancer,
     table: &SocketTable,
     backend: &Arc<dyn Backend>,
     settings: &Arc<Settings>,
-) -> Downstream {
-    Downstream {
+    stop: CancellationToken,
+) -> Result<Downstream, NodeError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+        _ => None,
+    };
+    let proxy_from = config.proxy_protocol.then(|| config.proxy_from.clone().into());
+    Ok(Downstream {
         node_id: config.node_id().as_str().into(),
         balancer,
         table: table.clone(),
@@ -139,7 +149,8 @@ fn downstream(
         framing: config.framing,
         max_frame: config.max_frame,
         write_queue: QueueBounds { messages: config.write_queue, bytes: config.write_queue_bytes },
-    }
+        edge: Edge { proxy_from, tls, stop },
+    })
 }
 
 /// What every upstream stream task needs; reads the upstream TLS files.

@@ -1,4 +1,5 @@
-//! Why a socket closed: the closed set of reasons of `SocketClosed.reason`.
+//! Close reasons: why a socket closed, one closed set for the wire, the lifecycle records and
+//! the metrics.
 
 use std::fmt;
 
@@ -24,11 +25,17 @@ pub enum CloseReason {
     Shutdown,
     /// The node holding it died and was reaped (recorded by another node).
     NodeLost,
+    /// The TLS handshake failed or did not finish within its time (`--tls-cert`). The socket
+    /// was never opened: no upstream hears of it, metrics and the log do.
+    TlsHandshake,
+    /// No valid PROXY protocol header in time, or one from a peer outside `--proxy-from`
+    /// (`--proxy-protocol`). Never opened either.
+    ProxyProtocol,
 }
 
 impl CloseReason {
     /// Every reason, for docs and metrics.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 11] = [
         Self::ClientClosed,
         Self::ClientError,
         Self::Idle,
@@ -38,6 +45,8 @@ impl CloseReason {
         Self::Admin,
         Self::Shutdown,
         Self::NodeLost,
+        Self::TlsHandshake,
+        Self::ProxyProtocol,
     ];
 
     /// The wire name.
@@ -52,6 +61,8 @@ impl CloseReason {
             Self::Admin => "admin",
             Self::Shutdown => "shutdown",
             Self::NodeLost => "node_lost",
+            Self::TlsHandshake => "tls_handshake",
+            Self::ProxyProtocol => "proxy_protocol",
         }
     }
 

@@ -17,7 +17,7 @@ pub fn opened(node_id: &str, socket: &SocketState, resumed: bool) -> NodeEvent {
         local_addr: socket.local_addr.to_string(),
         connected_at_unix_ms: socket.connected_at_ms,
         labels: socket.labels_copy(),
-        tls_server_name: String::new(),
+        tls_server_name: socket.tls_server_name.as_deref().unwrap_or_default().to_owned(),
     };
     wrap(Event::Opened(SocketOpened { socket: Some(info), resumed }))
 }

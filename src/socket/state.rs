@@ -61,6 +61,8 @@ pub struct SocketState {
     pub remote_addr: SocketAddr,
     /// The node's address the client connected to.
     pub local_addr: SocketAddr,
+    /// The name the client asked for in its TLS handshake (SNI), when it came over TLS with one.
+    pub tls_server_name: Option<Box<str>>,
     /// Accept time, unix ms.
     pub connected_at_ms: i64,
     /// Last inbound message, unix ms (starts at `connected_at_ms`): decides active/inactive.
@@ -105,6 +107,16 @@ impl fmt::Debug for SocketState {
 impl SocketState {
     /// A new socket whose outbound queue holds at most `bounds`.
     pub fn new(remote_addr: SocketAddr, local_addr: SocketAddr, bounds: QueueBounds) -> Arc<Self> {
+        Self::with_tls(remote_addr, local_addr, bounds, None)
+    }
+
+    /// [`SocketState::new`] for a socket that came over TLS and asked for `tls_server_name`.
+    pub fn with_tls(
+        remote_addr: SocketAddr,
+        local_addr: SocketAddr,
+        bounds: QueueBounds,
+        tls_server_name: Option<Box<str>>,
+    ) -> Arc<Self> {
         let id = SocketId::new();
         // The accept time is the id's own timestamp, so sockets ordered by id are ordered by
         // `connected_at` too (the admin API pages through them with the id as cursor).
@@ -114,6 +126,7 @@ impl SocketState {
             id_str: id.to_string().into(),
             remote_addr,
             local_addr,
+            tls_server_name,
             connected_at_ms: now,
             last_seen_ms: AtomicI64::new(now),
             messages_in: AtomicU64::new(0),

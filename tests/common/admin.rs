@@ -78,6 +78,13 @@ impl AdminNode {
         self.send(self.req(method, path).json(&body)).await
     }
 
+    /// The value of one series of `/metrics`, named as rendered (`ppp_x_total{reason="y"}`); 0
+    /// when it is not there. The recorder is the process's: other tests of the binary count too.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.text;
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    }
+
     /// Every socket id `GET /v1/sockets{query}` lists, following the cursor.
     pub async fn all_socket_ids(&self, query: &str) -> Vec<String> {
         let mut ids = Vec::new();

@@ -2,7 +2,8 @@
 //! Redis Cluster, and what the HA tests share in `ha`), an in-process recording upstream
 //! (real tonic over loopback), nodes on port 0, line clients and an admin client over real TCP
 //! sockets, a fault proxy, external (other-language) upstreams, a CA and a TLS upstream
-//! (`upstream_tls`), and a DNS server the test controls (`dns`). No fixed ports; waits are on
+//! (`upstream_tls`), a DNS server the test controls (`dns`), a real `haproxy` in front of a node,
+//! and a test CA with TLS clients (`tls`). No fixed ports; waits are on
 //! conditions, with a deadline that fails the test.
 //!
 //! Every test binary compiles all of it and uses only some, so each declares it with
@@ -15,6 +16,7 @@ pub mod external;
 pub mod failover;
 pub mod fault;
 pub mod ha;
+pub mod haproxy;
 pub mod node;
 pub mod node_process;
 pub mod process;
@@ -23,6 +25,7 @@ pub mod redis_cluster;
 pub mod redis_sentinel;
 pub mod redis_server;
 pub mod sockets;
+pub mod tls;
 pub mod upstream;
 pub mod upstream_tls;
 pub mod wait;
@@ -30,6 +33,6 @@ pub mod wait;
 // What `use common::*;` brings; a binary that uses none of one file's helpers is not wrong.
 #[allow(unused_imports)]
 pub use self::{
-    admin::*, client::*, failover::*, ha::*, node::*, node_process::*, recorder::*, redis_cluster::*,
-    redis_sentinel::*, redis_server::*, sockets::*, upstream::*, wait::*,
+    admin::*, client::*, failover::*, ha::*, haproxy::*, node::*, node_process::*, recorder::*, redis_cluster::*,
+    redis_sentinel::*, redis_server::*, sockets::*, tls::*, upstream::*, wait::*,
 };

@@ -33,3 +33,21 @@ pub fn receipts(up: &TestUpstream) -> HashMap<String, proto::CommandResult> {
 pub fn hellos(up: &TestUpstream) -> usize {
     up.events().iter().filter(|e| matches!(e.event, Some(Event::Hello(_)))).count()
 }
+
+/// The `SocketInfo` of every `opened` the upstream received, in order.
+pub fn opened_infos(up: &TestUpstream) -> Vec<proto::SocketInfo> {
+    up.events()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Some(Event::Opened(o)) => o.socket,
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits for the `opened` of the socket whose `remote_addr` is `remote`, and returns it.
+pub async fn opened_from(up: &TestUpstream, remote: std::net::SocketAddr) -> proto::SocketInfo {
+    let remote = remote.to_string();
+    up.wait_for(&format!("opened from {remote}"), |_| opened_infos(up).iter().any(|s| s.remote_addr == remote)).await;
+    opened_infos(up).into_iter().find(|s| s.remote_addr == remote).unwrap()
+}

@@ -253,13 +253,7 @@ impl RedisBackend {
         info!(sockets = held.len(), "announcing again the sockets the cluster reaped while this node was cut off");
         let mut events = Vec::with_capacity(held.len());
         for socket in held {
-            self.record(Record::Opened {
-                id: socket.id_str.clone(),
-                remote: socket.remote_addr.to_string(),
-                local: socket.local_addr.to_string(),
-                connected_at: socket.connected_at_ms,
-                resumed: true,
-            });
+            self.record(Record::opened(&socket, true));
             events.push((event::opened(&self.node, &socket, true), Some(socket)));
         }
         let (handed, _) = oneshot::channel();

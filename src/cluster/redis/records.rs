@@ -45,6 +45,8 @@ pub enum Record {
         local: String,
         /// Accept time, unix ms.
         connected_at: i64,
+        /// The SNI name of a TLS socket that sent one.
+        tls_server_name: Option<Box<str>>,
         /// Announced again after the cluster reaped it while the node was cut off.
         resumed: bool,
     },
@@ -156,9 +158,10 @@ impl RecordWriter {
         apply.arg(self.keys.base()).arg(&self.node).arg(&self.run).arg(seq).arg(self.events_max);
         for record in batch {
             match record {
-                Record::Opened { id, remote, local, connected_at, resumed } => {
+                Record::Opened { id, remote, local, connected_at, tls_server_name, resumed } => {
                     let kind = if *resumed { "r" } else { "o" };
                     apply.arg(kind).arg(&**id).arg(remote).arg(local).arg(*connected_at);
+                    apply.arg(tls_server_name.as_deref().unwrap_or_default());
                 }
                 Record::Closed { id, reason, at, .. } => {
                     apply.arg("c").arg(&**id).arg(*reason).arg(*at);
@@ -219,21 +222,33 @@ pub fn register(pipe: &mut redis::Pipeline, keys: &Keys, node: &str, socket: &cr
         ("connected_at".into(), socket.connected_at_ms.to_string()),
         ("last_seen".into(), socket.last_seen_ms().to_string()),
     ];
+    if let Some(name) = &socket.tls_server_name {
+        fields.push(("tls_server_name".into(), name.to_string()));
+    }
     fields.extend(socket.labels().iter().map(|(k, v)| (format!("label:{k}"), v.clone())));
     pipe.del(&key).ignore();
     pipe.hset_multiple(&key, &fields).ignore();
     pipe.sadd(keys.node_sockets(node), &*socket.id_str).ignore();
     pipe.zadd(keys.sockets.clone(), &*socket.id_str, socket.connected_at_ms).ignore();
 }
-impl Records for RedisBackend {
-    fn socket_opened(&self, socket: &SocketState) {
-        self.record(Record::Opened {
+
+impl Record {
+    /// The `opened` record of `socket`; `resumed` when it is announced again.
+    pub fn opened(socket: &SocketState, resumed: bool) -> Self {
+        Self::Opened {
             id: socket.id_str.clone(),
             remote: socket.remote_addr.to_string(),
             local: socket.local_addr.to_string(),
             connected_at: socket.connected_at_ms,
-            resumed: false,
-        });
+            tls_server_name: socket.tls_server_name.clone(),
+            resumed,
+        }
+    }
+}
+
+impl Records for RedisBackend {
+    fn socket_opened(&self, socket: &SocketState) {
+        self.record(Record::opened(socket, false));
     }
 
     fn socket_closed(&self, socket: &SocketState, reason: CloseReason) -> Option<ClosedRecorded> {

@@ -1,0 +1,217 @@
+//! What a socket is before its bytes are messages: `open` reads its PROXY header and makes its
+//! TLS handshake, as configured ([`Edge`]), and hands back the `Transport` its reader and
+//! writer use, with the addresses and TLS server name the socket is known by.
+//!
+//! Both steps run in the socket's own task, before `opened` is sent, so one slow or bad client
+//! never holds up the accept loop or anybody else. The plain path stays what it was: the reader
+//! waits for readiness on the TCP socket and reads into a buffer that exists only while bytes
+//! are waiting (`Inbound` for `OwnedReadHalf`). Over TLS the reader waits with a one-byte read
+//! and then takes what else rustls has decrypted without waiting (`TlsInbound`), so an idle
+//! TLS socket holds no read buffer of ours either (rustls keeps its own, see
+//! `docs/benchmarks.md`).
+
+use std::{io, net::SocketAddr, sync::Arc};
+
+use bytes::BufMut;
+use futures_util::FutureExt;
+use ipnet::IpNet;
+use tokio::{
+    io::{AsyncReadExt, ReadHalf},
+    net::{TcpStream, tcp::OwnedReadHalf},
+};
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{proxy_header, tls::Tls};
+use crate::{metrics as m, socket::CloseReason};
+
+/// How sockets arrive at this node: `--proxy-protocol` with `--proxy-from`, `--tls-cert`.
+#[derive(Clone, Default)]
+pub struct Edge {
+    /// With `--proxy-protocol`, the peers that may send a PROXY header (and must).
+    pub proxy_from: Option<Arc<[IpNet]>>,
+    /// With `--tls-cert`, downstream TLS.
+    pub tls: Option<Tls>,
+    /// Cancelled when the node stops accepting (a drain): a socket whose header or handshake is
+    /// not done by then is refused (`shutdown`), so a drain never waits for a socket it did not
+    /// know of.
+    pub stop: CancellationToken,
+}
+
+impl Edge {
+    /// Whether sockets come as they are: no PROXY header, no TLS, nothing to do before `opened`.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.proxy_from.is_none() && self.tls.is_none()
+    }
+}
+
+/// A socket's byte stream: the TCP socket, or TLS over it.
+pub(crate) enum Transport {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: the session is a few hundred bytes).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A socket that passed [`open`]: how it is known, and its stream.
+pub(crate) struct Opened {
+    /// The client's address: the PROXY header's, else the TCP peer's.
+    pub(crate) remote: SocketAddr,
+    /// The address the client connected to: the PROXY header's, else the listener's.
+    pub(crate) local: SocketAddr,
+    /// The SNI name of a TLS client that sent one.
+    pub(crate) tls_server_name: Option<Box<str>>,
+    /// Its stream.
+    pub(crate) transport: Transport,
+}
+
+/// Reads the socket's PROXY header and makes its TLS handshake, as `edge` says, unless the node
+/// stops accepting first. `Err(None)`: the client was gone before anything happened;
+/// `Err(Some(reason))`: the socket is refused with that reason, counted in
+/// `ppp_sockets_closed_total` (it was never opened: no upstream hears of it).
+pub(crate) async fn open(edge: &Edge, tcp: TcpStream) -> Result<Opened, Option<CloseReason>> {
+    tokio::select! {
+        biased;
+        () = edge.stop.cancelled() => Err(Some(refused(CloseReason::Shutdown))),
+        opened = open_edge(edge, tcp) => opened,
+    }
+}
+
+/// [`open`] itself.
+async fn open_edge(edge: &Edge, mut tcp: TcpStream) -> Result<Opened, Option<CloseReason>> {
+    let (mut remote, mut local) = addresses(&tcp).ok_or(None)?;
+    if let Some(proxy_from) = &edge.proxy_from {
+        match proxy_header::read(&mut tcp, remote.ip(), proxy_from).await {
+            Ok(proxied) => {
+                metrics::counter!(m::PROXY_HEADERS, "outcome" => if proxied.is_some() { "ok" } else { "local" })
+                    .increment(1);
+                if let Some(p) = proxied {
+                    (remote, local) = (p.remote, p.local);
+                }
+            }
+            Err(e) => {
+                debug!(client.addr = %remote, error = %e, "PROXY header refused; socket closed");
+                metrics::counter!(m::PROXY_HEADERS, "outcome" => e.outcome()).increment(1);
+                return Err(Some(refused(CloseReason::ProxyProtocol)));
+            }
+        }
+    }
+    let Some(tls) = &edge.tls else {
+        return Ok(Opened { remote, local, tls_server_name: None, transport: Transport::Plain(tcp) });
+    };
+    match tls.handshake(tcp).await {
+        Ok((stream, tls_server_name)) => {
+            Ok(Opened { remote, local, tls_server_name, transport: Transport::Tls(Box::new(stream)) })
+        }
+        Err(e) => {
+            debug!(client.addr = %remote, error = %e, "TLS handshake failed; socket closed");
+            Err(Some(refused(CloseReason::TlsHandshake)))
+        }
+    }
+}
+
+/// [`open`] on an [`Edge::is_plain`] edge, with nothing to wait for: the TCP socket as it is.
+/// `Err(None)`: the client is already gone.
+pub(crate) fn plain(tcp: TcpStream) -> Result<Opened, Option<CloseReason>> {
+    let (remote, local) = addresses(&tcp).ok_or(None)?;
+    Ok(Opened { remote, local, tls_server_name: None, transport: Transport::Plain(tcp) })
+}
+
+/// The TCP peer's and the listener's addresses (turning Nagle off on the way); `None` when the
+/// client is already gone: it was never a socket of ours.
+fn addresses(tcp: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
+    let addresses = (tcp.peer_addr().ok()?, tcp.local_addr().ok()?);
+    let _ = tcp.set_nodelay(true);
+    Some(addresses)
+}
+
+/// Counts a socket closed before it opened.
+fn refused(reason: CloseReason) -> CloseReason {
+    metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason.as_str()).increment(1);
+    reason
+}
+
+/// What a socket's reader reads from: wait until there may be bytes, then take them without
+/// waiting, so the buffer is reserved only when bytes are there.
+pub(crate) trait Inbound {
+    /// Resolves when a read may find bytes (or the end of the stream).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing read is lost.
+    async fn ready(&mut self) -> io::Result<()>;
+
+    /// Reads what is there into `buf` without waiting: `Ok(0)` at the end of the stream,
+    /// `WouldBlock` when nothing is.
+    fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize>;
+}
+
+impl Inbound for OwnedReadHalf {
+    async fn ready(&mut self) -> io::Result<()> {
+        self.readable().await
+    }
+
+    fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize> {
+        OwnedReadHalf::try_read_buf(self, buf)
+    }
+}
+
+/// The reading half of a TLS socket, as an [`Inbound`].
+pub(crate) struct TlsInbound {
+    /// The stream's read half.
+    read: ReadHalf<TlsStream<TcpStream>>,
+    /// The byte the last [`Inbound::ready`] read, not yet handed out.
+    first: Option<u8>,
+    /// The last `ready` found the end of the stream.
+    eof: bool,
+}
+
+impl TlsInbound {
+    /// Wraps a read half.
+    pub(crate) fn new(read: ReadHalf<TlsStream<TcpStream>>) -> Self {
+        Self { read, first: None, eof: false }
+    }
+}
+
+impl Inbound for TlsInbound {
+    async fn ready(&mut self) -> io::Result<()> {
+        if self.first.is_some() || self.eof {
+            return Ok(());
+        }
+        // One byte: waiting costs no buffer, and rustls keeps the rest of the record.
+        let mut byte = [0u8; 1];
+        match self.read.read(&mut byte).await {
+            Ok(0) => self.eof = true,
+            Ok(_) => self.first = Some(byte[0]),
+            Err(e) if closed_without_notify(&e) => self.eof = true,
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize> {
+        let Some(byte) = self.first.take() else {
+            return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+        };
+        buf.put_u8(byte);
+        if !buf.has_remaining_mut() {
+            return Ok(1);
+        }
+        // What rustls has already decrypted, or can from what the socket holds, now.
+        match self.read.read_buf(buf).now_or_never() {
+            Some(Ok(0)) => self.eof = true,
+            Some(Err(e)) if closed_without_notify(&e) => self.eof = true,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(n)) => return Ok(n + 1),
+            None => {}
+        }
+        Ok(1)
+    }
+}
+
+/// Whether a TLS read failed only because the client closed its TCP socket without TLS's
+/// `close_notify`, as most clients do: for the socket that is the client closing
+/// (`client_closed`), not an error. (Framing still tells a message cut short.)
+fn closed_without_notify(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof
+}
