@@ -87,11 +87,9 @@ class Session:
     enough, and the ids need only be unique within the stream.
     """
 
-    def __init__(self, greet: bool, name: str, batches: bool = True) -> None:
+    def __init__(self, greet: bool, name: str) -> None:
         self.greet = greet
         self.name = name
-        # False stands for an upstream written before `ConnectBatch` (the benchmark compares).
-        self.batches = batches
         self.pending: dict[str, str] = {}  # command_id -> socket to tell about its receipt
         self.next_id = 0
         self.node_id = "?"  # set by `hello`, for the logs
@@ -217,7 +215,9 @@ class Acks:
 class EchoUpstream(pb_grpc.UpstreamServicer):
     """The `ppp.v1.Upstream` service: one `Session` per stream, `Connect` or `ConnectBatch`."""
 
-    def __init__(self, greet: bool, name: str) -> None:
+    def __init__(self, greet: bool, name: str, batches: bool = True) -> None:
+        # False stands for an upstream written before `ConnectBatch` (the benchmark compares).
+        self.batches = batches
         self.greet = greet
         self.name = name
         # Set when the grace period after SIGTERM is over: the streams still open end their side
