@@ -32,7 +32,7 @@ pub(super) struct DnsEntries {
     /// `.await`.
     running: Mutex<HashMap<String, Arc<Running>>>,
     /// Built for the first `dns:///` entry (a node without one never reads `/etc/resolv.conf`).
-    resolver: OnceLock<Result<TokioResolver, String>>,
+    resolver: OnceLock<Result<TokioResolver, Arc<hickory_resolver::net::NetError>>>,
 }
 
 /// One expanded entry.
@@ -112,7 +112,7 @@ impl Node {
         });
         self.inner.dns.running.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.id.clone(), running.clone());
         let interval = self.inner.config.dns_interval;
-        let built = self.inner.dns.resolver.get_or_init(|| dns::resolver(interval).map_err(|e| e.to_string()));
+        let built = self.inner.dns.resolver.get_or_init(|| dns::resolver(interval).map_err(Arc::new));
         let (target, resolver) = match (DnsTarget::parse(&entry.uri), built) {
             (Ok(target), Ok(resolver)) => (target, resolver.clone()),
             (Err(e), _) => return fail(&running, e.to_string()),

@@ -2,10 +2,18 @@
 //! `K:node:{node}`) and a page of sockets (`K:sockets` and each `K:socket:{id}`), never by asking
 //! other nodes.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
-use super::keys::Keys;
-use crate::cluster::view::{self, NodeRecord, SocketPage, SocketQuery, SocketRecord};
+use redis::AsyncCommands;
+
+use super::{RedisBackend, connection::unavailable, keys::Keys};
+use crate::{
+    cluster::{
+        BackendError,
+        view::{self, NodeRecord, SocketPage, SocketQuery, SocketRecord},
+    },
+    socket::{SocketId, unix_ms},
+};
 
 /// Socket ids fetched from `K:sockets` per round trip while listing.
 const LIST_BATCH: usize = 500;
@@ -111,4 +119,49 @@ async fn socket_hashes(
         pipe.hgetall(keys.socket(id));
     }
     pipe.query_async(conn).await
+}
+
+impl RedisBackend {
+    /// The cluster's nodes, by id.
+    pub(super) async fn list_nodes(&self) -> Result<Vec<NodeRecord>, BackendError> {
+        let (beats, hashes) = self
+            .shared
+            .run(|mut conn| async move {
+                let beats: Vec<(String, i64)> = conn.zrange_withscores(self.keys.nodes.clone(), 0, -1).await?;
+                let mut pipe = redis::pipe();
+                for (node, _) in &beats {
+                    pipe.hgetall(self.keys.node(node));
+                }
+                let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+                Ok((beats, hashes))
+            })
+            .await
+            .map_err(unavailable)?;
+        let now = unix_ms();
+        let mut nodes: Vec<NodeRecord> =
+            beats.into_iter().zip(hashes).map(|((id, beat), h)| node_record(id, now - beat, &h)).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    /// A page of the cluster's sockets.
+    pub(super) async fn list_sockets(&self, query: &SocketQuery) -> Result<SocketPage, BackendError> {
+        self.shared
+            .run(|mut conn| async move { sockets(&mut conn, &self.keys, query).await })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// One socket of the cluster, as Redis knows it.
+    pub(super) async fn find_socket(
+        &self,
+        id: SocketId,
+        idle_after: Duration,
+    ) -> Result<Option<SocketRecord>, BackendError> {
+        let id = id.to_string();
+        let key = self.keys.socket(&id);
+        let hash: HashMap<String, String> =
+            self.shared.run(|mut conn| async move { conn.hgetall(key).await }).await.map_err(unavailable)?;
+        Ok(SocketRecord::from_hash(&id, &hash, idle_after))
+    }
 }

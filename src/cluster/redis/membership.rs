@@ -219,6 +219,50 @@ impl RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// Marks this node `draining` in `K:node:{node}`.
+    pub(super) async fn mark_draining(&self) {
+        let key = self.keys.node(&self.node);
+        let marked: Result<(), redis::RedisError> =
+            self.shared.run(|mut conn| async move { conn.hset(key, "draining", "1").await }).await;
+        if let Err(e) = marked {
+            warn!(error = %e, "could not mark the node draining");
+        }
+    }
+
+    /// Stops the backend's tasks and removes this node from the cluster.
+    pub(super) async fn leave_cluster(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.keys.nodes.clone(), &self.node).ignore();
+        pipe.del(self.keys.node(&self.node)).ignore();
+        pipe.del(self.keys.node_sockets(&self.node)).ignore();
+        let left: Result<(), redis::RedisError> =
+            self.shared.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await;
+        match left {
+            Ok(()) => info!("left the cluster"),
+            Err(e) => warn!(error = %e, "could not leave the cluster cleanly; it will be reaped"),
+        }
+    }
+}
+
+/// The fields of `K:node:{node}` a node writes when it registers.
+pub(super) fn node_fields(
+    config: &crate::config::Config,
+    run_id: &str,
+    listen: std::net::SocketAddr,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("listen", listen.to_string()),
+        ("admin", config.admin_listen.to_string()),
+        ("started_at", unix_ms().to_string()),
+        ("version", crate::VERSION.to_owned()),
+        ("run_id", run_id.to_owned()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

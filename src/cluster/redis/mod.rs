@@ -17,6 +17,7 @@
 //! - [`resync`]: anti-entropy of the socket registry, and the `last_seen` refresher.
 //! - [`subscriber`]: the bus subscriber (this node's, the broadcast and the control channel).
 //! - [`forwarding`]: commands for other nodes' sockets, and broadcasts.
+//! - [`handoff`]: the channels whose receiving end the node takes once.
 //! - [`registry`]: the shared upstream registry.
 //! - this file: the backend itself (its state, its tasks) and the [`Backend`] it implements.
 
@@ -24,6 +25,7 @@ pub mod bus;
 pub mod connection;
 pub mod counter;
 pub mod forwarding;
+pub mod handoff;
 pub mod keys;
 pub mod listing;
 pub mod membership;
@@ -47,15 +49,16 @@ use std::{
 };
 
 use async_trait::async_trait;
-use redis::{AsyncCommands, Script};
+use redis::Script;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info_span};
 
 use self::{
     bus::BusMessage,
     connection::{unavailable, within},
     counter::{LeasedCounter, SharedCounter},
+    handoff::Handoff,
     keys::Keys,
     records::{Record, RecordWriter},
     shared::SharedConn,
@@ -69,10 +72,9 @@ use crate::{
     command::{Broadcast, Command, Receipt},
     config::Config,
     settings::RuntimePatch,
-    socket::{SocketId, SocketTable, unix_ms},
+    socket::{SocketId, SocketTable},
 };
 
-pub use membership::HEARTBEAT;
 /// Commands and broadcasts from other nodes waiting for the dispatcher; the bus subscriber
 /// waits when it is full (the dispatcher only queues payloads, so it never waits long).
 const INBOUND_QUEUE: usize = 1024;
@@ -181,7 +183,7 @@ impl RedisBackend {
             table,
             inbound: Handoff::new(INBOUND_QUEUE),
             announcer: reaper::Announcer::new(config.health_interval),
-            node_fields: node_fields(config, run_id, listen),
+            node_fields: membership::node_fields(config, run_id, listen),
             node_ttl: config.node_ttl,
             events_max: config.events_max,
             stop: CancellationToken::new(),
@@ -248,39 +250,15 @@ impl Backend for RedisBackend {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRecord>, BackendError> {
-        let (beats, hashes) = self
-            .shared
-            .run(|mut conn| async move {
-                let beats: Vec<(String, i64)> = conn.zrange_withscores(self.keys.nodes.clone(), 0, -1).await?;
-                let mut pipe = redis::pipe();
-                for (node, _) in &beats {
-                    pipe.hgetall(self.keys.node(node));
-                }
-                let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-                Ok((beats, hashes))
-            })
-            .await
-            .map_err(unavailable)?;
-        let now = unix_ms();
-        let mut nodes: Vec<NodeRecord> =
-            beats.into_iter().zip(hashes).map(|((id, beat), h)| listing::node_record(id, now - beat, &h)).collect();
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(nodes)
+        self.list_nodes().await
     }
 
     async fn sockets(&self, query: &SocketQuery) -> Result<SocketPage, BackendError> {
-        self.shared
-            .run(|mut conn| async move { listing::sockets(&mut conn, &self.keys, query).await })
-            .await
-            .map_err(unavailable)
+        self.list_sockets(query).await
     }
 
     async fn socket(&self, id: SocketId, idle_after: Duration) -> Result<Option<SocketRecord>, BackendError> {
-        let id = id.to_string();
-        let key = self.keys.socket(&id);
-        let hash: HashMap<String, String> =
-            self.shared.run(|mut conn| async move { conn.hgetall(key).await }).await.map_err(unavailable)?;
-        Ok(SocketRecord::from_hash(&id, &hash, idle_after))
+        self.find_socket(id, idle_after).await
     }
 
     async fn publish_runtime(&self, patch: &RuntimePatch) -> Result<(), BackendError> {
@@ -312,64 +290,10 @@ impl Backend for RedisBackend {
     }
 
     async fn draining(&self) {
-        let key = self.keys.node(&self.node);
-        let marked: Result<(), redis::RedisError> =
-            self.shared.run(|mut conn| async move { conn.hset(key, "draining", "1").await }).await;
-        if let Err(e) = marked {
-            warn!(error = %e, "could not mark the node draining");
-        }
+        self.mark_draining().await;
     }
 
     async fn leave(&self) {
-        self.stop.cancel();
-        self.tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
-        let mut pipe = redis::pipe();
-        pipe.zrem(self.keys.nodes.clone(), &self.node).ignore();
-        pipe.del(self.keys.node(&self.node)).ignore();
-        pipe.del(self.keys.node_sockets(&self.node)).ignore();
-        let left: Result<(), redis::RedisError> =
-            self.shared.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await;
-        match left {
-            Ok(()) => info!("left the cluster"),
-            Err(e) => warn!(error = %e, "could not leave the cluster cleanly; it will be reaped"),
-        }
-    }
-}
-
-/// The fields of `K:node:{node}` a node writes when it registers.
-fn node_fields(config: &Config, run_id: &str, listen: SocketAddr) -> Vec<(&'static str, String)> {
-    vec![
-        ("listen", listen.to_string()),
-        ("admin", config.admin_listen.to_string()),
-        ("started_at", unix_ms().to_string()),
-        ("version", crate::VERSION.to_owned()),
-        ("run_id", run_id.to_owned()),
-    ]
-}
-
-/// A bounded channel whose receiving end one consumer (the node) takes, once.
-pub(super) struct Handoff<T> {
-    /// The sending end, for the backend's tasks.
-    tx: mpsc::Sender<T>,
-    /// The receiving end, until it is taken.
-    rx: Mutex<Option<mpsc::Receiver<T>>>,
-}
-
-impl<T> Handoff<T> {
-    /// A channel of `bound` items.
-    pub(super) fn new(bound: usize) -> Self {
-        let (tx, rx) = mpsc::channel(bound);
-        Self { tx, rx: Mutex::new(Some(rx)) }
-    }
-
-    /// The sending end.
-    pub(super) fn sender(&self) -> &mpsc::Sender<T> {
-        &self.tx
-    }
-
-    /// The receiving end; `None` once taken.
-    pub(super) fn take(&self) -> Option<mpsc::Receiver<T>> {
-        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.leave_cluster().await;
     }
 }

@@ -23,7 +23,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Handoff, RedisBackend, connection::RedisConn, records::Record};
+use super::{RedisBackend, connection::RedisConn, handoff::Handoff, records::Record};
 use crate::{
     cluster::Announcement,
     proto::NodeEvent,
