@@ -38,7 +38,7 @@ async fn every_lua_script_runs_on_the_cluster_slot() {
         .arg("run-1")
         .arg(1)
         .arg(1000)
-        .arg(&["o", &socket, "10.0.0.1:1", "10.0.0.2:2", "1000"])
+        .arg(&["o", &socket, "10.0.0.1:1", "10.0.0.2:2", "1000", "device.example"])
         .invoke_async(&mut c)
         .await
         .unwrap();
