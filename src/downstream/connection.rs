@@ -118,16 +118,16 @@ fn serve_opened(ctx: Downstream, opened: transport::Opened, permit: Admission) -
 
 /// Runs the socket's reader and writer concurrently in this one task (one task per socket keeps
 /// an idle socket small); each ends by closing the socket, which ends the other. Plain TCP is
-/// split into its two halves; TLS, one session for both directions, with `tokio::io::split`.
+/// split into its owned halves; TLS, one session for both directions, with `tokio::io::split`.
 /// (A plain function, not an `async` one: the future it returns does not keep `transport`.)
 fn run<'a>(ctx: &'a Downstream, socket: &'a SocketState, transport: Transport) -> impl Future<Output = ()> + 'a {
     match transport {
-        // Borrowed halves of the stream the future holds: `into_split` would put it behind an
-        // `Arc`, one more allocation per socket.
-        Transport::Plain(mut tcp) => Either::Left(async move {
-            let (read, write) = tcp.split();
-            tokio::join!(read_side(ctx, socket, read), write_loop(ctx.framing, socket, write));
-        }),
+        Transport::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            Either::Left(async move {
+                tokio::join!(read_side(ctx, socket, read), write_loop(ctx.framing, socket, write));
+            })
+        }
         Transport::Tls(tls) => {
             let (read, write) = tokio::io::split(*tls);
             Either::Right(async move {

@@ -5,7 +5,7 @@
 //! Both steps run in the socket's own task, before `opened` is sent, so one slow or bad client
 //! never holds up the accept loop or anybody else. The plain path stays what it was: the reader
 //! waits for readiness on the TCP socket and reads into a buffer that exists only while bytes
-//! are waiting (`Inbound` for the TCP stream's `ReadHalf`). Over TLS the reader waits with a one-byte read
+//! are waiting (`Inbound` for `OwnedReadHalf`). Over TLS the reader waits with a one-byte read
 //! and then takes what else rustls has decrypted without waiting (`TlsInbound`), so an idle
 //! TLS socket holds no read buffer of ours either (rustls keeps its own, see
 //! `docs/benchmarks.md`).
@@ -17,7 +17,7 @@ use futures_util::FutureExt;
 use ipnet::IpNet;
 use tokio::{
     io::{AsyncReadExt, ReadHalf},
-    net::{TcpStream, tcp::ReadHalf as TcpReadHalf},
+    net::{TcpStream, tcp::OwnedReadHalf},
 };
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -146,13 +146,13 @@ pub(crate) trait Inbound {
     fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize>;
 }
 
-impl Inbound for TcpReadHalf<'_> {
+impl Inbound for OwnedReadHalf {
     async fn ready(&mut self) -> io::Result<()> {
         self.readable().await
     }
 
     fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize> {
-        TcpReadHalf::try_read_buf(self, buf)
+        OwnedReadHalf::try_read_buf(self, buf)
     }
 }
 
