@@ -22,12 +22,6 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-RUNS=${RUNS:-3}
-WARMUP=${WARMUP:-2s}
-DURATION=${DURATION:-10s}
-SOCKETS=${SOCKETS:-100}
-BURST=${BURST:-16}
-SIZE=${SIZE:-64}
 REG_SOCKETS=${REG_SOCKETS:-10000}
 XRATE=${XRATE:-1000}
 XWARMUP=${XWARMUP:-2s}
@@ -36,7 +30,6 @@ XLOW_RATE=${XLOW_RATE:-200}
 XHIGH_RATE=${XHIGH_RATE:-2500}
 HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
-BIN=${BIN:-target/release}
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)-cluster
 RESULTS=$OUT/results.txt
 K='ppp:{default}:' # key prefix: --redis-prefix and --cluster are left at their defaults
@@ -84,18 +77,11 @@ fi
 
 build_release
 
+machine_info "$OUT/machine.txt"
 {
-    echo "date: $(date -u +%FT%TZ)"
-    echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
-    echo "cpu: $(nproc) x $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-    echo "kernel: $(uname -r)"
-    echo "memory: $(awk '/^MemTotal/ {print $2 " kB"}' /proc/meminfo)"
-    echo "rustc: $(rustc --version)"
-    echo "haproxy: $("$HAPROXY" -v | head -1)"
     echo "redis: $("$REDIS_SERVER" --version)"
     echo "ulimit -n: $(ulimit -n)"
-    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-} >"$OUT/machine.txt"
+} >>"$OUT/machine.txt"
 
 REDIS_PORT=$(free_port)
 start redis "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
@@ -104,10 +90,7 @@ REDIS_PID=$LAST_PID
 wait_port "$REDIS_PORT"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 
-UP_PORT=$(free_port)
-start upstream "$BIN/examples/echo_upstream" --listen "127.0.0.1:$UP_PORT"
-UP_PID=$LAST_PID
-wait_port "$UP_PORT"
+start_echo_upstream
 
 # start_node NAME [NODE_ID]: a node in front of the echo upstream; in cluster mode (on the
 # benchmark's Redis, with that node id) when NODE_ID is given, standalone otherwise. Sets
@@ -472,13 +455,6 @@ row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
     sed 's/\x1b\[[0-9;]*m//g' "$OUT/node-n1-xnode.log" "$OUT/node-n2-xnode.log" |
         sed -n 's/.*socket closed reason=//p' | grep -v '^client_closed$' | sort | uniq -c || echo none
     echo '```'
-    echo
-    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo
-    echo "Every run (cpu_pct: share of one core over the whole loadgen run, connect and warm-up included):"
-    echo
-    echo '```'
-    cat "$RESULTS"
-    echo '```'
+    summary_tail
 } | tee "$OUT/summary.md"
 log "done: $OUT"

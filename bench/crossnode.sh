@@ -17,11 +17,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-RUNS=${RUNS:-3}
 RATE=${RATE:-100000}
-WARMUP=${WARMUP:-2s}
-DURATION=${DURATION:-10s}
-BIN=${BIN:-target/release}
 WRITE_QUEUE=${WRITE_QUEUE:-16384}
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)-crossnode
 RESULTS=$OUT/results.txt
@@ -34,10 +30,7 @@ build_release
 REDIS_PORT=$(free_port)
 start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT"
 wait_port "$REDIS_PORT"
-UP_PORT=$(free_port)
-start upstream "$BIN/examples/echo_upstream" --listen "127.0.0.1:$UP_PORT"
-UP_PID=$LAST_PID
-wait_port "$UP_PORT"
+start_echo_upstream
 ports=()
 pids=()
 for n in 1 2; do

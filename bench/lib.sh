@@ -6,6 +6,17 @@
 # OUT (where each process's log goes); the node-benchmark pieces also use BIN (the binaries) and
 # RESULTS (where result lines go).
 
+# The load the benchmarks share, unless the script or the environment sets it (each script's
+# header says which it uses): RUNS, WARMUP, DURATION, SOCKETS, BURST, SIZE, and BIN, where the
+# release binaries are.
+: "${RUNS:=3}" "${WARMUP:=2s}" "${DURATION:=10s}" "${SOCKETS:=100}" "${BURST:=16}" "${SIZE:=64}"
+: "${BIN:=target/release}"
+# `loadgen throughput`'s flags for that load.
+TP_ARGS=(--sockets "$SOCKETS" --burst "$BURST" --size "$SIZE" --warmup "$WARMUP" --duration "$DURATION")
+
+# verdict CONDITION: `met` or `NOT met`, for a summary's table.
+verdict() { if eval "$1"; then echo met; else echo "NOT met"; fi; }
+
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
     log "error: $*"
@@ -148,6 +159,18 @@ machine_info() {
         [[ -n ${HAPROXY:-} && -x ${HAPROXY:-} ]] && echo "haproxy: $("$HAPROXY" -v | head -1)"
         echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >"$1"
+}
+
+# summary_tail: the end of a summary: the load average after, and every run's line.
+summary_tail() {
+    echo
+    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "Every run (cpu_pct: share of one core over the whole loadgen run, connect and warm-up included):"
+    echo
+    echo '```'
+    cat "$RESULTS"
+    echo '```'
 }
 
 UP_PORT=

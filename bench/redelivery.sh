@@ -15,15 +15,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-RUNS=${RUNS:-3}
 RATE=${RATE:-100000}
-SOCKETS=${SOCKETS:-100}
-SIZE=${SIZE:-64}
-WARMUP=${WARMUP:-2s}
-DURATION=${DURATION:-10s}
 KILL_AT=${KILL_AT:-6}
 HEALTH_INTERVAL=${HEALTH_INTERVAL:-2s}
-BIN=${BIN:-target/release}
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)-redelivery
 RESULTS=$OUT/results.txt
 mkdir -p "$OUT"

@@ -14,15 +14,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-RUNS=${RUNS:-3}
-WARMUP=${WARMUP:-2s}
-DURATION=${DURATION:-10s}
-SOCKETS=${SOCKETS:-100}
-BURST=${BURST:-16}
-SIZE=${SIZE:-64}
 CONCURRENCY=${CONCURRENCY:-32}
 IDLE_SOCKETS=${IDLE_SOCKETS:-10000}
-BIN=${BIN:-target/release}
 OUT=bench-results/tls-$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$OUT/results.txt
 mkdir -p "$OUT"
@@ -72,7 +65,6 @@ done
 
 # --- (b) throughput, TLS and plain ----------------------------------------------------------------
 
-TP_ARGS=(--sockets "$SOCKETS" --burst "$BURST" --size "$SIZE" --warmup "$WARMUP" --duration "$DURATION")
 TLS_TP=()
 PLAIN_TP=()
 for run in $(seq "$RUNS"); do
@@ -110,7 +102,6 @@ tls_tp=$(median "${TLS_TP[@]}")
 plain_tp=$(median "${PLAIN_TP[@]}")
 ratio=$(awk -v t="$tls_tp" -v p="$plain_tp" 'BEGIN {printf "%.2f", t / p}')
 tls_idle=$(median "${TLS_IDLE[@]}")
-verdict() { if eval "$1"; then echo met; else echo "NOT met"; fi; }
 
 {
     echo "# Downstream TLS benchmark, $(date -u +%F)"
@@ -127,13 +118,6 @@ verdict() { if eval "$1"; then echo met; else echo "NOT met"; fi; }
     echo "| TLS / plain | | $ratio | | |"
     echo "| node RSS per idle TLS socket (bytes, $IDLE_SOCKETS sockets) | ${TLS_IDLE[*]} | $tls_idle | <= 8192 | $(verdict "((tls_idle <= 8192))") |"
     echo "| node RSS per idle plain socket (bytes, same run) | ${PLAIN_IDLE[*]} | $(median "${PLAIN_IDLE[@]}") | | |"
-    echo
-    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo
-    echo "Every run (cpu_pct: share of one core over the whole loadgen run, connect and warm-up included):"
-    echo
-    echo '```'
-    cat "$RESULTS"
-    echo '```'
+    summary_tail
 } | tee "$OUT/summary.md"
 log "done: $OUT"

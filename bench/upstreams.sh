@@ -13,14 +13,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-RUNS=${RUNS:-3}
-WARMUP=${WARMUP:-2s}
-DURATION=${DURATION:-10s}
-SOCKETS=${SOCKETS:-100}
-BURST=${BURST:-16}
-SIZE=${SIZE:-64}
 PY=${PY:-target/interop/venv/bin/python}
-BIN=${BIN:-target/release}
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)-upstreams
 RESULTS=$OUT/results.txt
 mkdir -p "$OUT"
