@@ -430,3 +430,13 @@ async fn slow_clients_and_large_bodies_are_cut_off() {
     admin.json(Method::POST, "/v1/broadcast", json!({ "payload": large })).await.expect(413);
     admin.get("/healthz").await.expect(200);
 }
+
+#[tokio::test]
+async fn a_json_array_is_not_a_body_object() {
+    // serde builds a struct from an array of its fields in order; the document says object.
+    let (_up, admin) = standalone(false).await;
+    admin.json(Method::PATCH, "/v1/runtime", json!([])).await.expect(422);
+    admin.json(Method::POST, "/v1/broadcast", json!([])).await.expect(422);
+    admin.json(Method::POST, "/v1/upstreams", json!(["a", "http://127.0.0.1:1"])).await.expect(422);
+    admin.json(Method::PATCH, "/v1/runtime", json!({})).await.expect(200);
+}

@@ -148,9 +148,9 @@ impl RuntimeBody {
 pub(super) async fn patch_runtime(
     State(state): State<AppState>,
     Query(q): Query<ClusterParam>,
-    Json(body): Json<RuntimeBody>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<RuntimeView>, ApiError> {
-    let patch = body.into_patch()?;
+    let patch = schema::object::<RuntimeBody>(body)?.into_patch()?;
     Ok(Json(state.node.apply_runtime(&patch, q.cluster).await?))
 }
 

@@ -70,6 +70,20 @@ pub(super) fn check(field: &str, pattern: &str, value: &str, what: &str) -> Resu
     }
 }
 
+/// A JSON body that must be an object, as the document says: serde would build a struct from an
+/// array too (its fields in order), so the body is taken as a map first and only then as `T`.
+///
+/// # Errors
+/// 422 with serde's reason when the object does not fit `T`.
+pub(super) fn object<T: serde::de::DeserializeOwned>(
+    body: serde_json::Map<String, serde_json::Value>,
+) -> Result<T, ApiError> {
+    serde_json::from_value(serde_json::Value::Object(body)).map_err(|e| ApiError {
+        status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("Failed to deserialize the JSON body into the target type: {e}"),
+    })
+}
+
 /// Deserializes a field that may be absent but not `null`: with `#[serde(default,
 /// deserialize_with = "present")]`, a `null` is refused (422) as the document says (the field's
 /// type is not nullable), instead of being read as absent.

@@ -281,8 +281,9 @@ pub(super) struct BroadcastBody {
 ))]
 pub(super) async fn broadcast(
     State(state): State<AppState>,
-    Json(body): Json<BroadcastBody>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response, ApiError> {
+    let body: BroadcastBody = schema::object(body)?;
     let scope: Scope = body
         .scope
         .as_deref()

@@ -136,8 +136,9 @@ pub(super) struct UpstreamEntryView {
 ))]
 pub(super) async fn add(
     State(state): State<AppState>,
-    Json(body): Json<NewUpstream>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<(StatusCode, Json<UpstreamEntryView>), ApiError> {
+    let body: NewUpstream = schema::object(body)?;
     if let Some(id) = &body.id {
         schema::check("id", schema::UPSTREAM_ID, id, "1 to 128 letters, digits, '.', '_', '-' or ':'")?;
     }
