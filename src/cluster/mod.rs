@@ -12,9 +12,8 @@ use async_trait::async_trait;
 
 use crate::{
     command::{Broadcast, Command, Receipt},
-    proto::NodeEvent,
     settings::RuntimePatch,
-    socket::{CloseReason, SocketId, SocketState},
+    socket::{CloseReason, SocketId, SocketState, event::Event},
 };
 
 pub mod memory;
@@ -50,7 +49,7 @@ pub struct UpstreamEntry {
 #[derive(Debug)]
 pub struct Announcement {
     /// The events, each with its socket when it is one of this node's (sticky routing).
-    pub events: Vec<(NodeEvent, Option<Arc<SocketState>>)>,
+    pub events: Vec<(Event, Option<Arc<SocketState>>)>,
     /// Told once every event was handed to an upstream.
     pub handed: tokio::sync::oneshot::Sender<()>,
 }

@@ -27,10 +27,13 @@ use crate::{
     cluster::Records,
     config::Framing,
     metrics as m,
-    proto::NodeEvent,
     settings::Settings,
-    socket::{CloseReason, QueueBounds, SocketState, SocketTable, event, unix_ms},
-    upstream::balancer::Balancer,
+    socket::{
+        CloseReason, QueueBounds, SocketState, SocketTable,
+        event::{self, Event},
+        unix_ms,
+    },
+    upstream::balancer::{Balancer, Route},
 };
 
 /// Bytes reserved per read. Reads go straight into a buffer that frames are split off without
@@ -139,7 +142,7 @@ fn run<'a>(ctx: &'a Downstream, socket: &'a SocketState, transport: Transport) -
 
 /// Announces the socket, then reads it until it closes.
 async fn read_side(ctx: &Downstream, socket: &SocketState, read: impl Inbound) {
-    let opened = try_forward(&ctx.balancer, socket, event::opened(&ctx.node_id, socket, false));
+    let opened = try_forward(&ctx.balancer.route(), socket, event::opened(&ctx.node_id, socket, false));
     let reason = match opened {
         Some(waiting) => waiting.await,
         None => Ok(()),
@@ -182,8 +185,9 @@ type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), CloseReason>> + Send +
 /// closes first. The wait is boxed, and only built when needed: held
 /// inline, it would be part of every socket's task, idle or not, and make each idle socket cost
 /// its size (with the event) in memory.
-fn try_forward<'a>(balancer: &'a Balancer, socket: &'a SocketState, event: NodeEvent) -> Option<Waiting<'a>> {
-    let event = balancer.try_forward(event, Some(socket), None).err()?;
+fn try_forward<'a>(route: &Route<'a>, socket: &'a SocketState, event: Event) -> Option<Waiting<'a>> {
+    let event = route.try_forward(event, Some(socket), None).err()?;
+    let balancer = route.balancer();
     Some(Box::pin(async move {
         tokio::select! {
             biased;
@@ -269,7 +273,8 @@ fn read_into(read: &mut impl Inbound, buf: &mut BytesMut, read_size: usize) -> R
     }
 }
 
-/// Cuts every whole frame out of `buf` and forwards each, in order.
+/// Cuts every whole frame out of `buf` and forwards each, in order. The node's counters are
+/// added to once for all of them.
 async fn forward_frames(
     ctx: &Downstream,
     socket: &SocketState,
@@ -277,19 +282,56 @@ async fn forward_frames(
     buf: &mut BytesMut,
 ) -> Result<(), CloseReason> {
     let now = unix_ms();
-    while let Some(frame) = decoder.decode(buf).map_err(frame_error)? {
-        if let Some(waiting) = try_forward(&ctx.balancer, socket, data_event(socket, frame, now)) {
-            waiting.await?;
+    let route = ctx.balancer.route();
+    let mut tally = Tally::default();
+    let forwarded = loop {
+        let frame = match decoder.decode(buf) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(frame_error(e)),
+        };
+        tally.note(&frame);
+        if let Some(waiting) = try_forward(&route, socket, data_event(socket, frame, now))
+            && let Err(reason) = waiting.await
+        {
+            break Err(reason);
+        }
+    };
+    tally.count();
+    forwarded
+}
+
+/// The messages and bytes of one read, added to the node's counters at once: they are shared by
+/// every socket, so adding to them per message would make every socket's reader contend for them.
+#[derive(Default)]
+struct Tally {
+    messages: u64,
+    bytes: u64,
+}
+
+impl Tally {
+    fn note(&mut self, frame: &Bytes) {
+        self.messages += 1;
+        self.bytes += frame.len() as u64;
+    }
+
+    fn count(self) {
+        if self.messages > 0 {
+            let hot = m::hot();
+            hot.messages_in.increment(self.messages);
+            hot.bytes_in.increment(self.bytes);
         }
     }
-    Ok(())
 }
 
 /// The client closed: a last unterminated line is still a message.
 async fn eof(ctx: &Downstream, socket: &SocketState, decoder: &mut FrameDecoder, buf: &mut BytesMut) -> CloseReason {
     match decoder.decode_eof(buf) {
         Ok(Some(frame)) => {
-            if let Some(waiting) = try_forward(&ctx.balancer, socket, data_event(socket, frame, unix_ms()))
+            let mut tally = Tally::default();
+            tally.note(&frame);
+            tally.count();
+            if let Some(waiting) = try_forward(&ctx.balancer.route(), socket, data_event(socket, frame, unix_ms()))
                 && let Err(reason) = waiting.await
             {
                 return reason;
@@ -313,12 +355,10 @@ fn frame_error(e: FrameError) -> CloseReason {
     }
 }
 
-/// The `data` event for one inbound frame, noting it in the socket's counters.
-fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> NodeEvent {
+/// The `data` event for one inbound frame, noting it in the socket's counters (the node's are
+/// the caller's: [`Tally`]).
+fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> Event {
     let seq = socket.note_inbound(payload.len(), now_ms);
-    let hot = m::hot();
-    hot.messages_in.increment(1);
-    hot.bytes_in.increment(payload.len() as u64);
     event::data(socket, seq, payload)
 }
 

@@ -16,7 +16,7 @@ use bytes::BufMut;
 use futures_util::FutureExt;
 use ipnet::IpNet;
 use tokio::{
-    io::{AsyncReadExt, ReadHalf},
+    io::{AsyncReadExt, Interest, ReadHalf},
     net::{TcpStream, tcp::OwnedReadHalf},
 };
 use tokio_rustls::server::TlsStream;
@@ -151,8 +151,21 @@ impl Inbound for OwnedReadHalf {
         self.readable().await
     }
 
+    /// A read that found fewer bytes than it had room for emptied the socket: the readiness is
+    /// cleared then, so the next [`Inbound::ready`] waits for new bytes instead of finding out
+    /// with one more read that fails (what HAProxy does too). Tokio clears it only if no new
+    /// bytes arrived since it was seen, so nothing is missed.
     fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize> {
-        OwnedReadHalf::try_read_buf(self, buf)
+        let room = buf.chunk_mut().len();
+        let mut read = 0;
+        let result = self.as_ref().try_io(Interest::READABLE, || {
+            read = OwnedReadHalf::try_read_buf(self, buf)?;
+            if read > 0 && read < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(read) }
+        });
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
+            other => other,
+        }
     }
 }
 

@@ -6,13 +6,15 @@
 //! - [`state`]: [`SocketState`], what a socket's reader and writer share with the node (its
 //!   counters, its labels, its outbound queue);
 //! - [`table`]: [`SocketTable`], the sockets this node holds: the node's own truth;
-//! - [`event`]: the `opened`, `data` and `closed` events of a socket, as upstreams receive them.
+//! - [`event`]: [`event::Event`], an event on its way to an upstream, and the `opened`, `data`
+//!   and `closed` events of a socket; [`wire`]: how an event is written on a stream.
 
 pub mod close;
 pub mod event;
 pub mod labels;
 pub mod state;
 pub mod table;
+pub mod wire;
 
 use std::{
     fmt,

@@ -149,6 +149,11 @@ impl SocketState {
         self.labels.read().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()
     }
 
+    /// The current labels, shared (for an event); `None` when there are none.
+    pub fn labels_shared(&self) -> Option<Arc<Labels>> {
+        self.labels.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// A copy of the current labels (for an event), without allocating when there are none.
     pub fn labels_copy(&self) -> Labels {
         self.labels.read().unwrap_or_else(|e| e.into_inner()).as_deref().cloned().unwrap_or_default()

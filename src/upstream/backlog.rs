@@ -6,15 +6,15 @@ use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
 use super::{pool::Upstream, window::ReplayWindow};
-use crate::proto::NodeEvent;
+use crate::socket::event::Event;
 
 /// The events waiting for an upstream: its queue, and those taken from the queue while the
 /// stream was down and not yet rerouted. `pending` holds at most what the queue held plus one
 /// replay window: while the stream is down the upstream is not usable, so nothing new is queued
 /// for it but receipts for its own commands, and those stop with its stream.
 pub(super) struct Backlog {
-    pub(super) rx: mpsc::Receiver<NodeEvent>,
-    pub(super) pending: VecDeque<NodeEvent>,
+    pub(super) rx: mpsc::Receiver<Event>,
+    pub(super) pending: VecDeque<Event>,
     /// Events the current stream wrote that the upstream has not confirmed.
     pub(super) window: ReplayWindow,
     /// `ppp_replay_window_overflow_total` for this upstream, looked up once: under a saturating

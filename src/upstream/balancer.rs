@@ -15,7 +15,11 @@ use super::{
     balance::Balance,
     pool::{Upstream, UpstreamPool},
 };
-use crate::{cluster::Counter, proto::NodeEvent, settings::Settings, socket::SocketState};
+use crate::{
+    cluster::Counter,
+    settings::Settings,
+    socket::{SocketState, event::Event},
+};
 
 /// Picks upstreams for inbound events. A cheap `Clone` handle.
 #[derive(Clone)]
@@ -40,7 +44,7 @@ impl Balancer {
     ///
     /// # Cancel safety
     /// Cancel safe: when cancelled, the event was not handed to anyone.
-    pub async fn forward(&self, event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) {
+    pub async fn forward(&self, event: Event, socket: Option<&SocketState>, exclude: Option<&str>) {
         if let Err(event) = self.try_forward(event, socket, exclude) {
             // Boxed: the waiting path is rare, and keeping it out of line keeps every socket's
             // task small.
@@ -49,7 +53,7 @@ impl Balancer {
     }
 
     /// [`Balancer::forward`] once the first try failed: wait for room or a change, try again.
-    async fn wait_and_forward(&self, mut event: NodeEvent, socket: Option<&SocketState>, exclude: Option<&str>) {
+    async fn wait_and_forward(&self, mut event: Event, socket: Option<&SocketState>, exclude: Option<&str>) {
         let mut changes = None;
         loop {
             event = match self.try_forward(event, socket, exclude) {
@@ -86,33 +90,14 @@ impl Balancer {
     /// The event, when none could take it now.
     // The event is handed back, not boxed: boxing would cost an allocation per message.
     #[allow(clippy::result_large_err)]
-    pub fn try_forward(
-        &self,
-        event: NodeEvent,
-        socket: Option<&SocketState>,
-        exclude: Option<&str>,
-    ) -> Result<(), NodeEvent> {
-        let list = self.pool.snapshot();
-        let usable = |u: &&Arc<Upstream>| u.is_usable() && Some(u.id.as_str()) != exclude;
-        if let Some(bound) = self.bound(socket).filter(|b| usable(&b)) {
-            return bound.try_forward(event);
-        }
-        let count = list.iter().filter(usable).count();
-        if count == 0 {
-            return Err(event);
-        }
-        let start = (self.counter.next() % count as u64) as usize;
-        let mut event = event;
-        for up in list.iter().filter(usable).cycle().skip(start).take(count) {
-            event = match up.try_forward(event) {
-                Ok(()) => {
-                    self.bind(socket, up);
-                    return Ok(());
-                }
-                Err(event) => event,
-            };
-        }
-        Err(event)
+    pub fn try_forward(&self, event: Event, socket: Option<&SocketState>, exclude: Option<&str>) -> Result<(), Event> {
+        self.route().try_forward(event, socket, exclude)
+    }
+
+    /// The upstreams as they are now, for the events of one read: looked up once for all of
+    /// them (the pool's list is shared by every socket, and reading it is a lock and a count).
+    pub fn route(&self) -> Route<'_> {
+        Route { balancer: self, list: self.pool.snapshot() }
     }
 
     /// The upstreams worth waiting on: the socket's bound one if usable, else every usable one.
@@ -126,11 +111,16 @@ impl Balancer {
 
     /// The upstream a socket is bound to, in sticky mode.
     fn bound(&self, socket: Option<&SocketState>) -> Option<Arc<Upstream>> {
+        self.bound_in(socket, &self.pool.snapshot())
+    }
+
+    /// The upstream a socket is bound to, in sticky mode, among `list`.
+    fn bound_in(&self, socket: Option<&SocketState>, list: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
         if self.settings.balance() != Balance::Sticky {
             return None;
         }
         let id = socket?.sticky.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-        self.pool.get(&id)
+        list.iter().find(|u| u.id.as_str() == &*id).cloned()
     }
 
     /// Binds a socket to the upstream that took its event, in sticky mode.
@@ -144,5 +134,49 @@ impl Balancer {
                 *bound = Some(up.id.as_str().into());
             }
         }
+    }
+}
+
+/// The upstreams as [`Balancer::route`] found them: where the events of one read go.
+pub struct Route<'a> {
+    /// The balancer whose rules apply.
+    balancer: &'a Balancer,
+    /// The pool's upstreams when the route was made.
+    list: Arc<[Arc<Upstream>]>,
+}
+
+impl<'a> Route<'a> {
+    /// [`Balancer::try_forward`], among the route's upstreams.
+    ///
+    /// # Errors
+    /// The event, when none could take it now.
+    #[allow(clippy::result_large_err)]
+    pub fn try_forward(&self, event: Event, socket: Option<&SocketState>, exclude: Option<&str>) -> Result<(), Event> {
+        let balancer = self.balancer;
+        let usable = |u: &&Arc<Upstream>| u.is_usable() && Some(u.id.as_str()) != exclude;
+        if let Some(bound) = balancer.bound_in(socket, &self.list).filter(|b| usable(&b)) {
+            return bound.try_forward(event);
+        }
+        let count = self.list.iter().filter(usable).count();
+        if count == 0 {
+            return Err(event);
+        }
+        let start = (balancer.counter.next() % count as u64) as usize;
+        let mut event = event;
+        for up in self.list.iter().filter(usable).cycle().skip(start).take(count) {
+            event = match up.try_forward(event) {
+                Ok(()) => {
+                    balancer.bind(socket, up);
+                    return Ok(());
+                }
+                Err(event) => event,
+            };
+        }
+        Err(event)
+    }
+
+    /// The balancer, to wait on when no upstream of the route has room.
+    pub fn balancer(&self) -> &'a Balancer {
+        self.balancer
     }
 }

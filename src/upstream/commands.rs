@@ -11,7 +11,8 @@ use super::pool::Upstream;
 use crate::{
     command::{Command, Dispatcher, Receipt},
     metrics as m,
-    proto::{self, CommandResult, NodeEvent, node_event, upstream_command},
+    proto::{self, CommandResult, upstream_command},
+    socket::event::Event,
 };
 
 /// Carries out one command and, when it carries a `command_id`, queues its receipt. A command
@@ -88,8 +89,7 @@ pub(super) async fn remote_commands(
 fn send_receipt(upstream: &Upstream, command_id: Option<String>, receipt: Receipt) {
     let Some(command_id) = command_id else { return };
     let result = CommandResult { command_id, status: receipt.status as i32, detail: receipt.detail };
-    let event = NodeEvent { event: Some(node_event::Event::Result(result)), ..NodeEvent::default() };
-    if upstream.try_forward(event).is_err() {
+    if upstream.try_forward(Event::result(result)).is_err() {
         warn!("receipt refused: the upstream's queue is full");
         metrics::counter!(m::MESSAGES_REFUSED, "reason" => "receipt_queue_full").increment(1);
     }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{rpc::Rpc, window::Delivery};
-use crate::proto::NodeEvent;
+use crate::socket::event::Event;
 
 /// Capacity of each upstream's event queue. When every usable upstream's queue is full the node
 /// stops reading sockets (TCP flow control holds the clients).
@@ -28,7 +28,7 @@ pub struct Upstream {
     /// Its gRPC URI.
     pub uri: String,
     /// The queue the stream task drains into the `Connect` stream.
-    tx: mpsc::Sender<NodeEvent>,
+    tx: mpsc::Sender<Event>,
     /// Health says SERVING.
     ready: AtomicBool,
     /// The `Connect` stream is open.
@@ -115,7 +115,7 @@ impl Upstream {
     /// The event, when it was not taken.
     // The event is handed back, not boxed: boxing would cost an allocation per message.
     #[allow(clippy::result_large_err)]
-    pub fn try_forward(&self, event: NodeEvent) -> Result<(), NodeEvent> {
+    pub fn try_forward(&self, event: Event) -> Result<(), Event> {
         match self.tx.try_send(event) {
             Ok(()) => {
                 self.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -129,13 +129,13 @@ impl Upstream {
     ///
     /// # Cancel safety
     /// Cancel safe: a reservation not yet returned is released.
-    pub async fn reserve(self: Arc<Self>) -> Option<(Arc<Self>, mpsc::OwnedPermit<NodeEvent>)> {
+    pub async fn reserve(self: Arc<Self>) -> Option<(Arc<Self>, mpsc::OwnedPermit<Event>)> {
         let permit = self.tx.clone().reserve_owned().await.ok()?;
         Some((self, permit))
     }
 
     /// Hands an event over through a reservation from [`Upstream::reserve`].
-    pub fn forward_reserved(&self, permit: mpsc::OwnedPermit<NodeEvent>, event: NodeEvent) {
+    pub fn forward_reserved(&self, permit: mpsc::OwnedPermit<Event>, event: Event) {
         permit.send(event);
         self.messages_sent.fetch_add(1, Ordering::Relaxed);
     }
@@ -185,7 +185,7 @@ impl UpstreamPool {
 
     /// Adds an upstream, not yet ready nor open; returns it and its queue's receiving end for
     /// the stream task. An upstream with the same id is replaced (and stopped).
-    pub fn insert(&self, id: String, uri: String) -> (Arc<Upstream>, mpsc::Receiver<NodeEvent>) {
+    pub fn insert(&self, id: String, uri: String) -> (Arc<Upstream>, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
         let upstream = Arc::new(Upstream {
             id,

@@ -1,25 +1,24 @@
 //! The two RPCs a stream may use: `ConnectBatch` first, `Connect` when the upstream answers it
-//! `UNIMPLEMENTED` (DESIGN §3). Both carry the same events and commands; a batch holds what is
-//! ready together, and never waits to fill, so batching adds no latency.
+//! `UNIMPLEMENTED` (DESIGN §3). Both carry the same events and commands, which the node hands
+//! out in batches of what is ready together ([`super::outbound`]): `ConnectBatch` sends each as
+//! one message, `Connect` event by event.
 
 use std::{
     collections::VecDeque,
     pin::Pin,
     sync::atomic::{AtomicBool, Ordering},
-    task::Poll,
 };
 
-use futures_util::{Stream, StreamExt, stream};
-use prost::Message;
-use tonic::{Code, Status, Streaming, transport::Channel};
+use futures_util::Stream;
+use http::uri::PathAndQuery;
+use tonic::{Code, GrpcMethod, Status, Streaming, client::Grpc, transport::Channel};
+use tonic_prost::ProstCodec;
 
-use crate::proto::{NodeEvent, NodeEventBatch, UpstreamCommand, UpstreamCommandBatch, upstream_client::UpstreamClient};
-
-/// Most events in one batch.
-pub const MAX_BATCH_EVENTS: usize = 1024;
-/// Most encoded bytes of events in one batch (an event larger than this goes alone): well below
-/// the 4 MiB a stock gRPC server accepts per message by default.
-pub const MAX_BATCH_BYTES: usize = 1 << 20;
+use super::{outbound::unbatched, stream::MAX_COMMAND_BYTES};
+use crate::{
+    proto::{UpstreamCommand, UpstreamCommandBatch},
+    socket::{event::Event, wire::EventBatch},
+};
 
 /// Which RPC an upstream takes. Starts with `ConnectBatch`; set to `Connect` for good once the
 /// upstream answered `UNIMPLEMENTED`.
@@ -78,55 +77,56 @@ impl Commands {
     }
 }
 
+impl Commands {
+    /// The next command of the batch being read, when one is left: there without waiting.
+    pub fn next_ready(&mut self) -> Option<UpstreamCommand> {
+        match self {
+            Self::Single(_) => None,
+            Self::Batch(_, rest) => rest.pop_front(),
+        }
+    }
+}
+
 /// A call under way: resolves to the upstream's side once it answers.
 pub type Call = Pin<Box<dyn Future<Output = Result<Commands, Status>> + Send>>;
 
 /// Opens the stream with the RPC `rpc` says, sending `events` on it.
-pub fn call(
-    rpc: &Rpc,
-    client: UpstreamClient<Channel>,
-    events: impl Stream<Item = NodeEvent> + Send + 'static,
-) -> Call {
-    let mut client = client;
+///
+/// The call is made as the generated `UpstreamClient` makes it, with the events written by
+/// [`crate::socket::wire`] instead of as `NodeEvent`s (which would copy every message first).
+pub fn call(rpc: &Rpc, channel: Channel, batches: impl Stream<Item = EventBatch> + Send + 'static) -> Call {
+    let mut grpc = Grpc::new(channel).max_decoding_message_size(MAX_COMMAND_BYTES);
     if rpc.batches() {
         Box::pin(async move {
-            let response = client.connect_batch(batched(events)).await?;
+            ready(&mut grpc).await?;
+            let codec = ProstCodec::<EventBatch, UpstreamCommandBatch>::default();
+            let request = request(batches, "ConnectBatch");
+            let response = grpc.streaming(request, PathAndQuery::from_static(CONNECT_BATCH), codec).await?;
             Ok(Commands::Batch(response.into_inner(), VecDeque::new()))
         })
     } else {
-        Box::pin(async move { Ok(Commands::Single(client.connect(events).await?.into_inner())) })
+        Box::pin(async move {
+            ready(&mut grpc).await?;
+            let codec = ProstCodec::<Event, UpstreamCommand>::default();
+            let request = request(unbatched(batches), "Connect");
+            let response = grpc.streaming(request, PathAndQuery::from_static(CONNECT), codec).await?;
+            Ok(Commands::Single(response.into_inner()))
+        })
     }
 }
 
-/// Groups the events that are ready together into batches of at most [`MAX_BATCH_EVENTS`] and
-/// [`MAX_BATCH_BYTES`]; never waits for more once one event is there.
-pub fn batched(events: impl Stream<Item = NodeEvent> + Send + 'static) -> impl Stream<Item = NodeEventBatch> + Send {
-    let mut events = Box::pin(events.fuse());
-    // An event that did not fit in the last batch: the first of the next.
-    let mut held: Option<NodeEvent> = None;
-    stream::poll_fn(move |cx| {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        if let Some(event) = held.take() {
-            bytes += event.encoded_len();
-            batch.push(event);
-        }
-        while batch.len() < MAX_BATCH_EVENTS {
-            match events.as_mut().poll_next(cx) {
-                Poll::Ready(Some(event)) => {
-                    let len = event.encoded_len();
-                    if !batch.is_empty() && bytes + len > MAX_BATCH_BYTES {
-                        held = Some(event);
-                        break;
-                    }
-                    bytes += len;
-                    batch.push(event);
-                }
-                Poll::Ready(None) if batch.is_empty() => return Poll::Ready(None),
-                Poll::Pending if batch.is_empty() => return Poll::Pending,
-                Poll::Ready(None) | Poll::Pending => break,
-            }
-        }
-        Poll::Ready(Some(NodeEventBatch { events: batch }))
-    })
+/// The RPCs' paths.
+const CONNECT: &str = "/ppp.v1.Upstream/Connect";
+const CONNECT_BATCH: &str = "/ppp.v1.Upstream/ConnectBatch";
+
+/// Waits until the channel can take a call.
+async fn ready(grpc: &mut Grpc<Channel>) -> Result<(), Status> {
+    grpc.ready().await.map_err(|e| Status::unknown(format!("Service was not ready: {e}")))
+}
+
+/// The streaming request for `method` of `ppp.v1.Upstream`.
+fn request<S>(events: S, method: &'static str) -> tonic::Request<S> {
+    let mut request = tonic::Request::new(events);
+    request.extensions_mut().insert(GrpcMethod::new("ppp.v1.Upstream", method));
+    request
 }

@@ -38,7 +38,8 @@ use super::{
 use crate::{
     command::{Command, Dispatcher},
     metrics as m,
-    proto::{NodeEvent, NodeHello, node_event, upstream_client::UpstreamClient},
+    proto::NodeHello,
+    socket::event::Event,
     upstream::balancer::Balancer,
 };
 
@@ -110,7 +111,7 @@ pub fn endpoint(uri: &str) -> Result<Endpoint, UriError> {
 }
 
 /// Runs the upstream's stream (and its health polling) until it is removed or the node drains.
-pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<NodeEvent>, ctx: StreamContext) {
+pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<Event>, ctx: StreamContext) {
     let Some(channel) = channel(&upstream, &ctx) else { return };
     // Health polling lives exactly as long as this task: the guard stops it on every way out.
     let _health_guard = spawn_health(&upstream, &channel, &ctx);
@@ -202,16 +203,16 @@ async fn session(
     let (accepted_tx, accepted) = oneshot::channel();
     let outbound =
         outbound(ctx.hello.clone(), guard, upstream.clone(), ctx.finish.clone(), session_end.clone(), accepted_tx);
-    let client = UpstreamClient::new(channel.clone()).max_decoding_message_size(MAX_COMMAND_BYTES);
     let mut lost = upstream.lost();
     // Pinned once for the session: building it per command would cost a waiter registration
     // for every command of a busy stream.
     let lost = lost.changed();
     tokio::pin!(lost);
-    let inbound = match open(upstream, rpc::call(&upstream.rpc, client, outbound), accepted, lost.as_mut()).await {
-        Ok(inbound) => inbound,
-        Err(outcome) => return outcome,
-    };
+    let inbound =
+        match open(upstream, rpc::call(&upstream.rpc, channel.clone(), outbound), accepted, lost.as_mut()).await {
+            Ok(inbound) => inbound,
+            Err(outcome) => return outcome,
+        };
     mark_open(upstream);
     serve(upstream, inbound, ctx, &session_end, lost).await
 }
@@ -277,12 +278,19 @@ async fn serve<L: Future>(
         };
         match message {
             Ok(Some(command)) => {
-                handle_command(upstream, command, &ctx.dispatcher, &remote).await;
-                // A burst of commands arrives already decoded, so this loop would not yield on
-                // its own: give the sockets' writers a turn to drain their queues, or a burst
-                // longer than --write-queue for one socket would close it as a slow consumer
-                // however fast its client reads.
-                tokio::task::consume_budget().await;
+                let mut command = Some(command);
+                // The rest of a batch is already here: carried out without looking at the stop
+                // and loss signals after each command (polling them is a lock and a waiter
+                // registration each time).
+                while let Some(next) = command.take() {
+                    handle_command(upstream, next, &ctx.dispatcher, &remote).await;
+                    // A burst of commands arrives already decoded, so this loop would not yield
+                    // on its own: give the sockets' writers a turn to drain their queues, or a
+                    // burst longer than --write-queue for one socket would close it as a slow
+                    // consumer however fast its client reads.
+                    tokio::task::consume_budget().await;
+                    command = inbound.next_ready();
+                }
             }
             Ok(None) if ctx.finish.is_cancelled() => return Outcome::Finished,
             Ok(None) => {
@@ -352,7 +360,7 @@ async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, balancer: &
     let mut kept = VecDeque::new();
     let mut moved = 0u64;
     for event in std::mem::take(&mut backlog.pending) {
-        if matches!(event.event, Some(node_event::Event::Result(_))) {
+        if event.is_receipt() {
             kept.push_back(event);
             continue;
         }

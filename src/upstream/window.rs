@@ -21,7 +21,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use crate::proto::{NodeEvent, node_event};
+use crate::socket::event::Event;
 
 /// Most events kept unconfirmed per upstream (about 200 bytes each plus payloads). Beyond it an
 /// acknowledging stream waits for acks; a stream without acks lets the oldest go unconfirmed,
@@ -94,7 +94,7 @@ struct Entry {
     /// Its `event_seq` on the stream that wrote it (for acks).
     event_seq: u64,
     /// The event itself.
-    event: NodeEvent,
+    event: Event,
 }
 
 /// What happened when a stream tried to keep an event.
@@ -145,9 +145,9 @@ impl ReplayWindow {
 
     /// Keeps `event`, written as `event_seq` on the current stream, until it is confirmed.
     /// Receipts are not kept: they answer this upstream's commands and mean nothing to another.
-    pub fn keep(&mut self, delivery: &Delivery, event_seq: u64, event: &NodeEvent) -> Kept {
+    pub fn keep(&mut self, delivery: &Delivery, event_seq: u64, event: &Event) -> Kept {
         delivery.wrote(event_seq);
-        if matches!(event.event, Some(node_event::Event::Result(_)) | None) {
+        if event.is_receipt() {
             return Kept::Yes;
         }
         // One stream at a time writes, so this counter has one writer.
@@ -164,18 +164,18 @@ impl ReplayWindow {
 
     /// Takes the events still unconfirmed, oldest first, each flagged `redelivered`; the window
     /// is empty afterwards.
-    pub fn take_unconfirmed(&mut self, delivery: &Delivery) -> Vec<NodeEvent> {
+    pub fn take_unconfirmed(&mut self, delivery: &Delivery) -> Vec<Event> {
         self.prune(delivery);
         std::mem::take(&mut self.entries)
             .into_iter()
             .filter(|e| !delivery.is_confirmed(e))
-            .map(|e| NodeEvent { redelivered: true, ..e.event })
+            .map(|e| Event { redelivered: true, ..e.event })
             .collect()
     }
 
     /// Takes every event kept, confirmed or not, oldest first, as it was first written; the window
     /// is empty afterwards.
-    pub fn take_all(&mut self) -> Vec<NodeEvent> {
+    pub fn take_all(&mut self) -> Vec<Event> {
         self.entries.drain(..).map(|e| e.event).collect()
     }
 
@@ -193,16 +193,18 @@ impl ReplayWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{SocketClosed, node_event::Event};
+    use crate::{
+        proto::node_event,
+        socket::{CloseReason, event},
+    };
 
-    fn closed(n: u64) -> NodeEvent {
-        let closed = SocketClosed { socket_id: n.to_string(), reason: "client_closed".into() };
-        NodeEvent { event: Some(Event::Closed(closed)), ..NodeEvent::default() }
+    fn closed(n: u64) -> Event {
+        event::closed(&n.to_string(), CloseReason::ClientClosed)
     }
 
-    fn ids(events: &[NodeEvent]) -> Vec<String> {
-        let id = |e: &NodeEvent| match &e.event {
-            Some(Event::Closed(c)) => c.socket_id.clone(),
+    fn ids(events: &[Event]) -> Vec<String> {
+        let id = |e: &Event| match e.to_proto().event {
+            Some(node_event::Event::Closed(c)) => c.socket_id,
             _ => String::new(),
         };
         events.iter().map(id).collect()

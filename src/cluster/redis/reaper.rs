@@ -26,8 +26,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{RedisBackend, connection::RedisConn, handoff::Handoff, records::Record};
 use crate::{
     cluster::Announcement,
-    proto::NodeEvent,
-    socket::{CloseReason, event},
+    socket::{
+        CloseReason,
+        event::{self, Event},
+    },
 };
 
 /// Reap announcements waiting for the node to hand them to its upstreams.
@@ -203,7 +205,7 @@ impl RedisBackend {
     async fn hand_out(
         &self,
         job: &str,
-        events: Vec<(NodeEvent, Option<Arc<crate::socket::SocketState>>)>,
+        events: Vec<(Event, Option<Arc<crate::socket::SocketState>>)>,
     ) -> Result<bool, redis::RedisError> {
         let (handed, confirmed) = oneshot::channel();
         if self.announcer.handoff.sender().send(Announcement { events, handed }).await.is_err() {
@@ -263,6 +265,6 @@ impl RedisBackend {
 }
 
 /// The `closed` (`node_lost`) event of a reaped socket.
-fn closed_event(id: &str, redelivered: bool) -> NodeEvent {
-    NodeEvent { redelivered, ..event::closed(id, CloseReason::NodeLost) }
+fn closed_event(id: &str, redelivered: bool) -> Event {
+    Event { redelivered, ..event::closed(id, CloseReason::NodeLost) }
 }
