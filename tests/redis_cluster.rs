@@ -1,16 +1,78 @@
 //! The cluster on a Redis Cluster of three primaries and three replicas (`--redis-mode
-//! cluster`): every key of a `--cluster` in one slot, pub/sub sharded; it works as on one Redis,
-//! and a failover of the primary holding the cluster's slot (killed with SIGKILL) loses nothing.
+//! cluster`): every key of a `--cluster` in one slot, pub/sub sharded; it works as on one Redis
+//! (the checks of `tests/cluster.rs` that hold on any Redis, `common::checks`, with the primary
+//! of the cluster's slot frozen, or every primary emptied, where a check needs it), and a
+//! failover of that primary (killed with SIGKILL) loses nothing.
 
 #[allow(dead_code)]
 mod common;
 
-use common::*;
+use common::{checks, *};
 
 #[tokio::test]
 async fn nodes_on_a_redis_cluster_share_sockets_commands_listing_and_reaping() {
     let redis = RedisClusterSet::start().await;
     the_cluster_works(&redis).await;
+}
+
+#[tokio::test]
+async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
+    let redis = RedisClusterSet::start().await;
+    checks::a_socket_is_registered_under_every_key_and_removed_when_it_closes(&redis).await;
+}
+
+#[tokio::test]
+async fn commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts() {
+    let redis = RedisClusterSet::start().await;
+    checks::commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts(&redis).await;
+}
+
+#[tokio::test]
+async fn close_labels_and_selective_broadcasts_cross_nodes() {
+    let redis = RedisClusterSet::start().await;
+    checks::close_labels_and_selective_broadcasts_cross_nodes(&redis).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_cross_node_sends_arrives_in_order_with_every_receipt() {
+    let redis = RedisClusterSet::start().await;
+    checks::a_burst_of_cross_node_sends_arrives_in_order_with_every_receipt(&redis).await;
+}
+
+#[tokio::test]
+async fn round_robin_is_fair_across_three_nodes_with_one_redis_command_per_32_messages() {
+    let redis = RedisClusterSet::start().await;
+    checks::round_robin_is_fair_across_three_nodes_with_one_redis_command_per_32_messages(&redis).await;
+}
+
+#[tokio::test]
+async fn the_upstream_registry_is_shared_by_every_node() {
+    let redis = RedisClusterSet::start().await;
+    checks::the_upstream_registry_is_shared_by_every_node(&redis).await;
+}
+
+#[tokio::test]
+async fn a_node_restarted_with_the_same_id_reaps_its_previous_run_first() {
+    let redis = RedisClusterSet::start().await;
+    checks::a_node_restarted_with_the_same_id_reaps_its_previous_run_first(&redis).await;
+}
+
+#[tokio::test]
+async fn a_drained_node_leaves_the_cluster_cleanly() {
+    let redis = RedisClusterSet::start().await;
+    checks::a_drained_node_leaves_the_cluster_cleanly(&redis).await;
+}
+
+#[tokio::test]
+async fn after_redis_loses_its_data_the_node_registers_its_sockets_and_the_registry_again() {
+    let redis = RedisClusterSet::start().await;
+    checks::after_redis_loses_its_data_the_node_registers_its_sockets_and_the_registry_again(&redis).await;
+}
+
+#[tokio::test]
+async fn a_paused_redis_stalls_nothing_and_the_node_catches_up() {
+    let redis = RedisClusterSet::start().await;
+    checks::a_paused_redis_stalls_nothing_and_the_node_catches_up(&redis).await;
 }
 
 #[tokio::test]

@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use super::{
     admin::AdminNode,
     client::Client,
-    ha::{HaRedis, K, NODE_TTL, ha_config},
+    ha::{HaRedis, NODE_TTL, ha_config},
     recorder::{Arrived, Recording},
+    topology::K,
     upstream::{TestUpstream, send_command, with_id},
     wait::{DEADLINE, eventually_async},
 };
@@ -191,9 +192,7 @@ async fn two_loaded_nodes<R: HaRedis>(redis: &R, up: &TestUpstream) -> (AdminNod
         clients.push((client, up.wait_opened(i + 1).await[i].clone()));
     }
     for (_, id) in &clients {
-        let key = format!("{K}socket:{id}");
-        eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&key).await.unwrap_or(false) })
-            .await;
+        redis.wait_exists("registered", &format!("{K}socket:{id}")).await;
     }
     (n1, n2, clients)
 }
