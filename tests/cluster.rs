@@ -31,6 +31,18 @@ async fn a_burst_of_cross_node_sends_arrives_in_order_with_every_receipt() {
 }
 
 #[tokio::test]
+async fn a_broadcast_that_misses_a_node_fails_with_the_count_and_that_node_is_not_ready() {
+    let redis = RedisServer::start().await;
+    checks::a_broadcast_that_misses_a_node_fails_with_the_count_and_that_node_is_not_ready(&redis).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_fails_naming_a_dead_node_until_it_is_reaped() {
+    let redis = RedisServer::start().await;
+    checks::a_broadcast_fails_naming_a_dead_node_until_it_is_reaped(&redis).await;
+}
+
+#[tokio::test]
 async fn the_upstream_registry_is_shared_by_every_node() {
     let redis = RedisServer::start().await;
     checks::the_upstream_registry_is_shared_by_every_node(&redis).await;

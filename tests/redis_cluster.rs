@@ -34,6 +34,18 @@ async fn close_labels_and_selective_broadcasts_cross_nodes() {
 }
 
 #[tokio::test]
+async fn a_broadcast_that_misses_a_node_fails_with_the_count_and_that_node_is_not_ready() {
+    let redis = RedisClusterSet::start().await;
+    checks::a_broadcast_that_misses_a_node_fails_with_the_count_and_that_node_is_not_ready(&redis).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_fails_naming_a_dead_node_until_it_is_reaped() {
+    let redis = RedisClusterSet::start().await;
+    checks::a_broadcast_fails_naming_a_dead_node_until_it_is_reaped(&redis).await;
+}
+
+#[tokio::test]
 async fn a_burst_of_cross_node_sends_arrives_in_order_with_every_receipt() {
     let redis = RedisClusterSet::start().await;
     checks::a_burst_of_cross_node_sends_arrives_in_order_with_every_receipt(&redis).await;
@@ -81,6 +93,7 @@ async fn a_redis_cluster_failover_under_load_loses_no_socket_event_or_command() 
     let figures = a_failover_loses_nothing(&mut redis).await;
     println!("{}", figures.line("cluster"));
     assert_eq!((figures.sockets_lost, figures.events_lost), (0, 0), "{figures:?}");
+    assert_eq!(figures.broadcasts_lost, 0, "a broadcast answered OK missed a socket: {figures:?}");
     assert_eq!(figures.admin_status, 503, "a cross-node send in the gap is a 503: {figures:?}");
 }
 
@@ -131,4 +144,10 @@ async fn every_lua_script_runs_on_the_cluster_slot() {
         .await
         .unwrap();
     assert_eq!(batch, ["0".to_owned(), socket]);
+    let _: () = c.zadd(format!("{K}nodes"), "n2", 6).await.unwrap();
+    let broadcast = Script::new(include_str!("../redis/broadcast.lua"));
+    let channel = format!("{K}ch:broadcast");
+    let published: (usize, Vec<String>) =
+        broadcast.key(format!("{K}nodes")).arg(&["SPUBLISH", &channel, "x"]).invoke_async(&mut c).await.unwrap();
+    assert_eq!(published, (0, vec!["n2".to_owned()]), "no subscriber, one member");
 }

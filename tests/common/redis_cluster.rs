@@ -156,6 +156,15 @@ impl RedisClusterSet {
         }
     }
 
+    /// A plain connection to every live node, primaries and replicas.
+    pub async fn every_node(&self) -> Vec<MultiplexedConnection> {
+        let mut conns = Vec::new();
+        for port in self.live() {
+            conns.push(connect(port).await.expect("a cluster node answers"));
+        }
+        conns
+    }
+
     /// Empties every primary (`FLUSHALL`); their replicas follow.
     pub async fn flush_all(&self) {
         for port in self.live() {

@@ -46,6 +46,24 @@ pub trait TestRedis {
         eventually_async(what, || async { self.conn().await.exists::<_, bool>(key).await.unwrap_or(false) }).await;
     }
 
+    /// How many subscriptions the server that holds the cluster's keys has on `channel` (`PUBSUB
+    /// SHARDNUMSUB` on a Redis Cluster, whose nodes subscribe there, on the slot's primary;
+    /// `PUBSUB NUMSUB` elsewhere).
+    async fn subscribers(&self, channel: &str) -> usize {
+        let mut c = self.keys_server().await;
+        let counts: Vec<(String, usize)> = Self::numsub(channel).query_async(&mut c).await.unwrap();
+        counts.first().map_or(0, |(_, n)| *n)
+    }
+
+    /// `PUBSUB SHARDNUMSUB {channel}` on a Redis Cluster, `PUBSUB NUMSUB {channel}` elsewhere:
+    /// see [`Self::subscribers`].
+    fn numsub(channel: &str) -> redis::Cmd {
+        let kind = if Self::MODE == RedisMode::Cluster { "SHARDNUMSUB" } else { "NUMSUB" };
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg(kind).arg(channel);
+        cmd
+    }
+
     /// Publishes `payload` on `channel` as the nodes do: `SPUBLISH` on a Redis Cluster (the
     /// nodes' subscriptions there are sharded), `PUBLISH` elsewhere.
     async fn publish(&self, channel: &str, payload: &[u8]) {
@@ -55,9 +73,13 @@ pub trait TestRedis {
     }
 }
 
-/// A Redis a test can empty and freeze without a failover: one server, or a Redis Cluster.
+/// A Redis a test can empty, freeze, and change the users of, without a failover: one server,
+/// or a Redis Cluster.
 #[allow(async_fn_in_trait)] // Only these tests use it, with static dispatch.
 pub trait FaultRedis: TestRedis {
+    /// Runs `ACL {args}` on every server (ACLs are each server's own), e.g. to take a user's
+    /// channels away: Redis then disconnects that user's subscriptions to them.
+    async fn acl(&self, args: &[&str]);
     /// Empties it (`FLUSHALL` on every primary): Redis lost its data.
     async fn flush_all(&self);
     /// Freezes (SIGSTOP) the server that holds the cluster's keys: connections stay open,
@@ -65,6 +87,11 @@ pub trait FaultRedis: TestRedis {
     async fn pause(&self);
     /// Thaws it (SIGCONT).
     fn resume(&self);
+}
+
+/// `urls` with `user` and `password` in each (`redis://user:password@host:port`).
+pub fn urls_as(urls: Vec<String>, user: &str, password: &str) -> Vec<String> {
+    urls.into_iter().map(|u| u.replacen("redis://", &format!("redis://{user}:{password}@"), 1)).collect()
 }
 
 /// A test config for a cluster member on `redis`.
@@ -89,6 +116,10 @@ impl TestRedis for RedisServer {
 }
 
 impl FaultRedis for RedisServer {
+    async fn acl(&self, args: &[&str]) {
+        let () = redis::cmd("ACL").arg(args).query_async(&mut RedisServer::conn(self).await).await.unwrap();
+    }
+
     async fn flush_all(&self) {
         let () = redis::cmd("FLUSHALL").query_async(&mut RedisServer::conn(self).await).await.unwrap();
     }
@@ -135,6 +166,12 @@ impl TestRedis for RedisClusterSet {
 }
 
 impl FaultRedis for RedisClusterSet {
+    async fn acl(&self, args: &[&str]) {
+        for mut c in self.every_node().await {
+            let () = redis::cmd("ACL").arg(args).query_async(&mut c).await.unwrap();
+        }
+    }
+
     async fn flush_all(&self) {
         RedisClusterSet::flush_all(self).await;
     }

@@ -3,11 +3,13 @@
 //! `tests/redis_cluster.rs` on a Redis Cluster. [`traffic`]: sockets registered under every key,
 //! commands, labels, closes and broadcasts across nodes, a burst in order, the shared
 //! round-robin; [`lifecycle`]: the shared upstream registry, a restart with the same id, a drain,
-//! Redis losing its data, Redis paused.
+//! Redis losing its data, Redis paused; [`bus`]: one subscription per node, a node that does not
+//! hear the bus is not ready, and a broadcast that misses a node fails with the count.
 //!
 //! Callers name them by path (`checks::a_drained_node_leaves_the_cluster_cleanly(&redis)`), so
 //! a test and the check it runs can share a name.
 
+pub mod bus;
 pub mod lifecycle;
 pub mod traffic;
 
@@ -15,7 +17,7 @@ use redis::{AsyncCommands, streams::StreamId};
 
 // What `checks::…` names; a binary that runs none of them is not wrong.
 #[allow(unused_imports)]
-pub use self::{lifecycle::*, traffic::*};
+pub use self::{bus::*, lifecycle::*, traffic::*};
 use super::{
     client::Client,
     node::start_node,
