@@ -1,167 +1,51 @@
 //! Cluster mode: nodes sharing state through a real `redis-server`, inspected with plain Redis
-//! commands as `redis-cli` would.
+//! commands as `redis-cli` would. The checks that hold on any Redis live in `common::checks`
+//! (`tests/redis_cluster.rs` runs them on a Redis Cluster); the rest need one server to kill,
+//! restart, or reach through a fault proxy.
 
 #[allow(dead_code)]
 mod common;
 
 use std::collections::HashMap;
 
-use common::*;
+use common::{checks, *};
 use ppp::proto::{self, Status, upstream_command::Command};
 use redis::AsyncCommands;
 
 #[tokio::test]
 async fn a_socket_is_registered_under_every_key_and_removed_when_it_closes() {
     let redis = RedisServer::start().await;
-    let up = TestUpstream::start(true).await;
-    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    let mut c = Client::connect(&node).await;
-    let id = up.wait_opened(1).await[0].clone();
-    let mut r = redis.conn().await;
-    let socket_key = format!("ppp:{{default}}:socket:{id}");
-    redis.wait_exists("socket hash", &socket_key).await;
-    let hash: HashMap<String, String> = r.hgetall(&socket_key).await.unwrap();
-    assert_eq!(hash["node"], "n1");
-    assert_eq!(hash["local"], node.local_addr().to_string());
-    assert!(hash["connected_at"].parse::<i64>().unwrap() > 0);
-    assert!(hash.contains_key("remote") && hash.contains_key("last_seen"));
-    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
-    assert_eq!(members, vec![id.clone()]);
-    let indexed: Vec<String> = r.zrange("ppp:{default}:sockets", 0, -1).await.unwrap();
-    assert_eq!(indexed, vec![id.clone()]);
-    let upstreams: HashMap<String, String> = r.hgetall("ppp:{default}:upstreams").await.unwrap();
-    assert_eq!(upstreams[&up.id()], up.uri());
-    eventually_async("heartbeat", || async {
-        redis.conn().await.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "n1").await.unwrap().is_some()
-    })
-    .await;
-    let info: HashMap<String, String> = r.hgetall("ppp:{default}:node:n1").await.unwrap();
-    assert_eq!(info["listen"], node.local_addr().to_string());
-    assert_eq!(info["version"], ppp::VERSION);
-
-    // Labels appear as label:{name} fields.
-    let labels = Command::SetLabels(proto::SetLabels {
-        socket_id: id.clone(),
-        labels: [("user".to_owned(), "ada".to_owned())].into(),
-        replace: false,
-    });
-    up.command(with_id("l", labels)).await;
-    eventually_async("label field", || async {
-        redis.conn().await.hget::<_, _, Option<String>>(&socket_key, "label:user").await.unwrap().as_deref()
-            == Some("ada")
-    })
-    .await;
-
-    c.write(b"bye\n").await;
-    assert_eq!(c.line().await, "bye");
-    drop(c);
-    eventually_async("socket removed", || async { !redis.conn().await.exists::<_, bool>(&socket_key).await.unwrap() })
-        .await;
-    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
-    assert!(members.is_empty());
-    let events: Vec<redis::streams::StreamId> =
-        r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:{default}:events").await.unwrap().ids;
-    let kinds: Vec<(String, String)> = events
-        .iter()
-        .map(|e| (e.get::<String>("type").unwrap(), e.get::<String>("reason").unwrap_or_default()))
-        .collect();
-    assert_eq!(
-        kinds,
-        vec![("node_up".into(), "".into()), ("opened".into(), "".into()), ("closed".into(), "client_closed".into())]
-    );
-}
-
-/// Nodes `n1` and `n2` with one socket each (`first` on n1, `second` on n2), both registered.
-async fn two_nodes_one_socket_each(
-    redis: &RedisServer,
-    up: &TestUpstream,
-) -> (ppp::Node, ppp::Node, Client, String, Client, String) {
-    let n1 = start_node(cluster_config(redis, "n1", &[up])).await;
-    let n2 = start_node(cluster_config(redis, "n2", &[up])).await;
-    let on_n1 = Client::connect(&n1).await;
-    let first = up.wait_opened(1).await[0].clone();
-    let on_n2 = Client::connect(&n2).await;
-    let second = up.wait_opened(2).await[1].clone();
-    for id in [&first, &second] {
-        redis.wait_exists("registered", &format!("ppp:{{default}}:socket:{id}")).await;
-    }
-    (n1, n2, on_n1, first, on_n2, second)
+    checks::a_socket_is_registered_under_every_key_and_removed_when_it_closes(&redis).await;
 }
 
 #[tokio::test]
 async fn commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts() {
     let redis = RedisServer::start().await;
-    let up = TestUpstream::start(false).await;
-    let (_n1, _n2, mut on_n1, first, mut on_n2, second) = two_nodes_one_socket_each(&redis, &up).await;
-    // Commands go out on whichever stream; both nodes have one to this upstream.
-    let send = |socket: &str, text: &str| {
-        Command::Send(proto::Send { socket_id: socket.to_owned(), payload: text.to_owned().into() })
-    };
-    up.command(with_id("to-first", send(&first, "hello first"))).await;
-    up.command(with_id("to-second", send(&second, "hello second"))).await;
-    assert_eq!(on_n1.line().await, "hello first");
-    assert_eq!(on_n2.line().await, "hello second");
-    up.command(with_id("nobody", send(&uuid::Uuid::now_v7().to_string(), "x"))).await;
-    let broadcast = Command::Broadcast(proto::Broadcast { scope: 0, payload: "everyone".into(), ..Default::default() });
-    up.command(with_id("all", broadcast)).await;
-    assert_eq!(on_n1.line().await, "everyone");
-    assert_eq!(on_n2.line().await, "everyone");
-    up.wait_for("receipts", |_| up.results().len() == 4).await;
-    let results: HashMap<_, _> = up.results().into_iter().map(|r| (r.command_id.clone(), r.status)).collect();
-    assert_eq!(results["to-first"], Status::Ok as i32);
-    assert_eq!(results["to-second"], Status::Ok as i32);
-    assert_eq!(results["nobody"], Status::UnknownSocket as i32);
-    assert_eq!(results["all"], Status::Ok as i32);
+    checks::commands_and_broadcasts_reach_sockets_on_other_nodes_with_receipts(&redis).await;
 }
 
 #[tokio::test]
 async fn a_burst_of_cross_node_sends_arrives_in_order_with_every_receipt() {
     let redis = RedisServer::start().await;
-    let up = TestUpstream::start(false).await;
-    let (_n1, _n2, mut on_n1, first, mut on_n2, second) = two_nodes_one_socket_each(&redis, &up).await;
-    // The commands go out on one node's stream: for that node one of the two sockets is on the
-    // other node, so half the burst crosses, pipelined, and must keep its order.
-    const N: usize = 3000;
-    for i in 0..N {
-        for (name, socket) in [("a", &first), ("b", &second)] {
-            let send = Command::Send(proto::Send { socket_id: socket.clone(), payload: format!("{i}").into() });
-            up.command(with_id(&format!("{name}{i}"), send)).await;
-        }
-    }
-    for i in 0..N {
-        assert_eq!(on_n1.line().await, i.to_string());
-        assert_eq!(on_n2.line().await, i.to_string());
-    }
-    up.wait_for("every receipt", |_| up.results().len() == 2 * N).await;
-    assert!(up.results().iter().all(|r| r.status == Status::Ok as i32));
-    // Once the socket is gone, its node says so (and the cached owner is dropped).
-    drop(on_n1);
-    drop(on_n2);
-    up.wait_for("closed", |_| up.closed().len() == 2).await;
-    for socket in [&first, &second] {
-        let send = Command::Send(proto::Send { socket_id: socket.clone(), payload: "late".into() });
-        up.command(with_id(&format!("late-{socket}"), send)).await;
-    }
-    up.wait_for("late receipts", |_| up.results().len() == 2 * N + 2).await;
-    let late: Vec<_> = up.results().into_iter().filter(|r| r.command_id.starts_with("late-")).collect();
-    assert!(late.iter().all(|r| r.status == Status::UnknownSocket as i32), "{late:?}");
+    checks::a_burst_of_cross_node_sends_arrives_in_order_with_every_receipt(&redis).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_that_misses_a_node_fails_with_the_count_and_that_node_is_not_ready() {
+    let redis = RedisServer::start().await;
+    checks::a_broadcast_that_misses_a_node_fails_with_the_count_and_that_node_is_not_ready(&redis).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_fails_naming_a_dead_node_until_it_is_reaped() {
+    let redis = RedisServer::start().await;
+    checks::a_broadcast_fails_naming_a_dead_node_until_it_is_reaped(&redis).await;
 }
 
 #[tokio::test]
 async fn the_upstream_registry_is_shared_by_every_node() {
     let redis = RedisServer::start().await;
-    let a = TestUpstream::start(true).await;
-    let n1 = start_node(cluster_config(&redis, "n1", &[&a])).await;
-    let n2 = start_node(cluster_config(&redis, "n2", &[])).await;
-    let pool = n2.upstreams().clone();
-    let a_id = a.id();
-    eventually("n2 learned a from the registry", || pool.get(&a_id).is_some_and(|u| u.is_usable())).await;
-    let b = TestUpstream::start(true).await;
-    n2.add_upstream(Some("b".into()), b.uri()).await.unwrap();
-    let pool1 = n1.upstreams().clone();
-    eventually("n1 learned b", || pool1.get("b").is_some()).await;
-    n1.remove_upstream(&a.id()).await.unwrap();
-    eventually("n2 forgot a", || pool.get(&a_id).is_none()).await;
+    checks::the_upstream_registry_is_shared_by_every_node(&redis).await;
 }
 
 #[tokio::test]
@@ -242,148 +126,31 @@ async fn a_heartbeat_that_moves_is_alive_however_old_its_clock_says_it_is() {
 #[tokio::test]
 async fn a_node_restarted_with_the_same_id_reaps_its_previous_run_first() {
     let redis = RedisServer::start().await;
-    let mut r = redis.conn().await;
-    // The previous run of n1, killed a moment ago: still registered, with a fresh heartbeat.
-    let _: () = r.zadd("ppp:{default}:nodes", "n1", ppp::socket::unix_ms()).await.unwrap();
-    let _: () = r.hset("ppp:{default}:node:n1", "run_id", "the-old-run").await.unwrap();
-    for s in ["old1", "old2", "old3"] {
-        let _: () = r.sadd("ppp:{default}:node:n1:sockets", s).await.unwrap();
-        let _: () = r.hset(format!("ppp:{{default}}:socket:{s}"), "node", "n1").await.unwrap();
-    }
-    let up = TestUpstream::start(true).await;
-    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    let _c = Client::connect(&node).await;
-    let new = up.wait_opened(1).await[0].clone();
-    up.wait_for("the old run's closed", |_| up.closed().len() >= 3).await;
-    let mut closed = up.closed();
-    closed.sort();
-    let lost = |s: &str| (s.to_owned(), "node_lost".to_owned());
-    assert_eq!(closed, [lost("old1"), lost("old2"), lost("old3")]);
-    redis.wait_exists("the new run's socket", &format!("ppp:{{default}}:socket:{new}")).await;
-    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
-    assert_eq!(members, [new]);
-    let run: String = r.hget("ppp:{default}:node:n1", "run_id").await.unwrap();
-    let hello = up.events().into_iter().find_map(|e| match e.event {
-        Some(proto::node_event::Event::Hello(h)) => Some(h),
-        _ => None,
-    });
-    assert_eq!(hello.map(|h| h.run_id), Some(run.clone()));
-    assert_ne!(run, "the-old-run");
+    checks::a_node_restarted_with_the_same_id_reaps_its_previous_run_first(&redis).await;
 }
 
 #[tokio::test]
 async fn a_drained_node_leaves_the_cluster_cleanly() {
     let redis = RedisServer::start().await;
-    let up = TestUpstream::start(true).await;
-    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    let mut c = Client::connect(&node).await;
-    up.wait_opened(1).await;
-    eventually_async("registered", || async {
-        redis.conn().await.scard::<_, usize>("ppp:{default}:node:n1:sockets").await.unwrap() == 1
-    })
-    .await;
-    node.shutdown().await;
-    c.closed().await;
-    let mut r = redis.conn().await;
-    assert!(r.zscore::<_, _, Option<i64>>("ppp:{default}:nodes", "n1").await.unwrap().is_none());
-    assert!(!r.exists::<_, bool>("ppp:{default}:node:n1").await.unwrap());
-    assert_eq!(r.zcard::<_, usize>("ppp:{default}:sockets").await.unwrap(), 0);
-    let events = r.xrange_all::<_, redis::streams::StreamRangeReply>("ppp:{default}:events").await.unwrap().ids;
-    assert!(events.iter().any(|e| e.get::<String>("reason").as_deref() == Some("shutdown")));
+    checks::a_drained_node_leaves_the_cluster_cleanly(&redis).await;
 }
 
 #[tokio::test]
 async fn after_redis_loses_its_data_the_node_registers_its_sockets_and_the_registry_again() {
     let redis = RedisServer::start().await;
-    let up = TestUpstream::start(true).await;
-    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    let mut c = Client::connect(&node).await;
-    let id = up.wait_opened(1).await[0].clone();
-    let key = format!("ppp:{{default}}:socket:{id}");
-    redis.wait_exists("registered", &key).await;
-    let mut r = redis.conn().await;
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
-    // The next heartbeat finds the node missing from K:nodes and resyncs from its own truth.
-    redis.wait_exists("socket registered again", &key).await;
-    let members: Vec<String> = r.smembers("ppp:{default}:node:n1:sockets").await.unwrap();
-    assert_eq!(members, vec![id.clone()]);
-    // A registry change makes every node re-read it: the empty registry is seeded again, not obeyed.
-    let _: () = r.publish("ppp:{default}:ch:control", Vec::<u8>::new()).await.unwrap();
-    node.add_upstream(Some("probe".into()), up.uri()).await.unwrap();
-    node.remove_upstream("probe").await.unwrap();
-    let upstreams: HashMap<String, String> = r.hgetall("ppp:{default}:upstreams").await.unwrap();
-    assert_eq!(upstreams.get(&up.id()), Some(&up.uri()), "{upstreams:?}");
-    c.write(b"still served\n").await;
-    assert_eq!(c.line().await, "still served");
+    checks::after_redis_loses_its_data_the_node_registers_its_sockets_and_the_registry_again(&redis).await;
 }
 
 #[tokio::test]
 async fn round_robin_is_fair_across_three_nodes_with_one_redis_command_per_32_messages() {
     let redis = RedisServer::start().await;
-    let a = TestUpstream::start(false).await;
-    let b = TestUpstream::start(false).await;
-    let mut nodes = Vec::new();
-    for id in ["n1", "n2", "n3"] {
-        nodes.push(start_node(cluster_config(&redis, id, &[&a, &b])).await);
-    }
-    let before = redis.calls("incrby").await;
-    let mut clients = Vec::new();
-    for node in &nodes {
-        clients.push(Client::connect(node).await);
-    }
-    eventually("opened", || a.opened().len() + b.opened().len() == 3).await;
-    let per_client = 10_000 / 3 + 1;
-    for c in &mut clients {
-        let lines: String = (0..per_client).map(|i| format!("m{i}\n")).collect();
-        c.write(lines.as_bytes()).await;
-    }
-    let total = per_client * 3;
-    eventually("all messages", || a.data().len() + b.data().len() == total).await;
-    let (da, db) = (a.data().len(), b.data().len());
-    assert!(da.abs_diff(db) * 100 <= total, "split {da}/{db} is not within 1%");
-    let incrby = redis.calls("incrby").await - before;
-    // Each node may hold one block fetched ahead and unused.
-    assert!(incrby <= (total as u64 + 6) / 32 + 6, "{incrby} INCRBY for {total} messages");
-    let rr: u64 = redis.conn().await.get("ppp:{default}:rr").await.unwrap();
-    assert!(rr >= 32, "K:rr is the shared counter: {rr}");
+    checks::round_robin_is_fair_across_three_nodes_with_one_redis_command_per_32_messages(&redis).await;
 }
 
 #[tokio::test]
 async fn close_labels_and_selective_broadcasts_cross_nodes() {
     let redis = RedisServer::start().await;
-    let up = TestUpstream::start(false).await;
-    let (_n1, _n2, mut on_n1, first, mut on_n2, second) = two_nodes_one_socket_each(&redis, &up).await;
-    // The test upstream sends on n2's stream (the latest): `first` lives on n1.
-    let labels = Command::SetLabels(proto::SetLabels {
-        socket_id: first.clone(),
-        labels: [("room".to_owned(), "1".to_owned())].into(),
-        replace: false,
-    });
-    up.command(with_id("label", labels)).await;
-    up.wait_for("label receipt", |_| up.results().len() == 1).await;
-    assert_eq!(up.results()[0].status, Status::Ok as i32);
-    let selective = Command::Broadcast(proto::Broadcast {
-        scope: proto::Scope::All as i32,
-        payload: "room 1 only".into(),
-        selector: [("room".to_owned(), "1".to_owned())].into(),
-    });
-    up.command(with_id("room", selective)).await;
-    assert_eq!(on_n1.line().await, "room 1 only");
-    let active = Command::Broadcast(proto::Broadcast {
-        scope: proto::Scope::Inactive as i32,
-        payload: "inactive only".into(),
-        ..Default::default()
-    });
-    up.command(with_id("inactive", active)).await;
-    let close = Command::Close(proto::Close { socket_id: first.clone(), reason: "bye".into() });
-    up.command(with_id("close", close)).await;
-    assert!(on_n1.closed().await.is_empty());
-    up.wait_for("closed", |_| up.closed().iter().any(|(id, r)| *id == first && r == "upstream")).await;
-    // `second` saw neither broadcast: the next line it gets is this one.
-    up.command(send_cmd(&second, "only this")).await;
-    assert_eq!(on_n2.line().await, "only this");
-    up.wait_for("receipts", |_| up.results().len() == 4).await;
-    assert!(up.results().iter().all(|r| r.status == Status::Ok as i32), "{:?}", up.results());
+    checks::close_labels_and_selective_broadcasts_cross_nodes(&redis).await;
 }
 
 #[tokio::test]
@@ -428,29 +195,7 @@ async fn redis_killed_and_restarted_empty_loses_no_socket_and_state_is_resynced(
 #[tokio::test]
 async fn a_paused_redis_stalls_nothing_and_the_node_catches_up() {
     let redis = RedisServer::start().await;
-    let up = TestUpstream::start(true).await;
-    let node = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    let mut c = Client::connect(&node).await;
-    up.wait_opened(1).await;
-    eventually("ready", || node.is_ready()).await;
-    redis.pause();
-    let started = tokio::time::Instant::now();
-    let mut during = Client::connect(&node).await;
-    let during_id = up.wait_opened(2).await[1].clone();
-    for i in 0..20 {
-        c.write(format!("p{i}\n").as_bytes()).await;
-        assert_eq!(c.line().await, format!("p{i}"));
-    }
-    during.write(b"x\n").await;
-    assert_eq!(during.line().await, "x");
-    assert!(started.elapsed() < std::time::Duration::from_secs(2), "the data path waited for Redis");
-    // Cut off from its cluster, the node says it is not ready (and serves on).
-    eventually("not ready while Redis is paused", || !node.is_ready()).await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    redis.resume();
-    eventually("ready again", || node.is_ready()).await;
-    let key = format!("ppp:{{default}}:socket:{during_id}");
-    redis.wait_exists("socket opened during the pause registered", &key).await;
+    checks::a_paused_redis_stalls_nothing_and_the_node_catches_up(&redis).await;
 }
 
 #[tokio::test]

@@ -32,16 +32,23 @@ pub(super) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Ready for traffic: accepting sockets and, in cluster mode, in touch with Redis.
+/// Ready for traffic: accepting sockets and, in cluster mode, in touch with Redis and subscribed
+/// to the bus.
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health", responses(
     (status = 200, body = Health, description = "Ready"),
-    (status = 503, body = ErrorBody, description = "Draining, or cut off from Redis"),
+    (status = 503, body = ErrorBody, description = "Draining, cut off from Redis, or not subscribed to the bus (yet)"),
 ))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     if state.node.is_ready() {
         return Ok(Json(Health { status: "ok" }));
     }
-    let why = if state.node.is_draining() { "the node is draining" } else { "Redis is not reachable" };
+    let why = if state.node.is_draining() {
+        "the node is draining"
+    } else if !state.node.backend().is_reachable() {
+        "Redis is not reachable"
+    } else {
+        "the node is not subscribed to the bus (yet): it would miss commands and broadcasts from other nodes"
+    };
     Err(ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: format!("not ready: {why}") })
 }
 

@@ -275,9 +275,9 @@ pub(super) struct BroadcastBody {
 /// Writes a payload to every matching socket of the cluster.
 #[utoipa::path(post, path = "/v1/broadcast", operation_id = "broadcast", tag = "sockets", security(("bearer" = [])), request_body = BroadcastBody,
     responses(
-    (status = 202, body = Accepted), (status = 400, body = ErrorBody),
+    (status = 202, body = Accepted, description = "Handed to every live node"), (status = 400, body = ErrorBody),
     (status = 413, body = ErrorBody, description = "Longer than `--max-frame`"),
-    (status = 503, body = ErrorBody, description = "It reached only this node"),
+    (status = 503, body = ErrorBody, description = "It did not reach every live node (the error says how many it reached)"),
 ))]
 pub(super) async fn broadcast(
     State(state): State<AppState>,

@@ -191,6 +191,14 @@ pub trait Backend: Records {
         true
     }
 
+    /// Whether this node hears the cluster's bus: its subscription to its own channel, the
+    /// broadcast channel and the control channel is live (always, for a standalone node). A node
+    /// is not ready while it would miss broadcasts and commands from other nodes, e.g. in the
+    /// moment it subscribes again after a Redis failover.
+    fn is_subscribed(&self) -> bool {
+        true
+    }
+
     /// The node started draining: tell the cluster (`draining` in `K:node:{node}`).
     async fn draining(&self) {}
 

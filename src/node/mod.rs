@@ -133,9 +133,11 @@ impl Node {
     }
 
     /// Whether the node is ready for traffic: accepting sockets and, in cluster mode, in touch with
-    /// Redis (what `/readyz` reports).
+    /// Redis and hearing its bus (subscribed to its own channel, the broadcast and the control
+    /// channel), so it misses no command or broadcast from other nodes (what `/readyz` reports).
     pub fn is_ready(&self) -> bool {
-        !self.inner.drain.is_accepting_stopped() && self.inner.backend.is_reachable()
+        let backend = &self.inner.backend;
+        !self.inner.drain.is_accepting_stopped() && backend.is_reachable() && backend.is_subscribed()
     }
 
     /// Carries out a command (as an upstream's would be) and says what happened.

@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use ppp::{
-    cluster::redis::connection::RedisConn,
-    config::{Config, RedisMode},
+    config::Config,
     proto::{self, Status, upstream_command::Command},
 };
 use redis::AsyncCommands;
@@ -17,29 +16,21 @@ use tokio::time::Instant;
 use super::{
     admin::AdminNode,
     client::Client,
-    node::test_config,
     node_process::NodeProc,
     redis_cluster::RedisClusterSet,
     redis_sentinel::RedisSentinelSet,
+    topology::{K, TestRedis, cluster_config},
     upstream::{TestUpstream, send_command, with_id},
     wait::eventually_async,
 };
 
-/// `K:` with the default prefix and cluster: every key's start.
-pub const K: &str = "ppp:{default}:";
 /// `--node-ttl` of the nodes under test: short, so the reaper test is quick, and so that a
 /// failover gap well over it would get nodes reaped were it counted.
 pub const NODE_TTL: Duration = Duration::from_secs(3);
 
 /// A Redis that fails over.
 #[allow(async_fn_in_trait)] // Only these tests use it, with static dispatch.
-pub trait HaRedis {
-    /// `--redis-mode` for it.
-    const MODE: RedisMode;
-    /// `--redis` for it.
-    fn urls(&self) -> Vec<String>;
-    /// A connection that reaches the cluster's keys wherever they are now, as `redis-cli` would.
-    async fn conn(&self) -> RedisConn;
+pub trait HaRedis: TestRedis {
     /// Kills (SIGKILL) the primary that holds the cluster's keys.
     async fn kill_primary(&mut self);
     /// Waits until Redis promoted a replica; returns when the replica said it was the primary,
@@ -50,13 +41,10 @@ pub trait HaRedis {
 /// A node config for `redis`.
 pub fn ha_config<R: HaRedis>(redis: &R, node_id: &str, upstreams: &[&TestUpstream]) -> Config {
     Config {
-        redis: redis.urls(),
-        redis_mode: R::MODE,
-        node_id: Some(node_id.to_owned()),
         node_ttl: NODE_TTL,
         // `last_seen` refreshed every 500 ms: `redis/touch.lua` runs on the topology too.
         idle_after: Duration::from_secs(2),
-        ..test_config(upstreams)
+        ..cluster_config(redis, node_id, upstreams)
     }
 }
 
@@ -76,15 +64,6 @@ async fn connect(node: &AdminNode, up: &TestUpstream, nth: usize) -> (Client, St
     (client, id)
 }
 
-/// Waits until every socket of `ids` is registered in Redis.
-async fn wait_registered<R: HaRedis>(redis: &R, ids: &[&String]) {
-    for id in ids {
-        let key = format!("{K}socket:{id}");
-        eventually_async("registered", || async { redis.conn().await.exists::<_, bool>(&key).await.unwrap_or(false) })
-            .await;
-    }
-}
-
 /// Two nodes with a socket each: commands and broadcasts reach sockets on the other node with
 /// receipts, the admin API lists the whole cluster from either node, and a node killed with
 /// SIGKILL is reaped (`closed`/`node_lost` in `K:events` and at the upstream).
@@ -94,7 +73,9 @@ pub async fn the_cluster_works<R: HaRedis>(redis: &R) {
     let n2 = AdminNode::start(ha_config(redis, "n2", &[&up])).await;
     let (mut on_n1, first) = connect(&n1, &up, 1).await;
     let (mut on_n2, second) = connect(&n2, &up, 2).await;
-    wait_registered(redis, &[&first, &second]).await;
+    for id in [&first, &second] {
+        redis.wait_exists("registered", &format!("{K}socket:{id}")).await;
+    }
     // The upstream sends on n2's stream (the latest): `first` lives on n1.
     up.command(with_id("to-first", send_command(&first, "hello first"))).await;
     up.command(with_id("to-second", send_command(&second, "hello second"))).await;
@@ -148,16 +129,6 @@ async fn a_killed_node_is_reaped<R: HaRedis>(redis: &R, up: &TestUpstream) {
 }
 
 impl HaRedis for RedisSentinelSet {
-    const MODE: RedisMode = RedisMode::Sentinel;
-
-    fn urls(&self) -> Vec<String> {
-        RedisSentinelSet::urls(self)
-    }
-
-    async fn conn(&self) -> RedisConn {
-        RedisConn::Single(self.primary_conn().await)
-    }
-
     async fn kill_primary(&mut self) {
         RedisSentinelSet::kill_primary(self);
     }
@@ -168,16 +139,6 @@ impl HaRedis for RedisSentinelSet {
 }
 
 impl HaRedis for RedisClusterSet {
-    const MODE: RedisMode = RedisMode::Cluster;
-
-    fn urls(&self) -> Vec<String> {
-        RedisClusterSet::urls(self)
-    }
-
-    async fn conn(&self) -> RedisConn {
-        RedisConn::Cluster(RedisClusterSet::conn(self).await)
-    }
-
     async fn kill_primary(&mut self) {
         let slot = self.slot_of(&format!("{K}nodes")).await;
         let (_, replica) = self.kill_primary_of_slot(slot).await;

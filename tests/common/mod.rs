@@ -1,5 +1,6 @@
 //! Test helpers, one concept per file: a real `redis-server` (alone, as a Sentinel set, or as a
-//! Redis Cluster, and what the HA tests share in `ha`), an in-process recording upstream
+//! Redis Cluster; any of them as the tests see it in `topology`; the checks that run on each in
+//! `checks`, and what the HA tests share in `ha`), an in-process recording upstream
 //! (real tonic over loopback), nodes on port 0, line clients and an admin client over real TCP
 //! sockets, a fault proxy, external (other-language) upstreams, a CA and a TLS upstream
 //! (`upstream_tls`), a DNS server the test controls (`dns`), a real `haproxy` in front of a node,
@@ -10,6 +11,7 @@
 //! `#[allow(dead_code)] mod common;`.
 
 pub mod admin;
+pub mod checks;
 pub mod client;
 pub mod dns;
 pub mod external;
@@ -26,6 +28,7 @@ pub mod redis_sentinel;
 pub mod redis_server;
 pub mod sockets;
 pub mod tls;
+pub mod topology;
 pub mod upstream;
 pub mod upstream_tls;
 pub mod wait;
@@ -34,5 +37,5 @@ pub mod wait;
 #[allow(unused_imports)]
 pub use self::{
     admin::*, client::*, failover::*, ha::*, haproxy::*, node::*, node_process::*, recorder::*, redis_cluster::*,
-    redis_sentinel::*, redis_server::*, sockets::*, tls::*, upstream::*, wait::*,
+    redis_sentinel::*, redis_server::*, sockets::*, tls::*, topology::*, upstream::*, wait::*,
 };

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ppp::{Node, config::Config};
 use tokio::net::TcpListener;
 
-use super::{redis_server::RedisServer, upstream::TestUpstream, wait::eventually};
+use super::{upstream::TestUpstream, wait::eventually};
 
 /// A config for tests: loopback, quick health checks, everything else default.
 pub fn test_config(upstreams: &[&TestUpstream]) -> Config {
@@ -30,9 +30,4 @@ pub async fn start_node(config: Config) -> Node {
     let pool = node.upstreams().clone();
     eventually("upstreams usable", || pool.snapshot().iter().filter(|u| u.is_usable()).count() >= expected).await;
     node
-}
-
-/// A test config for a cluster member.
-pub fn cluster_config(redis: &RedisServer, node_id: &str, upstreams: &[&TestUpstream]) -> Config {
-    Config { redis: vec![redis.url()], node_id: Some(node_id.to_owned()), ..test_config(upstreams) }
 }

@@ -83,6 +83,11 @@ impl ChildProcess {
     pub fn is_running(&self) -> bool {
         self.0.is_some()
     }
+
+    /// Its process id, while it was not killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(std::process::Child::id)
+    }
 }
 
 impl Drop for ChildProcess {

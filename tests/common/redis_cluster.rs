@@ -1,7 +1,8 @@
 //! A Redis Cluster of six `redis-server --cluster-enabled yes` processes (three primaries, one
 //! replica each, `cluster-node-timeout` 1 s) on free ports, joined with
 //! `redis-cli --cluster create`, in a temporary folder: the primary of a slot can be killed
-//! (SIGKILL) and its replica's promotion awaited. Everything is killed on drop.
+//! (SIGKILL) and its replica's promotion awaited, or frozen (SIGSTOP) with no failover; every
+//! primary can be emptied. Everything is killed on drop.
 
 use std::{collections::HashMap, process::Command, time::Duration};
 
@@ -9,7 +10,7 @@ use redis::{Value, aio::MultiplexedConnection, cluster_async::ClusterConnection}
 use tokio::time::Instant;
 
 use super::{
-    process::{ChildProcess, TempDir},
+    process::{ChildProcess, TempDir, signal},
     wait::eventually_async,
 };
 
@@ -86,15 +87,15 @@ impl RedisClusterSet {
         panic!("no cluster node answers");
     }
 
-    /// The ports of the primary serving `slot` and of its replicas, as a live node sees it.
-    pub async fn shard_of_slot(&self, slot: u16) -> Option<(u16, Vec<u16>)> {
+    /// The port of the primary serving `slot`, as a live node sees it.
+    pub async fn primary_of_slot(&self, slot: u16) -> Option<u16> {
         for port in self.live() {
             let Some(mut c) = connect(port).await else { continue };
             let Ok(slots) = redis::cmd("CLUSTER").arg("SLOTS").query_async::<Vec<Value>>(&mut c).await else {
                 continue;
             };
-            if let Some(shard) = slots.iter().find_map(|range| shard_in(range, slot)) {
-                return Some(shard);
+            if let Some(primary) = slots.iter().find_map(|range| primary_in(range, slot)) {
+                return Some(primary);
             }
         }
         None
@@ -103,15 +104,15 @@ impl RedisClusterSet {
     /// A plain connection to the primary serving `key`'s slot now.
     pub async fn primary_conn_of(&self, key: &str) -> MultiplexedConnection {
         let slot = self.slot_of(key).await;
-        let (primary, _) = self.shard_of_slot(slot).await.expect("a primary serves the slot");
+        let primary = self.primary_of_slot(slot).await.expect("a primary serves the slot");
         connect(primary).await.expect("the primary answers")
     }
 
     /// Kills (SIGKILL) the primary serving `slot`; returns its port and its replica's.
     pub async fn kill_primary_of_slot(&mut self, slot: u16) -> (u16, u16) {
-        let (primary, replicas) = self.shard_of_slot(slot).await.expect("a primary serves the slot");
-        let replica = *replicas.first().expect("the primary has a replica");
-        let index = self.ports.iter().position(|&p| p == primary).expect("one of ours");
+        let primary = self.primary_of_slot(slot).await.expect("a primary serves the slot");
+        let replica = *self.replicas_of(primary).await.first().expect("the primary has a replica");
+        let index = self.index_of(primary);
         self.procs[index].kill();
         (primary, replica)
     }
@@ -131,6 +132,71 @@ impl RedisClusterSet {
             .await;
         }
         (promoted, Instant::now())
+    }
+
+    /// Freezes (SIGSTOP) the primary serving `slot` once its replicas were told never to take
+    /// over (`cluster-replica-no-failover`): the slot goes unanswered until [`Self::resume_all`].
+    pub async fn pause_primary_of_slot(&self, slot: u16) {
+        let primary = self.primary_of_slot(slot).await.expect("a primary serves the slot");
+        let replicas = self.replicas_of(primary).await;
+        assert!(!replicas.is_empty(), "the primary has a replica");
+        for replica in replicas {
+            let mut c = connect(replica).await.expect("the replica answers");
+            let mut set = redis::cmd("CONFIG");
+            set.arg(&["SET", "cluster-replica-no-failover", "yes"]);
+            let () = set.query_async(&mut c).await.expect("CONFIG SET on the replica");
+        }
+        assert!(signal(self.pid_of(primary), "-STOP"), "SIGSTOP to the primary");
+    }
+
+    /// Thaws (SIGCONT) every node: a frozen one answers again, the others were never stopped.
+    pub fn resume_all(&self) {
+        for port in self.live() {
+            assert!(signal(self.pid_of(port), "-CONT"), "SIGCONT to a cluster node");
+        }
+    }
+
+    /// A plain connection to every live node, primaries and replicas.
+    pub async fn every_node(&self) -> Vec<MultiplexedConnection> {
+        let mut conns = Vec::new();
+        for port in self.live() {
+            conns.push(connect(port).await.expect("a cluster node answers"));
+        }
+        conns
+    }
+
+    /// Empties every primary (`FLUSHALL`); their replicas follow.
+    pub async fn flush_all(&self) {
+        for port in self.live() {
+            if info(port, "INFO", "replication").await.get("role").is_some_and(|r| r == "master") {
+                let mut c = connect(port).await.expect("the primary answers");
+                let () = redis::cmd("FLUSHALL").query_async(&mut c).await.expect("FLUSHALL on a primary");
+            }
+        }
+    }
+
+    /// The ports of the replicas of the primary on `primary`, as they say themselves (`INFO
+    /// replication`): `CLUSTER SLOTS` lists a replica only once the node asked has heard of it,
+    /// which may be after the cluster is ok.
+    async fn replicas_of(&self, primary: u16) -> Vec<u16> {
+        let mut replicas = Vec::new();
+        for port in self.live() {
+            let replication = info(port, "INFO", "replication").await;
+            if replication.get("master_port").is_some_and(|p| *p == primary.to_string()) {
+                replicas.push(port);
+            }
+        }
+        replicas
+    }
+
+    /// The process id of the node on `port`.
+    fn pid_of(&self, port: u16) -> u32 {
+        self.procs[self.index_of(port)].pid().expect("not killed")
+    }
+
+    /// Where the node on `port` is in `ports` and `procs`.
+    fn index_of(&self, port: u16) -> usize {
+        self.ports.iter().position(|&p| p == port).expect("one of ours")
     }
 
     /// The ports of the nodes not killed.
@@ -178,15 +244,14 @@ async fn info(port: u16, command: &str, arg: &str) -> HashMap<String, String> {
     text.lines().filter_map(|l| l.trim().split_once(':')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
-/// The (primary, replicas) ports of one `CLUSTER SLOTS` range, if it holds `slot`.
-fn shard_in(range: &Value, slot: u16) -> Option<(u16, Vec<u16>)> {
+/// The primary's port of one `CLUSTER SLOTS` range, if it holds `slot`.
+fn primary_in(range: &Value, slot: u16) -> Option<u16> {
     let Value::Array(items) = range else { return None };
     let int = |v: &Value| if let Value::Int(i) = v { Some(*i) } else { None };
     let (start, end) = (int(items.first()?)?, int(items.get(1)?)?);
     if !(start..=end).contains(&i64::from(slot)) {
         return None;
     }
-    let port = |v: &Value| if let Value::Array(node) = v { int(node.get(1)?).map(|p| p as u16) } else { None };
-    let primary = port(items.get(2)?)?;
-    Some((primary, items.iter().skip(3).filter_map(port).collect()))
+    let Value::Array(primary) = items.get(2)? else { return None };
+    int(primary.get(1)?).map(|p| p as u16)
 }

@@ -8,8 +8,6 @@ use std::{
     time::Duration,
 };
 
-use redis::AsyncCommands;
-
 use super::{
     process::{TempDir, free_port, signal},
     wait::eventually_async,
@@ -123,21 +121,6 @@ impl RedisServer {
         let connect = tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection());
         let Ok(Ok(mut c)) = connect.await else { return false };
         redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
-    }
-
-    /// Waits until `key` exists.
-    pub async fn wait_exists(&self, what: &str, key: &str) {
-        eventually_async(what, || async { self.conn().await.exists::<_, bool>(key).await.unwrap() }).await;
-    }
-
-    /// How many times Redis ran a command (`INFO commandstats`), e.g. `incrby`.
-    pub async fn calls(&self, command: &str) -> u64 {
-        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut self.conn().await).await.unwrap();
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
     }
 }
 

@@ -1,5 +1,5 @@
 //! Commands for other nodes' sockets: a command travels only to the node that owns its socket,
-//! and waits for that node's receipt; a broadcast travels once, to every node.
+//! and waits for that node's receipt (broadcasts: [`super::broadcasting`]).
 //!
 //! **Pipelined.** Commands that are ready together travel together: the owners not yet known are
 //! looked up in one round trip, and every command is published in one pipeline, in order, so a
@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     cluster::PendingReceipt,
-    command::{Broadcast, Command, Receipt},
+    command::{Command, Receipt},
     proto,
     socket::SocketId,
 };
@@ -157,14 +157,6 @@ impl RedisBackend {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
         self.owners.lock().unwrap_or_else(|e| e.into_inner()).remove(&socket);
         ready(Receipt::failed(why))
-    }
-
-    /// Hands a broadcast to every other node, once, on `K:ch:broadcast`.
-    pub(super) async fn publish_broadcast(&self, broadcast: &Broadcast) -> Receipt {
-        match self.publish(&self.keys.broadcast_channel.clone(), BusMessage::broadcast(&self.node, broadcast)).await {
-            Ok(_) => Receipt::ok(),
-            Err(e) => Receipt::failed(format!("the broadcast reached only this node: {e}")),
-        }
     }
 }
 

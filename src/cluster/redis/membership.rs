@@ -24,12 +24,24 @@ use crate::{metrics as m, socket::unix_ms};
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Dead nodes reaped per heartbeat at most.
 const REAP_PER_BEAT: usize = 16;
+/// How long a leaving node waits for its tasks to stop.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long after this node registered again (Redis lost `K:nodes`, or reaped it while cut off)
+/// a broadcast must also reach the members it knew before: the others register again at their
+/// next heartbeat, and until then `K:nodes` does not list them.
+const REJOIN_WINDOW: Duration = Duration::from_secs(2);
 
 /// Heartbeats as this node watched them: node id → (the score last seen, when this node first
-/// saw that score, by its own monotonic clock).
+/// saw that score, by its own monotonic clock); and the membership it last read, which a
+/// broadcast checks its receivers against (see [`super::broadcasting`]).
 #[derive(Debug, Default)]
 pub struct Watch {
     seen: HashMap<String, (i64, Instant)>,
+    /// The members of `K:nodes` at the last reading, kept while Redis cannot be read.
+    known: Vec<String>,
+    /// Until when, after registering again, the members known before count as members too.
+    rejoined: Option<(Instant, Vec<String>)>,
 }
 
 impl Watch {
@@ -48,8 +60,28 @@ impl Watch {
             }
             seen.insert(node, (score, since));
         }
+        self.known = seen.keys().cloned().collect();
         self.seen = seen;
         dead
+    }
+
+    /// This node registered again: Redis lost `K:nodes` (or reaped this node while it was cut
+    /// off), so for [`REJOIN_WINDOW`] the members it knew before are members still.
+    fn rejoined(&mut self, now: Instant) {
+        self.rejoined = Some((now + REJOIN_WINDOW, self.known.clone()));
+    }
+
+    /// The members known before this node registered again, within [`REJOIN_WINDOW`].
+    pub(super) fn members_before_rejoining(&self, now: Instant) -> &[String] {
+        match &self.rejoined {
+            Some((until, members)) if now < *until => members,
+            _ => &[],
+        }
+    }
+
+    /// How long `node`'s heartbeat has stood still, as this node watched it.
+    pub(super) fn silent_for(&self, node: &str, now: Instant) -> Option<Duration> {
+        self.seen.get(node).map(|(_, since)| now.duration_since(*since))
     }
 
     /// Forgets everything: this node could not see the cluster for a while, so no silence it
@@ -60,10 +92,21 @@ impl Watch {
 }
 
 impl RedisBackend {
+    /// The watch of the others' heartbeats (never held across an `.await`).
+    pub(super) fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Refreshes this node's heartbeat and record every [`HEARTBEAT`], and reaps dead nodes.
     pub(super) async fn heartbeat(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(HEARTBEAT);
-        let mut watch = Watch::default();
+        // A node joins `K:nodes` only once it hears the bus, so a broadcast never counts on a
+        // member that could not have received it (see `super::broadcasting`).
+        let mut subscribed = self.subscribed.subscribe();
+        tokio::select! {
+            () = self.stop.cancelled() => return,
+            _ = subscribed.wait_for(|live| *live) => {}
+        }
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => break,
@@ -76,7 +119,7 @@ impl RedisBackend {
                 if self.reachable.swap(false, Ordering::AcqRel) {
                     warn!(error = %e, "Redis unreachable; serving on, records queued");
                 }
-                watch.restart();
+                self.watch().restart();
                 metrics::counter!(m::REDIS_ERRORS).increment(1);
                 continue;
             }
@@ -84,11 +127,10 @@ impl RedisBackend {
                 info!("Redis reachable");
                 metrics::counter!(m::REDIS_RECONNECTS).increment(1);
             }
-            let watched = &mut watch;
-            let reaped = self.shared.run(|mut conn| async move { this.reap_dead(&mut conn, watched).await }).await;
+            let reaped = self.shared.run(|mut conn| async move { this.reap_dead(&mut conn).await }).await;
             if let Err(e) = reaped {
                 warn!(error = %e, "reaping failed");
-                watch.restart();
+                self.watch().restart();
             }
             self.resume_if_reaped().await;
             self.reaper_tick();
@@ -142,6 +184,7 @@ impl RedisBackend {
         if *self.registered.borrow() {
             info!("registered in the cluster again");
             self.announcer.resume_pending.store(true, Ordering::Release);
+            self.watch().rejoined(Instant::now());
         }
         records::event(&self.keys, self.events_max, "node_up", "", &self.node, unix_ms(), "")
             .exec_async(&mut *conn)
@@ -179,9 +222,9 @@ impl RedisBackend {
     }
 
     /// Reaps every node whose heartbeat this node watched stay unchanged for `--node-ttl`.
-    async fn reap_dead(&self, conn: &mut RedisConn, watch: &mut Watch) -> Result<(), redis::RedisError> {
+    async fn reap_dead(&self, conn: &mut RedisConn) -> Result<(), redis::RedisError> {
         let beats: Vec<(String, i64)> = conn.zrange_withscores(self.keys.nodes.clone(), 0, -1).await?;
-        let dead = watch.observe(beats, self.node_ttl, Instant::now());
+        let dead = self.watch().observe(beats, self.node_ttl, Instant::now());
         for (node, score) in dead.into_iter().filter(|(n, _)| *n != self.node).take(REAP_PER_BEAT) {
             let reaped = self.reap(conn, &node, Some(score), "").await?;
             if reaped >= 0 {
@@ -230,11 +273,21 @@ impl RedisBackend {
         }
     }
 
-    /// Stops the backend's tasks and removes this node from the cluster.
+    /// Stops the backend's tasks and removes this node from the cluster; the bus subscriber
+    /// last, once the node is out of `K:nodes`, so no broadcast counts on it while it cannot
+    /// hear it (see `super::broadcasting`).
     pub(super) async fn leave_cluster(&self) {
         self.stop.cancel();
         self.tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, self.tracker.wait()).await;
+        self.remove_from_cluster().await;
+        self.bus_stop.cancel();
+        self.bus.close();
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, self.bus.wait()).await;
+    }
+
+    /// Removes this node's registration (`K:nodes`, its hash and its socket set).
+    async fn remove_from_cluster(&self) {
         let mut pipe = redis::pipe();
         pipe.zrem(self.keys.nodes.clone(), &self.node).ignore();
         pipe.del(self.keys.node(&self.node)).ignore();
@@ -281,5 +334,18 @@ mod tests {
         // Time the watcher could not see the cluster does not count.
         watch.restart();
         assert!(watch.observe(vec![("a".into(), 6)], ttl, t0 + ttl * 5).is_empty());
+    }
+
+    #[test]
+    fn after_registering_again_the_members_seen_before_count_for_a_while() {
+        let t0 = Instant::now();
+        let mut watch = Watch::default();
+        let _ = watch.observe(vec![("a".into(), 1), ("b".into(), 1)], Duration::from_secs(10), t0);
+        assert!(watch.members_before_rejoining(t0).is_empty());
+        // Redis was away and came back empty: what was seen before it left is kept.
+        watch.restart();
+        watch.rejoined(t0);
+        assert_eq!(watch.members_before_rejoining(t0 + Duration::from_secs(1)).len(), 2);
+        assert!(watch.members_before_rejoining(t0 + REJOIN_WINDOW).is_empty());
     }
 }

@@ -16,11 +16,13 @@
 //! - [`reaper`]: announcing a reaped node's `closed` events to the upstreams, once.
 //! - [`resync`]: anti-entropy of the socket registry, and the `last_seen` refresher.
 //! - [`subscriber`]: the bus subscriber (this node's, the broadcast and the control channel).
-//! - [`forwarding`]: commands for other nodes' sockets, and broadcasts.
+//! - [`forwarding`]: commands for other nodes' sockets.
+//! - [`broadcasting`]: broadcasts, OK only once every live node received them.
 //! - [`handoff`]: the channels whose receiving end the node takes once.
 //! - [`registry`]: the shared upstream registry.
 //! - this file: the backend itself (its state, its tasks) and the [`Backend`] it implements.
 
+pub mod broadcasting;
 pub mod bus;
 pub mod connection;
 pub mod counter;
@@ -90,6 +92,8 @@ const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
 const REAP_LUA: &str = include_str!("../../../redis/reap.lua");
 /// `redis/touch.lua`.
 const TOUCH_LUA: &str = include_str!("../../../redis/touch.lua");
+/// `redis/broadcast.lua`.
+const BROADCAST_LUA: &str = include_str!("../../../redis/broadcast.lua");
 
 /// A node's view of the cluster, through Redis. Created by [`RedisBackend::connect`].
 pub struct RedisBackend {
@@ -124,12 +128,25 @@ pub struct RedisBackend {
     node_ttl: Duration,
     /// `--events-max`.
     events_max: u64,
-    /// Stops the background tasks.
+    /// Stops the background tasks but the bus subscriber.
     stop: CancellationToken,
-    /// The background tasks.
+    /// The background tasks but the bus subscriber.
     tracker: TaskTracker,
+    /// Stops the bus subscriber: apart, since a leaving node stops hearing the bus only once it
+    /// is out of `K:nodes`.
+    bus_stop: CancellationToken,
+    /// The bus subscriber's task.
+    bus: TaskTracker,
+    /// True while the bus subscription (this node's channel, the broadcast and the control
+    /// channel) is live: part of readiness, and what a node waits for before it first joins
+    /// `K:nodes`.
+    subscribed: watch::Sender<bool>,
+    /// The others' heartbeats as this node watched them, and the membership it last read.
+    watch: Mutex<membership::Watch>,
     /// `redis/reap.lua`.
     reap_script: Script,
+    /// `redis/broadcast.lua`.
+    broadcast_script: Script,
     /// This run's id (`NodeHello.run_id`, `run_id` in `K:node:{node}`).
     run_id: String,
     /// True once this run is registered (and its node id's previous run reaped).
@@ -188,7 +205,12 @@ impl RedisBackend {
             events_max: config.events_max,
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            bus_stop: CancellationToken::new(),
+            bus: TaskTracker::new(),
+            subscribed: watch::Sender::new(false),
+            watch: Mutex::default(),
             reap_script: Script::new(REAP_LUA),
+            broadcast_script: Script::new(BROADCAST_LUA),
             run_id: run_id.to_owned(),
             registered,
             beats: AtomicU64::new(0),
@@ -209,7 +231,7 @@ impl RedisBackend {
         let stop = self.stop.child_token();
         self.tracker.spawn(writer.run(stop).instrument(info_span!("records")));
         self.tracker.spawn(self.clone().heartbeat().instrument(info_span!("heartbeat")));
-        self.tracker.spawn(self.clone().subscribe().instrument(info_span!("bus")));
+        self.bus.spawn(self.clone().subscribe().instrument(info_span!("bus")));
         self.tracker.spawn(self.clone().resync_loop().instrument(info_span!("resync")));
         self.tracker.spawn(self.clone().touch_loop().instrument(info_span!("last_seen")));
     }
@@ -279,6 +301,10 @@ impl Backend for RedisBackend {
 
     fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Acquire)
+    }
+
+    fn is_subscribed(&self) -> bool {
+        *self.subscribed.borrow()
     }
 
     fn announcements(&self) -> Option<mpsc::Receiver<super::Announcement>> {

@@ -21,17 +21,20 @@ impl RedisBackend {
     pub(super) async fn subscribe(self: Arc<Self>) {
         let control = self.keys.control_channel.clone();
         let channels = [self.keys.node_channel(&self.node), self.keys.broadcast_channel.clone(), control.clone()];
-        while !self.stop.is_cancelled() {
+        while !self.bus_stop.is_cancelled() {
             match timed(self.shared.topology().subscribe(&channels)).await {
                 Ok(mut subscription) => {
                     debug!("bus subscribed");
+                    self.subscribed.send_replace(true);
                     // Anything may have changed while we were away: the registry is read again.
                     // (Runtime settings are not kept in Redis: a change published meanwhile is
                     // lost for this node, as for a node started later; a command whose receipt
-                    // was lost fails after COMMAND_TIMEOUT.)
+                    // was lost fails after COMMAND_TIMEOUT; a broadcast published meanwhile
+                    // failed at its sender, which counted this node's subscription missing.)
                     self.registry.send_modify(|v| *v += 1);
                     self.listen(&mut subscription, &control).await;
-                    if self.stop.is_cancelled() {
+                    self.subscribed.send_replace(false);
+                    if self.bus_stop.is_cancelled() {
                         return;
                     }
                     warn!("bus connection lost; subscribing again");
@@ -40,7 +43,7 @@ impl RedisBackend {
             }
             metrics::counter!(m::REDIS_ERRORS).increment(1);
             tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.bus_stop.cancelled() => return,
                 () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
             }
         }
@@ -50,7 +53,7 @@ impl RedisBackend {
     async fn listen(self: &Arc<Self>, subscription: &mut Subscription, control: &str) {
         loop {
             let message = tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.bus_stop.cancelled() => return,
                 m = subscription.next() => m,
             };
             let Some(message) = message else { return };

@@ -105,10 +105,14 @@ impl Topology {
     /// Cluster (the channel lives in the cluster's slot), `PUBLISH` elsewhere. Its answer is how
     /// many subscribers received it.
     pub fn publish(&self, channel: &str, payload: Vec<u8>) -> redis::Cmd {
-        let name = if matches!(self, Self::Cluster { .. }) { "SPUBLISH" } else { "PUBLISH" };
-        let mut cmd = redis::cmd(name);
+        let mut cmd = redis::cmd(self.publish_command());
         cmd.arg(channel).arg(payload);
         cmd
+    }
+
+    /// `SPUBLISH` on a Redis Cluster, `PUBLISH` elsewhere.
+    pub fn publish_command(&self) -> &'static str {
+        if matches!(self, Self::Cluster { .. }) { "SPUBLISH" } else { "PUBLISH" }
     }
 }
 
