@@ -246,57 +246,11 @@ stop "$LE_PID"
 
 # --- (3) sockets registered per second -----------------------------------------------------------
 
-# register_run RUN: opens $REG_SOCKETS sockets to n1 (loadgen idle, 64 connects in flight) and
-# polls ZCARD K:sockets every 10 ms on one connection until it reaches $REG_SOCKETS; then closes
-# them and times the way back to 0. Prints the result line.
-register_run() {
-    python3 - "$REDIS_PORT" "$N1_PORT" "$REG_SOCKETS" "$BIN/examples/loadgen" "$OUT/register-$1.log" "$K" <<'PY'
-import signal, socket, subprocess, sys, time
-
-redis_port, node_port, n, loadgen, log, prefix = sys.argv[1:]
-n, key = int(n), prefix + "sockets"
-
-def zcard(conn):
-    conn.sendall(b"*2\r\n$5\r\nZCARD\r\n$%d\r\n%s\r\n" % (len(key), key.encode()))
-    data = b""
-    while not data.endswith(b"\r\n"):
-        data += conn.recv(64)
-    return int(data[1:])
-
-def poll_until(conn, done, limit):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        count = zcard(conn)
-        if done(count):
-            return count, time.monotonic()
-        time.sleep(0.01)
-    sys.exit(f"ZCARD {key} is {count} after {limit} s")
-
-conn = socket.create_connection(("127.0.0.1", int(redis_port)))
-assert zcard(conn) == 0, "sockets still registered before the run"
-with open(log, "w") as err:
-    t0 = time.monotonic()
-    gen = subprocess.Popen([loadgen, "idle", "--target", f"127.0.0.1:{node_port}", "--sockets", str(n),
-                            "--duration", "120s"], stdout=subprocess.PIPE, stderr=err, text=True)
-    _, t_reg = poll_until(conn, lambda c: c >= n, 60)
-    line = gen.stdout.readline().split()  # `idle connected=N connect_ms=T`, printed once all are in
-    connect_ms = int(dict(kv.split("=") for kv in line[1:])["connect_ms"])
-    t_close = time.monotonic()
-    gen.send_signal(signal.SIGTERM)
-    gen.wait()
-    _, t_gone = poll_until(conn, lambda c: c == 0, 60)
-reg_ms = (t_reg - t0) * 1000
-print(f"register sockets={n} register_ms={reg_ms:.0f} sockets_per_sec={n / (t_reg - t0):.0f} "
-      f"client_connect_ms={connect_ms} lag_after_connect_ms={reg_ms - connect_ms:.0f} "
-      f"unregister_ms={(t_gone - t_close) * 1000:.0f} unregister_per_sec={n / (t_gone - t_close):.0f}")
-PY
-}
-
 REG_RATE=() REG_MS=() REG_CONNECT=() REG_LAG=() UNREG_RATE=()
 for run in $(seq "$RUNS"); do
     log "registration run $run/$RUNS"
     wait_for "no sockets registered" 30 eval '(($(zcard) == 0))'
-    line=$(register_run "$run") || die "registration run $run failed (see $OUT/register-$run.log)"
+    line=$(register_run "$run" "$N1_PORT") || die "registration run $run failed (see $OUT/register-$run.log)"
     line="$line run=$run"
     echo "$line" | tee -a "$RESULTS" >&2
     REG_RATE+=("$(field sockets_per_sec "$line")")

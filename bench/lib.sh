@@ -252,3 +252,59 @@ idle_rss() {
     stop "$lg"
     echo "$per"
 }
+
+# --- cluster-mode pieces --------------------------------------------------------------------------
+
+# register_run RUN PORT: opens $REG_SOCKETS sockets to the node on PORT (in cluster mode on the Redis
+# on $REDIS_PORT; key prefix $K) from $REG_GENERATORS (default 1) loadgen idle processes at once (64
+# connects in flight each), and
+# polls ZCARD K:sockets every 10 ms on one connection until it reaches $REG_SOCKETS; then closes
+# them and times the way back to 0. Prints the result line.
+register_run() {
+    python3 - "$REDIS_PORT" "$2" "$REG_SOCKETS" "$BIN/examples/loadgen" "$OUT/register-$1.log" "$K" \
+        "${REG_GENERATORS:-1}" <<'PY'
+import signal, socket, subprocess, sys, time
+
+redis_port, node_port, n, loadgen, log, prefix, generators = sys.argv[1:]
+n, key, generators = int(n), prefix + "sockets", int(generators)
+
+def zcard(conn):
+    conn.sendall(b"*2\r\n$5\r\nZCARD\r\n$%d\r\n%s\r\n" % (len(key), key.encode()))
+    data = b""
+    while not data.endswith(b"\r\n"):
+        data += conn.recv(64)
+    return int(data[1:])
+
+def poll_until(conn, done, limit):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        count = zcard(conn)
+        if done(count):
+            return count, time.monotonic()
+        time.sleep(0.01)
+    sys.exit(f"ZCARD {key} is {count} after {limit} s")
+
+conn = socket.create_connection(("127.0.0.1", int(redis_port)))
+assert zcard(conn) == 0, "sockets still registered before the run"
+with open(log, "w") as err:
+    t0 = time.monotonic()
+    shares = [n // generators + (i < n % generators) for i in range(generators)]
+    gens = [subprocess.Popen([loadgen, "idle", "--target", f"127.0.0.1:{node_port}", "--sockets", str(k),
+                              "--duration", "120s"], stdout=subprocess.PIPE, stderr=err, text=True)
+            for k in shares]
+    _, t_reg = poll_until(conn, lambda c: c >= n, 60)
+    # `idle connected=N connect_ms=T`, printed by each generator once all its sockets are in.
+    lines = [gen.stdout.readline().split() for gen in gens]
+    connect_ms = max(int(dict(kv.split("=") for kv in line[1:])["connect_ms"]) for line in lines)
+    t_close = time.monotonic()
+    for gen in gens:
+        gen.send_signal(signal.SIGTERM)
+    for gen in gens:
+        gen.wait()
+    _, t_gone = poll_until(conn, lambda c: c == 0, 60)
+reg_ms = (t_reg - t0) * 1000
+print(f"register sockets={n} generators={generators} register_ms={reg_ms:.0f} sockets_per_sec={n / (t_reg - t0):.0f} "
+      f"client_connect_ms={connect_ms} lag_after_connect_ms={reg_ms - connect_ms:.0f} "
+      f"unregister_ms={(t_gone - t_close) * 1000:.0f} unregister_per_sec={n / (t_gone - t_close):.0f}")
+PY
+}
