@@ -165,3 +165,23 @@ async fn an_idle_socket_is_closed_after_idle_timeout_and_an_active_one_is_not() 
     let closed = up.closed();
     assert_eq!(closed, vec![(ids[0].clone(), "idle".to_owned())]);
 }
+
+/// A read that finds less than it has room for takes it that the socket is empty and waits for
+/// readiness again: bytes that arrive meanwhile must still wake it. Many small writes as fast as
+/// the client can make them land in that window again and again; every message arrives.
+#[tokio::test]
+async fn many_small_writes_in_quick_succession_all_arrive() {
+    let up = TestUpstream::start(true).await;
+    let node = start_node(test_config(&[&up])).await;
+    let mut c = Client::connect(&node).await;
+    const N: usize = 2000;
+    for i in 0..N {
+        c.write(format!("m{i}\n").as_bytes()).await;
+    }
+    up.wait_for("every message", |_| up.data().len() >= N).await;
+    let seqs: Vec<u64> = up.data().iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+    for i in 0..N {
+        assert_eq!(c.line().await, format!("m{i}"));
+    }
+}
