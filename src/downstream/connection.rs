@@ -14,7 +14,7 @@ use futures_util::{
     FutureExt,
     future::{self, Either},
 };
-use tokio::{net::TcpStream, time::Instant};
+use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::{
@@ -53,7 +53,7 @@ pub struct Downstream {
     pub table: SocketTable,
     /// Where lifecycle records go (the only part of the backend the data path holds).
     pub records: Arc<dyn Records>,
-    /// Idle settings.
+    /// Idle settings (`--idle-timeout` is the node's sweep: [`super::idle`]).
     pub settings: Arc<Settings>,
     /// `--framing`.
     pub framing: Framing,
@@ -204,28 +204,13 @@ async fn read_loop(ctx: &Downstream, socket: &SocketState, mut read: impl Inboun
     // A raw read is one message, so it may not exceed --max-frame.
     let read_size = if ctx.framing == Framing::Raw { READ_CHUNK.min(ctx.max_frame) } else { READ_CHUNK };
     // Built once: building it per read would register and unregister a waiter every time.
+    // (`--idle-timeout` closes the socket through it too: `super::idle`.)
     let closing = socket.closing();
     tokio::pin!(closing);
-    // Likewise built once, and again only after `--idle-timeout` changed at run time.
-    let idle_changed = ctx.settings.idle_changed();
-    tokio::pin!(idle_changed);
-    // Boxed, and only once `--idle-timeout` is on: a timer inline would cost every socket.
-    let mut idle_timer = None;
     loop {
-        let deadline = ctx.settings.idle_timeout().and_then(|t| idle_deadline(socket, t));
         tokio::select! {
             biased;
             () = &mut closing => return socket.close_reason().unwrap_or(CloseReason::Shutdown),
-            () = sleep_until(&mut idle_timer, deadline) => {
-                if ctx.settings.idle_timeout().and_then(|t| idle_deadline(socket, t)).is_some_and(|d| d <= Instant::now()) {
-                    return CloseReason::Idle;
-                }
-                continue;
-            }
-            () = &mut idle_changed => {
-                idle_changed.set(ctx.settings.idle_changed());
-                continue;
-            }
             ready = read.ready() => if ready.is_err() { return CloseReason::ClientError },
         }
         match read_into(&mut read, &mut buf, read_size) {
@@ -360,21 +345,4 @@ fn frame_error(e: FrameError) -> CloseReason {
 fn data_event(socket: &SocketState, payload: Bytes, now_ms: i64) -> Event {
     let seq = socket.note_inbound(payload.len(), now_ms);
     event::data(socket, seq, payload)
-}
-
-/// When the socket becomes idle for `timeout`, as a tokio instant; `None` when that is beyond
-/// what an `Instant` can hold (never).
-fn idle_deadline(socket: &SocketState, timeout: Duration) -> Option<Instant> {
-    let silent_ms = (unix_ms() - socket.last_seen_ms()).max(0) as u64;
-    // `None` (never) if the deadline is beyond what `Instant` can hold.
-    let deadline = Instant::now().checked_add(timeout)?;
-    Some(deadline.checked_sub(Duration::from_millis(silent_ms)).unwrap_or_else(Instant::now))
-}
-
-/// Waits until `deadline` on `timer` (made on first use); forever without a deadline.
-async fn sleep_until(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Option<Instant>) {
-    let Some(deadline) = deadline else { return std::future::pending().await };
-    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-    timer.as_mut().reset(deadline);
-    timer.as_mut().await;
 }

@@ -7,10 +7,12 @@
 //!   writer.
 //! - [`connection`]: one socket's life: `opened`, its reader, `closed`; [`writer`]: its writer.
 //! - [`framing`]: cutting bytes into messages and framing them again.
+//! - [`idle`]: `--idle-timeout`, one sweep for the node's sockets.
 
 pub mod admission;
 pub mod connection;
 pub mod framing;
+pub mod idle;
 pub mod listener;
 pub mod proxy_header;
 pub mod tls;

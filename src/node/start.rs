@@ -16,7 +16,7 @@ use crate::{
     },
     command::Dispatcher,
     config::Config,
-    downstream::{admission, connection::Downstream, listener, tls::Tls, transport::Edge},
+    downstream::{admission, connection::Downstream, idle, listener, tls::Tls, transport::Edge},
     logging::LogFilter,
     metrics as m,
     proto::NodeHello,
@@ -91,6 +91,7 @@ impl Node {
             // New handshakes are over once accepting stops: so is reloading their certificate.
             tracker.spawn(tls.watch(stop.clone()));
         }
+        tracker.spawn(idle::sweep(downstream.table.clone(), downstream.settings.clone(), stop.clone()));
         tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
     }
 
