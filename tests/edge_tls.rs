@@ -151,6 +151,64 @@ async fn an_openssl_client_speaks_tls_1_2_and_1_3_with_the_node() {
     }
 }
 
+/// A TCP stream that writes at most a few bytes at a time: TLS records reach the node in pieces.
+struct Trickle(TcpStream);
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &buf[..buf.len().min(7)])
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn records_that_arrive_a_few_bytes_at_a_time_are_put_together() {
+    let (up, ca, node) = echo_tls_node().await;
+    for version in [&TLS12, &TLS13] {
+        let tcp = TcpStream::connect(node.local_addr()).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(DEVICE_NAME).unwrap();
+        let stream = ca.connector(&[version]).connect(name, Trickle(tcp)).await.expect("a handshake in pieces");
+        let (read, mut write) = tokio::io::split(stream);
+        let mut read = tokio::io::BufReader::new(read);
+        for line in ["one", "two, a little longer", &"three ".repeat(500)] {
+            write.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+            write.flush().await.unwrap();
+            let mut echoed = String::new();
+            tokio::time::timeout(DEADLINE, read.read_line(&mut echoed)).await.expect("an echo in time").unwrap();
+            assert_eq!(echoed.trim_end(), line.trim_end());
+        }
+    }
+    assert!(opened_infos(&up).iter().all(|i| i.tls_server_name == DEVICE_NAME));
+}
+
 #[tokio::test]
 async fn raw_reads_over_tls_are_cut_to_max_frame_and_lose_nothing() {
     let up = TestUpstream::start(false).await;

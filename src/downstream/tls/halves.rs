@@ -1,9 +1,9 @@
 //! A TLS socket's two halves, as its reader and writer use them: [`TlsInbound`] (an
 //! [`Inbound`]) and [`TlsOutbound`] (an `AsyncWrite`), sharing the socket's [`Session`].
 //!
-//! The reader waits for the TCP socket to be readable and reads its records into the session,
-//! then decrypts them straight into the reader's buffer: an idle TLS socket holds no read
-//! buffer, of the node's or of rustls's. The writer encrypts into a buffer that lives only
+//! The reader waits for the TCP socket to be readable, then reads its records onto the stack and
+//! decrypts them straight into the reader's buffer: an idle TLS socket holds no read buffer, of
+//! the node's or of rustls's. The writer encrypts into a buffer that lives only
 //! until its records are written.
 
 use std::{
@@ -47,30 +47,25 @@ impl<'a> TlsInbound<'a> {
 
 impl Inbound for TlsInbound<'_> {
     async fn ready(&mut self) -> io::Result<()> {
-        loop {
-            {
-                let session = lock(self.session);
-                if !session.plaintext.is_empty() || session.read_closed {
-                    return Ok(());
-                }
-            }
-            self.read.readable().await?;
-            // What is read stays in the session: a cancelled wait loses nothing.
-            match lock(self.session).read_from(self.read.as_ref()) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+        {
+            let session = lock(self.session);
+            if !session.plaintext.is_empty() || session.read_closed {
+                return Ok(());
             }
         }
+        self.read.readable().await
     }
 
     fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize> {
         let mut session = lock(self.session);
         let session = &mut *session;
         let mut n = take_plaintext(&mut session.plaintext, buf);
+        if n > 0 || (session.read_closed && session.plaintext.is_empty()) {
+            return Ok(n);
+        }
         // Every record read is processed now, whether or not the buffer has room for it, so that
         // nothing waits in rustls for the writer to find.
-        let processed = session.process(Outbound::Nothing, &mut |payload: &[u8], rest: &mut BytesMut| {
+        let received = session.receive(self.read.as_ref(), &mut |payload: &[u8], rest: &mut BytesMut| {
             let fits = if rest.is_empty() { payload.len().min(buf.remaining_mut()) } else { 0 };
             buf.put_slice(&payload[..fits]);
             rest.extend_from_slice(&payload[fits..]);
@@ -80,7 +75,7 @@ impl Inbound for TlsInbound<'_> {
             // An alert, say: best effort, the writer sends what is left with its next write.
             let _ = session.send_now(self.read.as_ref());
         }
-        match processed {
+        match received {
             Ok(_) if n > 0 => Ok(n),
             Ok(_) if session.read_closed && session.plaintext.is_empty() => Ok(0),
             Ok(_) => Err(io::ErrorKind::WouldBlock.into()),

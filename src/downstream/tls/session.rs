@@ -119,12 +119,54 @@ impl Session {
     /// # Errors
     /// `InvalidData` with the rustls error inside: the client broke the protocol (the alert
     /// saying why is in the outgoing buffer), or the session had failed already.
-    pub(super) fn process(&mut self, mut send: Outbound<'_>, keep: &mut Keep<'_>) -> io::Result<Stopped> {
-        if self.failed {
-            return Err(invalid("the TLS session failed"));
+    pub(super) fn process(&mut self, send: Outbound<'_>, keep: &mut Keep<'_>) -> io::Result<Stopped> {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let (used, processed) = self.process_in(&mut incoming, send, keep);
+        incoming.drain(..used);
+        if !incoming.is_empty() {
+            self.incoming = incoming; // Else it is released.
         }
+        processed
+    }
+
+    /// Reads what the socket holds, without waiting, and processes it as [`Session::process`]
+    /// does. The bytes are read onto the stack and processed there: only what rustls leaves
+    /// (the start of a record) is kept, in the session's buffer, which later reads go to.
+    ///
+    /// # Errors
+    /// `WouldBlock` when the socket had nothing; the socket's errors; [`Session::process`]'s;
+    /// `InvalidData` when more than [`MAX_INCOMING`] bytes would wait unprocessed.
+    pub(super) fn receive(&mut self, tcp: &TcpStream, keep: &mut Keep<'_>) -> io::Result<Stopped> {
+        if !self.incoming.is_empty() {
+            if self.incoming.len() >= MAX_INCOMING {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS records too large"));
+            }
+            self.incoming.reserve(READ_SIZE);
+            self.read_closed |= tcp.try_read_buf(&mut self.incoming)? == 0;
+            return self.process(Outbound::Nothing, keep);
+        }
+        let mut read = [0u8; READ_SIZE];
+        let n = tcp.try_read(&mut read)?;
+        self.read_closed |= n == 0;
+        let (used, processed) = self.process_in(&mut read[..n], Outbound::Nothing, keep);
+        self.incoming.extend_from_slice(&read[used..n]);
+        processed
+    }
+
+    /// [`Session::process`] on `incoming`; returns, with the outcome, how many of its bytes
+    /// rustls is done with (the rest is to be processed again with what comes after it).
+    fn process_in(
+        &mut self,
+        incoming: &mut [u8],
+        mut send: Outbound<'_>,
+        keep: &mut Keep<'_>,
+    ) -> (usize, io::Result<Stopped>) {
+        if self.failed {
+            return (0, Err(invalid("the TLS session failed")));
+        }
+        let mut used = 0;
         loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut incoming[used..]);
             let stopped = match state {
                 Err(e) => Err(e),
                 Ok(ConnectionState::ReadTraffic(records)) => {
@@ -142,72 +184,48 @@ impl Session {
                     encrypt(&mut traffic, send, &mut self.outgoing).map(|()| Some(Stopped::Traffic))
                 }
                 Ok(ConnectionState::BlockedHandshake) => Ok(Some(Stopped::NeedsRecords)),
-                Ok(ConnectionState::PeerClosed) => {
-                    self.read_closed = true;
-                    Ok(None)
-                }
-                Ok(ConnectionState::Closed) => {
-                    self.read_closed = true;
-                    Ok(Some(Stopped::Closed))
-                }
+                Ok(ConnectionState::PeerClosed) => Ok(self.closed_by_peer(None)),
+                Ok(ConnectionState::Closed) => Ok(self.closed_by_peer(Some(Stopped::Closed))),
                 // Early data is off (`max_early_data_size` 0): rustls refuses it before this.
                 Ok(_) => Err(rustls::Error::General("unexpected TLS state".to_owned())),
             };
-            self.discard(discard);
+            used = (used + discard).min(incoming.len());
             match stopped {
                 Ok(None) => {}
-                // A TLS 1.3 server may send data before the client's Finished: not yet ours.
-                Ok(Some(Stopped::Traffic)) if self.conn.is_handshaking() => return Ok(Stopped::NeedsRecords),
-                Ok(Some(stopped)) => return Ok(stopped),
+                Ok(Some(stopped)) => return (used, Ok(self.stopped(stopped))),
                 Err(e) => {
                     self.failed = true;
-                    self.encode_alert();
-                    return Err(invalid(e));
+                    self.encode_alert(&mut incoming[used..]);
+                    return (used, Err(invalid(e)));
                 }
             }
         }
     }
 
+    /// Notes that the client sent `close_notify`; returns `then`.
+    fn closed_by_peer(&mut self, then: Option<Stopped>) -> Option<Stopped> {
+        self.read_closed = true;
+        then
+    }
+
+    /// `stopped`, except that `Traffic` before the handshake is over (a TLS 1.3 server may send
+    /// data before the client's Finished) still needs the client's records.
+    fn stopped(&self, stopped: Stopped) -> Stopped {
+        if stopped == Stopped::Traffic && self.conn.is_handshaking() { Stopped::NeedsRecords } else { stopped }
+    }
+
     /// After rustls failed the session: encodes the alert it queued saying why. rustls hands out
     /// what it queued before it looks at the records again (which would fail once more), and
     /// only as long as something is queued.
-    fn encode_alert(&mut self) {
+    fn encode_alert(&mut self, incoming: &mut [u8]) {
         while self.conn.wants_write() {
-            let Ok(ConnectionState::EncodeTlsData(mut data)) = self.conn.process_tls_records(&mut self.incoming).state
-            else {
+            let Ok(ConnectionState::EncodeTlsData(mut data)) = self.conn.process_tls_records(incoming).state else {
                 return;
             };
             if append(&mut self.outgoing, |out| data.encode(out), encode_room).is_err() {
                 return;
             }
         }
-    }
-
-    /// Drops `n` processed bytes from the front of the incoming buffer, and the buffer itself
-    /// when nothing is left in it.
-    fn discard(&mut self, n: usize) {
-        self.incoming.drain(..n.min(self.incoming.len()));
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
-    }
-
-    /// Reads what the socket holds, without waiting. `Ok(0)`: the client closed its side.
-    ///
-    /// # Errors
-    /// `WouldBlock` when the socket had nothing; the socket's errors; `InvalidData` when more
-    /// than [`MAX_INCOMING`] bytes would wait unprocessed.
-    pub(super) fn read_from(&mut self, tcp: &TcpStream) -> io::Result<usize> {
-        if self.incoming.len() >= MAX_INCOMING {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS records too large"));
-        }
-        self.incoming.reserve(READ_SIZE);
-        let read = tcp.try_read_buf(&mut self.incoming);
-        self.read_closed |= matches!(read, Ok(0));
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
-        read
     }
 
     /// Writes what the outgoing buffer holds without waiting; `Ok(true)` once all of it is
@@ -333,14 +351,21 @@ pub(super) async fn handshake(
     let mut socket = Box::new(TlsSocket { tcp, session: Mutex::new(session) });
     let TlsSocket { tcp, session } = &mut *socket;
     let session = session.get_mut().unwrap_or_else(|e| e.into_inner());
-    let mut name = None;
+    let (mut name, mut stopped) = (None, Stopped::NeedsRecords);
     loop {
-        let (processed, hello) = with_hello_name(|| session.process(Outbound::Nothing, &mut keep_all));
+        match stopped {
+            Stopped::Traffic => return Ok((socket, name)),
+            Stopped::NeedsRecords if !session.read_closed => {}
+            Stopped::NeedsRecords | Stopped::Closed => return Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+        tcp.readable().await?;
+        let (received, hello) = with_hello_name(|| session.receive(tcp, &mut keep_all));
         if let Some(hello) = hello {
             name = hello;
         }
-        let stopped = match processed {
+        stopped = match received {
             Ok(stopped) => stopped,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 let _ = session.send_now(tcp);
                 return Err(e);
@@ -348,27 +373,6 @@ pub(super) async fn handshake(
         };
         while !session.send_now(tcp)? {
             tcp.writable().await?;
-        }
-        match stopped {
-            Stopped::Traffic => return Ok((socket, name)),
-            Stopped::NeedsRecords => read_some(tcp, session).await?,
-            Stopped::Closed => return Err(io::ErrorKind::UnexpectedEof.into()),
-        }
-    }
-}
-
-/// Waits for bytes from the client and reads them.
-///
-/// # Errors
-/// `UnexpectedEof` when the client closed its side; the socket's errors.
-async fn read_some(tcp: &TcpStream, session: &mut Session) -> io::Result<()> {
-    loop {
-        tcp.readable().await?;
-        match session.read_from(tcp) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
         }
     }
 }
