@@ -10,6 +10,7 @@
 //! whatever it asks for (records to send, data to hand on), so nothing stays waiting in rustls.
 
 use std::{
+    cell::RefCell,
     io,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -36,6 +37,14 @@ pub(crate) const READ_SIZE: usize = 17 << 10;
 /// records in this buffer (up to 64 KiB, its limit for one message); after the handshake, only
 /// the start of one record is ever left in it between reads.
 pub(crate) const MAX_INCOMING: usize = 80 << 10;
+
+thread_local! {
+    /// Where a TLS socket's reads land, one buffer per thread (sockets keep only what rustls
+    /// leaves of a read): neither allocated nor zeroed per read, as a buffer on the stack
+    /// or on the heap would be. rustls decrypts in place, so it holds the last reads' plaintext
+    /// until later reads overwrite it, as freed memory would.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+}
 
 /// A TLS socket after its handshake: the TCP stream, and the session its reader and writer
 /// share. Boxed (one allocation, made before the handshake's own): inline it would make every
@@ -130,8 +139,9 @@ impl Session {
     }
 
     /// Reads what the socket holds, without waiting, and processes it as [`Session::process`]
-    /// does. The bytes are read onto the stack and processed there: only what rustls leaves
-    /// (the start of a record) is kept, in the session's buffer, which later reads go to.
+    /// does. The bytes go to this thread's read buffer ([`READ_BUFFER`]) and are processed
+    /// there: only what rustls leaves (the start of a record) is kept, in the session's buffer,
+    /// which later reads go to until it is empty again.
     ///
     /// # Errors
     /// `WouldBlock` when the socket had nothing; the socket's errors; [`Session::process`]'s;
@@ -145,8 +155,16 @@ impl Session {
             self.read_closed |= tcp.try_read_buf(&mut self.incoming)? == 0;
             return self.process(Outbound::Nothing, keep);
         }
-        let mut read = [0u8; READ_SIZE];
-        let n = tcp.try_read(&mut read)?;
+        READ_BUFFER.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut read) => self.receive_into(tcp, &mut read, keep),
+            // Not while another read on this thread holds it (none does: nothing here reads).
+            Err(_) => self.receive_into(tcp, &mut vec![0; READ_SIZE], keep),
+        })
+    }
+
+    /// [`Session::receive`] through `read`, a buffer of [`READ_SIZE`] bytes.
+    fn receive_into(&mut self, tcp: &TcpStream, read: &mut [u8], keep: &mut Keep<'_>) -> io::Result<Stopped> {
+        let n = tcp.try_read(read)?;
         self.read_closed |= n == 0;
         let (used, processed) = self.process_in(&mut read[..n], Outbound::Nothing, keep);
         self.incoming.extend_from_slice(&read[used..n]);
