@@ -30,7 +30,7 @@ use tokio::{
 
 use super::with_hello_name;
 
-/// Room reserved for each read from the socket: a whole record of the largest size (16 KiB of
+/// Most bytes one read from a TLS socket takes: a whole record of the largest size (16 KiB of
 /// data and what encryption adds to it), so that one read can complete one.
 pub(crate) const READ_SIZE: usize = 17 << 10;
 /// Most bytes read and not yet processed. rustls joins a handshake message split over several
@@ -40,9 +40,9 @@ pub(crate) const MAX_INCOMING: usize = 80 << 10;
 
 thread_local! {
     /// Where a TLS socket's reads land, one buffer per thread (sockets keep only what rustls
-    /// leaves of a read): neither allocated nor zeroed per read, as a buffer on the stack
-    /// or on the heap would be. rustls decrypts in place, so it holds the last reads' plaintext
-    /// until later reads overwrite it, as freed memory would.
+    /// leaves of a read): neither zeroed per read, as one on the stack would be, nor allocated
+    /// per read, as one on the heap would be. rustls decrypts in place, so it holds the last
+    /// reads' plaintext until later reads overwrite it, as freed memory would.
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
 }
 
