@@ -173,6 +173,23 @@ summary_tail() {
     echo '```'
 }
 
+TLS_FLAGS=()
+CLIENT_TLS=()
+# make_certs DIR: a CA and the node's certificate (ECDSA P-256, SAN localhost), made by openssl in
+# DIR; sets TLS_FLAGS (the node's --tls-cert and --tls-key) and CLIENT_TLS (loadgen's --tls-ca).
+make_certs() {
+    local dir=$1 ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    command -v openssl >/dev/null || die "openssl is needed to make the certificates (apt-get install openssl)"
+    mkdir -p "$dir"
+    openssl req -x509 "${ec[@]}" -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 2 -subj /CN=ppp-bench-ca 2>/dev/null
+    openssl req "${ec[@]}" -keyout "$dir/node.key" -out "$dir/node.csr" -subj /CN=localhost 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$dir/ext"
+    openssl x509 -req -in "$dir/node.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+        -out "$dir/node.pem" -days 2 -extfile "$dir/ext" 2>/dev/null
+    TLS_FLAGS=(--tls-cert "$dir/node.pem" --tls-key "$dir/node.key")
+    CLIENT_TLS=(--tls-ca "$dir/ca.pem")
+}
+
 UP_PORT=
 UP_PID=
 # start_echo_upstream: the example echo upstream, on a free port.

@@ -4,18 +4,19 @@
 #   (a) TLS handshakes per second on one node (loadgen handshakes: connect, handshake, close);
 #   (b) throughput through a node with TLS and without, the load shape of bench/run.sh, runs
 #       alternating;
-#   (c) node RSS per idle TLS socket, and per idle plain socket for reference (a fresh node per
-#       run).
+#   (c) node RSS per idle TLS socket, right after its handshake and after $IDLE_MESSAGES echoed
+#       lines, and per idle plain socket for reference (a fresh node per measurement).
 # Medians of $RUNS runs. Results go to bench-results/tls-<UTC time>/ (summary.md, results.txt, logs).
 #
 # Settings (environment): RUNS=3 WARMUP=2s DURATION=10s SOCKETS=100 BURST=16 SIZE=64
-# CONCURRENCY=32 IDLE_SOCKETS=10000 SKIP_BUILD=1 (use the binaries already in $BIN).
+# CONCURRENCY=32 IDLE_SOCKETS=10000 IDLE_MESSAGES=3 SKIP_BUILD=1 (use the binaries already in $BIN).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CONCURRENCY=${CONCURRENCY:-32}
 IDLE_SOCKETS=${IDLE_SOCKETS:-10000}
+IDLE_MESSAGES=${IDLE_MESSAGES:-3}
 OUT=bench-results/tls-$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$OUT/results.txt
 mkdir -p "$OUT"
@@ -25,7 +26,6 @@ source bench/lib.sh
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 (($(ulimit -n) >= IDLE_SOCKETS + 1024)) || die "ulimit -n is $(ulimit -n); need $((IDLE_SOCKETS + 1024))"
-command -v openssl >/dev/null || die "openssl is needed to make the certificates (apt-get install openssl)"
 
 build_release
 machine_info "$OUT/machine.txt"
@@ -34,15 +34,7 @@ echo "openssl: $(openssl version)" >>"$OUT/machine.txt"
 # --- a CA and the node's certificate (ECDSA P-256, SAN localhost) --------------------------------
 
 CERTS=$OUT/certs
-mkdir -p "$CERTS"
-ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-openssl req -x509 "${ec[@]}" -keyout "$CERTS/ca.key" -out "$CERTS/ca.pem" -days 2 -subj /CN=ppp-bench-ca 2>/dev/null
-openssl req "${ec[@]}" -keyout "$CERTS/node.key" -out "$CERTS/node.csr" -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$CERTS/ext"
-openssl x509 -req -in "$CERTS/node.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" -CAcreateserial \
-    -out "$CERTS/node.pem" -days 2 -extfile "$CERTS/ext" 2>/dev/null
-TLS_FLAGS=(--tls-cert "$CERTS/node.pem" --tls-key "$CERTS/node.key")
-CLIENT_TLS=(--tls-ca "$CERTS/ca.pem")
+make_certs "$CERTS"
 
 start_echo_upstream
 NODE_TLS_CA=$CERTS/ca.pem start_node node-tls "${TLS_FLAGS[@]}"
@@ -83,11 +75,16 @@ stop "$PLAIN_PID"
 # --- (c) RSS per idle socket, TLS and plain ------------------------------------------------------
 
 TLS_IDLE=()
+TLS_USED=()
 PLAIN_IDLE=()
 for run in $(seq "$RUNS"); do
     log "idle-socket run $run/$RUNS"
     NODE_TLS_CA=$CERTS/ca.pem start_node "node-idle-tls-$run" "${TLS_FLAGS[@]}"
     TLS_IDLE+=("$(idle_rss "tls-$run" "$IDLE_SOCKETS" "${CLIENT_TLS[@]}")")
+    tail -1 "$RESULTS" >&2
+    stop "$NODE_PID"
+    NODE_TLS_CA=$CERTS/ca.pem start_node "node-idle-tls-used-$run" "${TLS_FLAGS[@]}"
+    TLS_USED+=("$(idle_rss "tls-used-$run" "$IDLE_SOCKETS" "${CLIENT_TLS[@]}" --messages "$IDLE_MESSAGES")")
     tail -1 "$RESULTS" >&2
     stop "$NODE_PID"
     start_node "node-idle-plain-$run"
@@ -102,6 +99,7 @@ tls_tp=$(median "${TLS_TP[@]}")
 plain_tp=$(median "${PLAIN_TP[@]}")
 ratio=$(awk -v t="$tls_tp" -v p="$plain_tp" 'BEGIN {printf "%.2f", t / p}')
 tls_idle=$(median "${TLS_IDLE[@]}")
+tls_used=$(median "${TLS_USED[@]}")
 
 {
     echo "# Downstream TLS benchmark, $(date -u +%F)"
@@ -116,7 +114,8 @@ tls_idle=$(median "${TLS_IDLE[@]}")
     echo "| throughput without TLS (msgs/s, $SOCKETS sockets, bursts of $BURST x $SIZE B) | ${PLAIN_TP[*]} | $plain_tp | | |"
     echo "| throughput with TLS (msgs/s, same load) | ${TLS_TP[*]} | $tls_tp | | |"
     echo "| TLS / plain | | $ratio | | |"
-    echo "| node RSS per idle TLS socket (bytes, $IDLE_SOCKETS sockets) | ${TLS_IDLE[*]} | $tls_idle | <= 8192 | $(verdict "((tls_idle <= 8192))") |"
+    echo "| node RSS per idle TLS socket (bytes, $IDLE_SOCKETS sockets, right after the handshake) | ${TLS_IDLE[*]} | $tls_idle | <= 8192 | $(verdict "((tls_idle <= 8192))") |"
+    echo "| node RSS per idle TLS socket (bytes, $IDLE_SOCKETS sockets, after $IDLE_MESSAGES echoed lines each) | ${TLS_USED[*]} | $tls_used | <= 8192 | $(verdict "((tls_used <= 8192))") |"
     echo "| node RSS per idle plain socket (bytes, same run) | ${PLAIN_IDLE[*]} | $(median "${PLAIN_IDLE[@]}") | | |"
     summary_tail
 } | tee "$OUT/summary.md"

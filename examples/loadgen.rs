@@ -21,7 +21,8 @@
 //!   was actually written), so a stall is charged to every message it delays (no coordinated
 //!   omission). The last stretch before a message is due is waited with microsecond sleeps, not
 //!   tokio's millisecond timer; how late the generator itself wrote is reported as `send_lag_*`.
-//! - `idle` connects sockets and holds them, silent, for `--duration`.
+//! - `idle` connects sockets and holds them, silent, for `--duration`; with `--messages N`, each
+//!   socket first sends N lines and reads their echoes, so that it has carried traffic.
 //! - `handshakes` is a closed loop of TLS connects: each of `--concurrency` workers connects,
 //!   makes the handshake, closes (with a reset, so no port is left in TIME_WAIT) and goes again.
 //!
@@ -213,6 +214,9 @@ struct IdleArgs {
     /// How long to hold them once all are connected.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Lines each socket sends (one at a time, each echo read back) before it goes silent.
+    #[arg(long, default_value_t = 0)]
+    messages: usize,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -540,21 +544,47 @@ fn micros(d: Duration) -> u32 {
 async fn idle(args: IdleArgs) -> Result<()> {
     let start = Instant::now();
     let sockets = connect_all(args.target, args.sockets).await?;
+    let messages = args.messages;
     let Some(tls) = args.tls.client()? else {
-        println!("idle connected={} connect_ms={}", sockets.len(), start.elapsed().as_millis());
+        let sockets: Vec<_> = stream::iter(sockets)
+            .map(|s| exchange(s, messages))
+            .buffer_unordered(CONNECT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        println!("idle connected={} messages={messages} connect_ms={}", sockets.len(), start.elapsed().as_millis());
         tokio::time::sleep(args.duration).await;
         drop(sockets);
         return Ok(());
     };
     let tls_sockets: Vec<_> = stream::iter(sockets)
-        .map(|socket| tls.handshake(socket))
+        .map(|socket| async { exchange(tls.handshake(socket).await?, messages).await })
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await?;
-    println!("idle connected={} tls=1 connect_ms={}", tls_sockets.len(), start.elapsed().as_millis());
+    println!(
+        "idle connected={} tls=1 messages={messages} connect_ms={}",
+        tls_sockets.len(),
+        start.elapsed().as_millis()
+    );
     tokio::time::sleep(args.duration).await;
     drop(tls_sockets);
     Ok(())
+}
+
+/// Sends `messages` lines on `stream`, one at a time, reading each echo back.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, messages: usize) -> Result<S> {
+    let mut buf = [0u8; 64];
+    for i in 0..messages {
+        stream.write_all(format!("idle {i}\n").as_bytes()).await?;
+        stream.flush().await?;
+        let mut echoed = 0;
+        while echoed == 0 || buf[echoed - 1] != b'\n' {
+            let n = tokio::time::timeout(REPLY_TIMEOUT, stream.read(&mut buf[echoed..])).await??;
+            ensure!(n > 0 && echoed + n < buf.len(), "no echo of message {i}");
+            echoed += n;
+        }
+    }
+    Ok(stream)
 }
 
 async fn handshakes(args: HandshakeArgs) -> Result<()> {

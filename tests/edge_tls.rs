@@ -1,7 +1,7 @@
 //! Downstream TLS (`--tls-cert`, `--tls-key`) over real loopback sockets: rustls clients trusting
 //! a CA made for the test, the SNI name in `opened`, in Redis and in the admin API, TLS 1.2,
-//! handshakes that fail or never finish closing only their socket, and a certificate replaced
-//! while sockets are open.
+//! handshakes that fail or never finish closing only their socket, a certificate replaced
+//! while sockets are open, messages over many records, and `close_notify` when the node closes.
 
 #[allow(dead_code)]
 mod common;
@@ -9,15 +9,32 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ppp::config::Config;
+use ppp::{
+    Node,
+    config::{Config, Framing},
+    proto::{self, upstream_command::Command},
+};
 use redis::AsyncCommands;
 use rustls::version::{TLS12, TLS13};
-use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::Instant,
+};
 
 /// `config` serving TLS with the certificate files `ca` writes.
 fn tls_config(config: Config, ca: &TestCa) -> Config {
     let (cert, key) = ca.paths();
     Config { tls_cert: Some(cert), tls_key: Some(key), ..config }
+}
+
+/// An echoing upstream, a test CA with its certificate written, and a node serving TLS with it.
+async fn echo_tls_node() -> (TestUpstream, TestCa, Node) {
+    let up = TestUpstream::start(true).await;
+    let ca = TestCa::new();
+    ca.write();
+    let node = start_node(tls_config(test_config(&[&up]), &ca)).await;
+    (up, ca, node)
 }
 
 #[tokio::test]
@@ -67,14 +84,164 @@ async fn a_tls_client_echoes_and_its_server_name_is_in_opened_redis_and_the_admi
 
 #[tokio::test]
 async fn a_tls_1_2_client_works() {
-    let up = TestUpstream::start(true).await;
-    let ca = TestCa::new();
-    ca.write();
-    let node = start_node(tls_config(test_config(&[&up]), &ca)).await;
+    let (up, ca, node) = echo_tls_node().await;
     let mut c = TlsClient::connect(node.local_addr(), &ca.connector(&[&TLS12]), DEVICE_NAME).await;
     assert_eq!(c.version, Some(rustls::ProtocolVersion::TLSv1_2));
     assert_eq!(c.echo("twelve").await, "twelve");
     assert_eq!(opened_from(&up, c.local_addr).await.tls_server_name, DEVICE_NAME);
+}
+
+#[tokio::test]
+async fn a_message_larger_than_a_record_crosses_both_ways_over_tls_1_2_and_1_3() {
+    let (up, ca, node) = echo_tls_node().await;
+    // 300 KB: many 16 KiB records in, and more than one write's worth out.
+    let long: String = (0..300_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    for version in [&TLS12, &TLS13] {
+        let mut c = TlsClient::connect(node.local_addr(), &ca.connector(&[version]), DEVICE_NAME).await;
+        assert_eq!(c.echo(&long).await, long);
+        assert_eq!(c.echo("short after long").await, "short after long");
+        // The last line, then close_notify: the line is a message, the close the client's.
+        let id = opened_from(&up, c.local_addr).await.id;
+        c.writer.write_all(b"bye\n").await.unwrap();
+        c.writer.shutdown().await.unwrap();
+        assert_eq!(close_reason(&up, &id).await, "client_closed");
+        assert!(up.data().iter().any(|d| d.socket_id == id && d.payload == "bye"));
+    }
+}
+
+#[tokio::test]
+async fn an_openssl_client_speaks_tls_1_2_and_1_3_with_the_node() {
+    let (up, ca, node) = echo_tls_node().await;
+    let ca_file = ca.write_ca();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let mut openssl = tokio::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-no_ign_eof",
+                "-verify_return_error",
+                version,
+                "-servername",
+                DEVICE_NAME,
+                "-connect",
+            ])
+            .arg(node.local_addr().to_string())
+            .arg("-CAfile")
+            .arg(&ca_file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("openssl on PATH (scripts/test.sh installs it)");
+        let mut stdin = openssl.stdin.take().unwrap();
+        stdin.write_all(format!("hello from openssl {version}\n").as_bytes()).await.unwrap();
+        let mut stdout = tokio::io::BufReader::new(openssl.stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::time::timeout(DEADLINE, stdout.read_line(&mut line)).await.expect("an echo in time").unwrap();
+        assert_eq!(line, format!("hello from openssl {version}\n"));
+        drop(stdin); // The end of its input ends the session.
+        tokio::time::timeout(DEADLINE, openssl.wait()).await.expect("openssl ends").unwrap();
+    }
+    let infos = opened_infos(&up);
+    assert_eq!(infos.len(), 2);
+    assert!(infos.iter().all(|i| i.tls_server_name == DEVICE_NAME), "{infos:?}");
+    for info in infos {
+        assert_eq!(close_reason(&up, &info.id).await, "client_closed");
+    }
+}
+
+/// A TCP stream that writes at most a few bytes at a time: TLS records reach the node in pieces.
+struct Trickle(TcpStream);
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &buf[..buf.len().min(7)])
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn records_that_arrive_a_few_bytes_at_a_time_are_put_together() {
+    let (up, ca, node) = echo_tls_node().await;
+    for version in [&TLS12, &TLS13] {
+        let tcp = TcpStream::connect(node.local_addr()).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(DEVICE_NAME).unwrap();
+        let stream = ca.connector(&[version]).connect(name, Trickle(tcp)).await.expect("a handshake in pieces");
+        let (read, mut write) = tokio::io::split(stream);
+        let mut read = tokio::io::BufReader::new(read);
+        for line in ["one", "two, a little longer", &"three ".repeat(500)] {
+            write.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+            write.flush().await.unwrap();
+            let mut echoed = String::new();
+            tokio::time::timeout(DEADLINE, read.read_line(&mut echoed)).await.expect("an echo in time").unwrap();
+            assert_eq!(echoed.trim_end(), line.trim_end());
+        }
+    }
+    assert!(opened_infos(&up).iter().all(|i| i.tls_server_name == DEVICE_NAME));
+}
+
+#[tokio::test]
+async fn raw_reads_over_tls_are_cut_to_max_frame_and_lose_nothing() {
+    let up = TestUpstream::start(false).await;
+    let ca = TestCa::new();
+    ca.write();
+    let config = Config { framing: Framing::Raw, max_frame: 1000, ..tls_config(test_config(&[&up]), &ca) };
+    let node = start_node(config).await;
+    let mut c = TlsClient::connect(node.local_addr(), &ca.connector(&[&TLS13]), DEVICE_NAME).await;
+    // Records of 16 KiB, each more than a read may take: the rest waits for the next read.
+    let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    c.write(&sent).await;
+    let received = || up.data().iter().flat_map(|d| d.payload.to_vec()).collect::<Vec<u8>>();
+    up.wait_for("every byte", |_| received().len() >= sent.len()).await;
+    assert_eq!(received(), sent);
+    assert!(up.data().iter().all(|d| d.payload.len() <= 1000), "one read is one message of at most --max-frame");
+}
+
+#[tokio::test]
+async fn a_socket_the_node_closes_gets_what_was_queued_then_close_notify() {
+    let (up, ca, node) = echo_tls_node().await;
+    for version in [&TLS12, &TLS13] {
+        let mut c = TlsClient::connect(node.local_addr(), &ca.connector(&[version]), DEVICE_NAME).await;
+        let id = opened_from(&up, c.local_addr).await.id;
+        up.command(send_cmd(&id, "last words")).await;
+        let close = Command::Close(proto::Close { socket_id: id.clone(), reason: "bye".into() });
+        up.command(with_id("", close)).await;
+        assert_eq!(c.line().await, "last words");
+        // Without close_notify, rustls would report an unexpected end of the stream instead.
+        let mut rest = String::new();
+        let end = tokio::time::timeout(DEADLINE, c.reader.read_line(&mut rest)).await.expect("closed in time");
+        assert_eq!(end.expect("a clean end: close_notify"), 0);
+        assert_eq!(close_reason(&up, &id).await, "upstream");
+    }
 }
 
 #[tokio::test]
@@ -168,10 +335,7 @@ async fn bad_tls_settings_are_refused_at_start_with_the_reason() {
 
 #[tokio::test]
 async fn a_drain_refuses_sockets_still_in_their_handshake_instead_of_waiting_for_them() {
-    let up = TestUpstream::start(true).await;
-    let ca = TestCa::new();
-    ca.write();
-    let node = start_node(tls_config(test_config(&[&up]), &ca)).await;
+    let (up, ca, node) = echo_tls_node().await;
     let mut stalled = TcpStream::connect(node.local_addr()).await.unwrap();
     // Accepted after the stalled one (one accept loop, in order): so that one is in its handshake.
     let mut open = TlsClient::connect(node.local_addr(), &ca.connector(&[&TLS13]), DEVICE_NAME).await;

@@ -20,7 +20,8 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::{
     admission::Admission,
     framing::{FrameDecoder, FrameError},
-    transport::{self, Edge, Inbound, TlsInbound, Transport},
+    tls::{TlsInbound, TlsOutbound, TlsSocket},
+    transport::{self, Edge, Inbound, Transport},
     writer::write_loop,
 };
 use crate::{
@@ -121,8 +122,9 @@ fn serve_opened(ctx: Downstream, opened: transport::Opened, permit: Admission) -
 
 /// Runs the socket's reader and writer concurrently in this one task (one task per socket keeps
 /// an idle socket small); each ends by closing the socket, which ends the other. Plain TCP is
-/// split into its owned halves; TLS, one session for both directions, with `tokio::io::split`.
-/// (A plain function, not an `async` one: the future it returns does not keep `transport`.)
+/// split into its owned halves; over TLS both halves borrow the boxed socket and share its
+/// session. (A plain function, not an `async` one: the future it returns does not keep
+/// `transport`.)
 fn run<'a>(ctx: &'a Downstream, socket: &'a SocketState, transport: Transport) -> impl Future<Output = ()> + 'a {
     match transport {
         Transport::Plain(tcp) => {
@@ -131,12 +133,12 @@ fn run<'a>(ctx: &'a Downstream, socket: &'a SocketState, transport: Transport) -
                 tokio::join!(read_side(ctx, socket, read), write_loop(ctx.framing, socket, write));
             })
         }
-        Transport::Tls(tls) => {
-            let (read, write) = tokio::io::split(*tls);
-            Either::Right(async move {
-                tokio::join!(read_side(ctx, socket, TlsInbound::new(read)), write_loop(ctx.framing, socket, write));
-            })
-        }
+        Transport::Tls(mut tls) => Either::Right(async move {
+            let TlsSocket { tcp, session } = &mut *tls;
+            let (read, write) = tcp.split();
+            let (read, write) = (TlsInbound::new(read, session), TlsOutbound::new(write, session));
+            tokio::join!(read_side(ctx, socket, read), write_loop(ctx.framing, socket, write));
+        }),
     }
 }
 

@@ -16,8 +16,17 @@
 //!   (and counted) and the old certificate kept.
 //! - **Handshake**: in the socket's own task, within [`HANDSHAKE_TIMEOUT`]; a failure closes only
 //!   that socket (reason `tls_handshake`), counted by outcome.
+//! - **Sessions** use rustls's unbuffered API (`tls/session.rs`; the reader's and writer's
+//!   halves are in `tls/halves.rs`): the node owns the buffers and frees them when they are
+//!   empty, so an idle TLS socket holds rustls's keys and state but no buffer (rustls's buffered
+//!   connection keeps 4 KiB for the connection's life). What a session holds:
+//!   `docs/architecture.md`, "What an idle socket holds".
+
+mod halves;
+mod session;
 
 use std::{
+    cell::Cell,
     io,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
@@ -32,10 +41,13 @@ use rustls::{
     sign::CertifiedKey,
 };
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub(crate) use self::{
+    halves::{TlsInbound, TlsOutbound},
+    session::TlsSocket,
+};
 use crate::metrics as m;
 
 /// How long a client may take to finish its TLS handshake.
@@ -108,9 +120,27 @@ impl HandshakeError {
 pub struct CertSlot(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for CertSlot {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        HELLO_NAME.set(Some(hello.server_name().map(Box::from)));
         Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
     }
+}
+
+thread_local! {
+    /// The SNI name of the last ClientHello [`CertSlot`] saw on this thread (`Some(None)`: the
+    /// client sent none). rustls's unbuffered connection does not tell the name, and the
+    /// resolver is the one place that sees it: rustls calls it from within the handshake step
+    /// that processes the ClientHello, synchronously, so on the thread making that step, and
+    /// [`with_hello_name`] takes it right after.
+    static HELLO_NAME: Cell<Option<Option<Box<str>>>> = const { Cell::new(None) };
+}
+
+/// Runs `step` (a step of a handshake) and returns, with what it gave, the SNI name of the
+/// ClientHello it processed, if it processed one.
+fn with_hello_name<T>(step: impl FnOnce() -> T) -> (T, Option<Option<Box<str>>>) {
+    HELLO_NAME.take();
+    let out = step();
+    (out, HELLO_NAME.take())
 }
 
 /// Downstream TLS: the acceptor and where its certificate comes from. A cheap `Clone` handle
@@ -120,8 +150,8 @@ pub struct Tls(Arc<Inner>);
 
 /// What [`Tls`] shares.
 struct Inner {
-    /// Makes the handshakes.
-    acceptor: TlsAcceptor,
+    /// What every handshake starts from.
+    config: Arc<ServerConfig>,
     /// The certificate the acceptor hands out.
     slot: Arc<CertSlot>,
     /// `--tls-cert`.
@@ -149,7 +179,7 @@ impl Tls {
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(NoServerSessionStorage {});
         Ok(Self(Arc::new(Inner {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: Arc::new(config),
             slot,
             cert_path: cert_path.into(),
             key_path: key_path.into(),
@@ -158,22 +188,21 @@ impl Tls {
     }
 
     /// Makes the server side of the handshake on `tcp`, within [`HANDSHAKE_TIMEOUT`]; returns
-    /// the stream and the name the client asked for (SNI), if any. Counted in
+    /// the socket with its session and the name the client asked for (SNI), if any. Counted in
     /// [`m::TLS_HANDSHAKES`].
     ///
     /// # Errors
     /// [`HandshakeError`]: the socket is to be closed with reason `tls_handshake`.
-    pub async fn handshake(&self, tcp: TcpStream) -> Result<(TlsStream<TcpStream>, Option<Box<str>>), HandshakeError> {
-        let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.0.acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => Ok(stream),
+    pub(crate) async fn handshake(&self, tcp: TcpStream) -> Result<(Box<TlsSocket>, Option<Box<str>>), HandshakeError> {
+        let handshake = session::handshake(tcp, self.0.config.clone());
+        let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(opened)) => Ok(opened),
             Ok(Err(e)) => Err(HandshakeError::Failed(e)),
             Err(_) => Err(HandshakeError::Timeout),
         };
         let outcome = result.as_ref().map_or_else(HandshakeError::outcome, |_| "ok");
         metrics::counter!(m::TLS_HANDSHAKES, "outcome" => outcome).increment(1);
-        let stream = result?;
-        let name = stream.get_ref().1.server_name().map(Box::from);
-        Ok((stream, name))
+        result
     }
 
     /// Reloads the certificate when its files change (read every [`RELOAD_INTERVAL`]) and on

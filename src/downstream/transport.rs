@@ -5,25 +5,25 @@
 //! Both steps run in the socket's own task, before `opened` is sent, so one slow or bad client
 //! never holds up the accept loop or anybody else. The plain path stays what it was: the reader
 //! waits for readiness on the TCP socket and reads into a buffer that exists only while bytes
-//! are waiting (`Inbound` for `OwnedReadHalf`). Over TLS the reader waits with a one-byte read
-//! and then takes what else rustls has decrypted without waiting (`TlsInbound`), so an idle
-//! TLS socket holds no read buffer of ours either (rustls keeps its own, see
-//! `docs/benchmarks.md`).
+//! are waiting (`Inbound` for `OwnedReadHalf`). Over TLS it waits in the same way, and the
+//! records it reads are decrypted straight into that buffer (`tls::TlsInbound`): an idle TLS
+//! socket holds no read buffer either.
 
 use std::{io, net::SocketAddr, sync::Arc};
 
 use bytes::BufMut;
-use futures_util::FutureExt;
 use ipnet::IpNet;
 use tokio::{
-    io::{AsyncReadExt, Interest, ReadHalf},
+    io::Interest,
     net::{TcpStream, tcp::OwnedReadHalf},
 };
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{proxy_header, tls::Tls};
+use super::{
+    proxy_header,
+    tls::{Tls, TlsSocket},
+};
 use crate::{metrics as m, socket::CloseReason};
 
 /// How sockets arrive at this node: `--proxy-protocol` with `--proxy-from`, `--tls-cert`.
@@ -50,8 +50,8 @@ impl Edge {
 pub(crate) enum Transport {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP (boxed: the session is a few hundred bytes).
-    Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over TCP, with its session (boxed: see [`TlsSocket`]).
+    Tls(Box<TlsSocket>),
 }
 
 /// A socket that passed [`open`]: how it is known, and its stream.
@@ -101,8 +101,8 @@ async fn open_edge(edge: &Edge, mut tcp: TcpStream) -> Result<Opened, Option<Clo
         return Ok(Opened { remote, local, tls_server_name: None, transport: Transport::Plain(tcp) });
     };
     match tls.handshake(tcp).await {
-        Ok((stream, tls_server_name)) => {
-            Ok(Opened { remote, local, tls_server_name, transport: Transport::Tls(Box::new(stream)) })
+        Ok((socket, tls_server_name)) => {
+            Ok(Opened { remote, local, tls_server_name, transport: Transport::Tls(socket) })
         }
         Err(e) => {
             debug!(client.addr = %remote, error = %e, "TLS handshake failed; socket closed");
@@ -167,64 +167,4 @@ impl Inbound for OwnedReadHalf {
             other => other,
         }
     }
-}
-
-/// The reading half of a TLS socket, as an [`Inbound`].
-pub(crate) struct TlsInbound {
-    /// The stream's read half.
-    read: ReadHalf<TlsStream<TcpStream>>,
-    /// The byte the last [`Inbound::ready`] read, not yet handed out.
-    first: Option<u8>,
-    /// The last `ready` found the end of the stream.
-    eof: bool,
-}
-
-impl TlsInbound {
-    /// Wraps a read half.
-    pub(crate) fn new(read: ReadHalf<TlsStream<TcpStream>>) -> Self {
-        Self { read, first: None, eof: false }
-    }
-}
-
-impl Inbound for TlsInbound {
-    async fn ready(&mut self) -> io::Result<()> {
-        if self.first.is_some() || self.eof {
-            return Ok(());
-        }
-        // One byte: waiting costs no buffer, and rustls keeps the rest of the record.
-        let mut byte = [0u8; 1];
-        match self.read.read(&mut byte).await {
-            Ok(0) => self.eof = true,
-            Ok(_) => self.first = Some(byte[0]),
-            Err(e) if closed_without_notify(&e) => self.eof = true,
-            Err(e) => return Err(e),
-        }
-        Ok(())
-    }
-
-    fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize> {
-        let Some(byte) = self.first.take() else {
-            return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
-        };
-        buf.put_u8(byte);
-        if !buf.has_remaining_mut() {
-            return Ok(1);
-        }
-        // What rustls has already decrypted, or can from what the socket holds, now.
-        match self.read.read_buf(buf).now_or_never() {
-            Some(Ok(0)) => self.eof = true,
-            Some(Err(e)) if closed_without_notify(&e) => self.eof = true,
-            Some(Err(e)) => return Err(e),
-            Some(Ok(n)) => return Ok(n + 1),
-            None => {}
-        }
-        Ok(1)
-    }
-}
-
-/// Whether a TLS read failed only because the client closed its TCP socket without TLS's
-/// `close_notify`, as most clients do: for the socket that is the client closing
-/// (`client_closed`), not an error. (Framing still tells a message cut short.)
-fn closed_without_notify(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::UnexpectedEof
 }

@@ -54,6 +54,14 @@ impl TestCa {
         (self.dir.path().join("cert.pem"), self.dir.path().join("key.pem"))
     }
 
+    /// Writes the CA's own certificate (PEM) next to the node's files, for clients that read it
+    /// from a file (`openssl s_client -CAfile`); returns its path.
+    pub fn write_ca(&self) -> PathBuf {
+        let path = self.dir.path().join("ca.pem");
+        replace(&path, self.issuer.pem().as_bytes());
+        path
+    }
+
     /// Issues a certificate and (re)writes the files, each replaced at once (written aside, then
     /// renamed), as a certificate manager does; returns the leaf's DER.
     pub fn write(&self) -> CertificateDer<'static> {
