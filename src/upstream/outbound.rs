@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, StreamExt as _, stream};
 use prost::Message;
 use tokio::sync::{OwnedMutexGuard, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -110,9 +110,4 @@ async fn next_event(backlog: &mut Backlog, finish: &CancellationToken, end: &Can
         event = backlog.rx.recv() => event,
         () = finish.cancelled() => backlog.rx.try_recv().ok(),
     }
-}
-
-/// The events of `batches` one by one, for `Connect`.
-pub(super) fn unbatched(batches: impl Stream<Item = EventBatch> + Send) -> impl Stream<Item = Event> + Send {
-    batches.flat_map(|batch| stream::iter(batch.events))
 }

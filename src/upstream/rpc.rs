@@ -9,16 +9,18 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt, stream};
 use http::uri::PathAndQuery;
 use tonic::{Code, GrpcMethod, Status, Streaming, client::Grpc, transport::Channel};
 use tonic_prost::ProstCodec;
 
-use super::{outbound::unbatched, stream::MAX_COMMAND_BYTES};
 use crate::{
     proto::{UpstreamCommand, UpstreamCommandBatch},
     socket::{event::Event, wire::EventBatch},
 };
+
+/// Largest command an upstream may send (a payload plus a little), in bytes.
+pub const MAX_COMMAND_BYTES: usize = 16 << 20;
 
 /// Which RPC an upstream takes. Starts with `ConnectBatch`; set to `Connect` for good once the
 /// upstream answered `UNIMPLEMENTED`.
@@ -129,4 +131,9 @@ fn request<S>(events: S, method: &'static str) -> tonic::Request<S> {
     let mut request = tonic::Request::new(events);
     request.extensions_mut().insert(GrpcMethod::new("ppp.v1.Upstream", method));
     request
+}
+
+/// The events of `batches` one by one, for `Connect`.
+fn unbatched(batches: impl Stream<Item = EventBatch> + Send) -> impl Stream<Item = Event> + Send {
+    batches.flat_map(|batch| stream::iter(batch.events))
 }

@@ -54,8 +54,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(300);
 /// How long a keepalive ping may go unanswered before the connection is dead.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Largest command an upstream may send (a payload plus a little), in bytes.
-pub const MAX_COMMAND_BYTES: usize = 16 << 20;
 /// Commands for other nodes' sockets waiting on one stream; when full, the stream stops reading
 /// commands (HTTP/2 flow control holds the upstream).
 const REMOTE_QUEUE: usize = 4096;
