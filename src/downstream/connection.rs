@@ -260,8 +260,9 @@ fn read_into(read: &mut impl Inbound, buf: &mut BytesMut, read_size: usize) -> R
     }
 }
 
-/// Cuts every whole frame out of `buf` and forwards each, in order. The node's counters are
-/// added to once for all of them.
+/// Cuts every whole frame out of `buf` and forwards them, in order: all in one go when they go
+/// to one upstream ([`Route::try_forward_all`]), else one by one. The node's counters are added
+/// to once for all of them.
 async fn forward_frames(
     ctx: &Downstream,
     socket: &SocketState,
@@ -269,23 +270,27 @@ async fn forward_frames(
     buf: &mut BytesMut,
 ) -> Result<(), CloseReason> {
     let now = unix_ms();
-    let route = ctx.balancer.route();
     let mut tally = Tally::default();
-    let forwarded = loop {
-        let frame = match decoder.decode(buf) {
-            Ok(Some(frame)) => frame,
+    let mut events = Vec::new();
+    let decoded = loop {
+        match decoder.decode(buf) {
+            Ok(Some(frame)) => {
+                tally.note(&frame);
+                events.push(data_event(socket, frame, now));
+            }
             Ok(None) => break Ok(()),
             Err(e) => break Err(frame_error(e)),
-        };
-        tally.note(&frame);
-        if let Some(waiting) = try_forward(&route, socket, data_event(socket, frame, now))
-            && let Err(reason) = waiting.await
-        {
-            break Err(reason);
         }
     };
     tally.count();
-    forwarded
+    let route = ctx.balancer.route();
+    let rest = if events.len() > 1 { route.try_forward_all(events, socket) } else { events };
+    for event in rest {
+        if let Some(waiting) = try_forward(&route, socket, event) {
+            waiting.await?;
+        }
+    }
+    decoded
 }
 
 /// The messages and bytes of one read, added to the node's counters at once: they are shared by

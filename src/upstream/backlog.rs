@@ -3,9 +3,7 @@
 
 use std::collections::VecDeque;
 
-use tokio::sync::mpsc;
-
-use super::{pool::Upstream, window::ReplayWindow};
+use super::{pool::Upstream, queue::QueueRx, window::ReplayWindow};
 use crate::socket::event::Event;
 
 /// The events waiting for an upstream: its queue, and those taken from the queue while the
@@ -13,7 +11,7 @@ use crate::socket::event::Event;
 /// replay window: while the stream is down the upstream is not usable, so nothing new is queued
 /// for it but receipts for its own commands, and those stop with its stream.
 pub(super) struct Backlog {
-    pub(super) rx: mpsc::Receiver<Event>,
+    pub(super) rx: QueueRx,
     pub(super) pending: VecDeque<Event>,
     /// Events the current stream wrote that the upstream has not confirmed.
     pub(super) window: ReplayWindow,

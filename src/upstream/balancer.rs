@@ -175,6 +175,32 @@ impl<'a> Route<'a> {
         Err(event)
     }
 
+    /// Hands all of `events` (of `socket`, in its order) to one upstream in one go when the
+    /// rules send them all to one: the socket's bound upstream (`sticky`), or the only usable
+    /// one. Returns what was not handed over, in order, for [`Route::try_forward`] one by one:
+    /// everything when several upstreams share them (each event has its own turn) or when the
+    /// one has no room for all.
+    pub fn try_forward_all(&self, events: Vec<Event>, socket: &SocketState) -> Vec<Event> {
+        let balancer = self.balancer;
+        let one = match balancer.bound_in(Some(socket), &self.list).filter(|b| b.is_usable()) {
+            Some(bound) => bound,
+            None => {
+                let mut usable = self.list.iter().filter(|u| u.is_usable());
+                match (usable.next(), usable.next()) {
+                    (Some(only), None) => only.clone(),
+                    _ => return events,
+                }
+            }
+        };
+        match one.try_forward_all(events) {
+            Ok(()) => {
+                balancer.bind(Some(socket), &one);
+                Vec::new()
+            }
+            Err(events) => events,
+        }
+    }
+
     /// The balancer, to wait on when no upstream of the route has room.
     pub fn balancer(&self) -> &'a Balancer {
         self.balancer

@@ -3,7 +3,7 @@
 //!
 //! - [`balancer`]: which upstream gets each inbound event (round-robin or sticky, [`balance`]),
 //!   and inbound backpressure.
-//! - [`pool`]: the upstreams, their queues and their state (ready, open).
+//! - [`pool`]: the upstreams, their queues ([`queue`]) and their state (ready, open).
 //! - [`stream`]: the task that keeps one `Connect` stream open, reconnecting with [`backoff`];
 //!   [`outbound`]: what the node writes on it, from the upstream's [`backlog`]; [`commands`]:
 //!   what comes back (commands, receipts, acks).
@@ -22,6 +22,7 @@ pub mod dns;
 pub mod health;
 pub mod outbound;
 pub mod pool;
+pub mod queue;
 pub mod rpc;
 pub mod stream;
 pub mod tls;

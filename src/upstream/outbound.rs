@@ -93,7 +93,7 @@ fn fill(backlog: &mut Backlog, upstream: &Upstream, first: Event, event_seq: &mu
 
 /// The next event that is there without waiting: the backlog's first, else the queue's.
 fn ready_event(backlog: &mut Backlog) -> Option<Event> {
-    backlog.pending.pop_front().or_else(|| backlog.rx.try_recv().ok())
+    backlog.pending.pop_front().or_else(|| backlog.rx.try_recv())
 }
 
 /// The next event for the stream: what waits in the backlog first, then the queue. `None` when
@@ -108,6 +108,6 @@ async fn next_event(backlog: &mut Backlog, finish: &CancellationToken, end: &Can
         biased;
         () = end.cancelled() => None,
         event = backlog.rx.recv() => event,
-        () = finish.cancelled() => backlog.rx.try_recv().ok(),
+        () = finish.cancelled() => backlog.rx.try_recv(),
     }
 }

@@ -10,15 +10,15 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{rpc::Rpc, window::Delivery};
+use super::{
+    queue::{QueueRx, QueueTx, queue},
+    rpc::Rpc,
+    window::Delivery,
+};
 use crate::socket::event::Event;
-
-/// Capacity of each upstream's event queue. When every usable upstream's queue is full the node
-/// stops reading sockets (TCP flow control holds the clients).
-pub const UPSTREAM_QUEUE: usize = 8192;
 
 /// One upstream as this node sees it.
 #[derive(Debug)]
@@ -27,8 +27,8 @@ pub struct Upstream {
     pub id: String,
     /// Its gRPC URI.
     pub uri: String,
-    /// The queue the stream task drains into the `Connect` stream.
-    tx: mpsc::Sender<Event>,
+    /// The queue the stream task drains into the stream.
+    tx: QueueTx,
     /// Health says SERVING.
     ready: AtomicBool,
     /// The `Connect` stream is open.
@@ -64,7 +64,7 @@ impl Upstream {
 
     /// Events waiting in its queue.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.queued()
     }
 
     /// Whether its stream is open.
@@ -116,27 +116,34 @@ impl Upstream {
     // The event is handed back, not boxed: boxing would cost an allocation per message.
     #[allow(clippy::result_large_err)]
     pub fn try_forward(&self, event: Event) -> Result<(), Event> {
-        match self.tx.try_send(event) {
-            Ok(()) => {
-                self.messages_sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) => Err(e),
-        }
+        self.tx.try_send(event)?;
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Hands all of `events` over without waiting, in one go, or none of them.
+    ///
+    /// # Errors
+    /// The events, when the queue has no room for all of them.
+    pub fn try_forward_all(&self, events: Vec<Event>) -> Result<(), Vec<Event>> {
+        let n = events.len() as u64;
+        self.tx.try_send_all(events)?;
+        self.messages_sent.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Waits for room in the queue and reserves it; `None` if the queue is closed.
     ///
     /// # Cancel safety
     /// Cancel safe: a reservation not yet returned is released.
-    pub async fn reserve(self: Arc<Self>) -> Option<(Arc<Self>, mpsc::OwnedPermit<Event>)> {
-        let permit = self.tx.clone().reserve_owned().await.ok()?;
+    pub async fn reserve(self: Arc<Self>) -> Option<(Arc<Self>, OwnedSemaphorePermit)> {
+        let permit = self.tx.reserve().await?;
         Some((self, permit))
     }
 
     /// Hands an event over through a reservation from [`Upstream::reserve`].
-    pub fn forward_reserved(&self, permit: mpsc::OwnedPermit<Event>, event: Event) {
-        permit.send(event);
+    pub fn forward_reserved(&self, permit: OwnedSemaphorePermit, event: Event) {
+        self.tx.send_reserved(permit, event);
         self.messages_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -185,8 +192,8 @@ impl UpstreamPool {
 
     /// Adds an upstream, not yet ready nor open; returns it and its queue's receiving end for
     /// the stream task. An upstream with the same id is replaced (and stopped).
-    pub fn insert(&self, id: String, uri: String) -> (Arc<Upstream>, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
+    pub fn insert(&self, id: String, uri: String) -> (Arc<Upstream>, QueueRx) {
+        let (tx, rx) = queue();
         let upstream = Arc::new(Upstream {
             id,
             uri,

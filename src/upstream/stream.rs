@@ -31,6 +31,7 @@ use super::{
     health,
     outbound::outbound,
     pool::Upstream,
+    queue::QueueRx,
     rpc::{self, Commands},
     tls::UpstreamTls,
     window::ReplayWindow,
@@ -39,7 +40,6 @@ use crate::{
     command::{Command, Dispatcher},
     metrics as m,
     proto::NodeHello,
-    socket::event::Event,
     upstream::balancer::Balancer,
 };
 
@@ -109,7 +109,7 @@ pub fn endpoint(uri: &str) -> Result<Endpoint, UriError> {
 }
 
 /// Runs the upstream's stream (and its health polling) until it is removed or the node drains.
-pub async fn run(upstream: Arc<Upstream>, rx: mpsc::Receiver<Event>, ctx: StreamContext) {
+pub async fn run(upstream: Arc<Upstream>, rx: QueueRx, ctx: StreamContext) {
     let Some(channel) = channel(&upstream, &ctx) else { return };
     // Health polling lives exactly as long as this task: the guard stops it on every way out.
     let _health_guard = spawn_health(&upstream, &channel, &ctx);
@@ -352,7 +352,7 @@ async fn reroute(upstream: &Upstream, backlog: &Arc<Mutex<Backlog>>, balancer: &
         warn!(events = replayed, "handing out again the events the upstream may not have received");
         metrics::counter!(m::EVENTS_REPLAYED, "upstream" => upstream.id.clone()).increment(replayed as u64);
     }
-    while let Ok(event) = backlog.rx.try_recv() {
+    while let Some(event) = backlog.rx.try_recv() {
         backlog.pending.push_back(event);
     }
     let mut kept = VecDeque::new();
