@@ -544,6 +544,12 @@ fn micros(d: Duration) -> u32 {
 async fn idle(args: IdleArgs) -> Result<()> {
     let start = Instant::now();
     let sockets = connect_all(args.target, args.sockets).await?;
+    // Closed with a reset when the run ends (however it ends: SIGTERM too): thousands of ports
+    // in TIME_WAIT would make the next run's connects slow (the kernel looks for free ports),
+    // and the next run would measure that.
+    for socket in &sockets {
+        socket.set_zero_linger()?;
+    }
     let messages = args.messages;
     let Some(tls) = args.tls.client()? else {
         let sockets: Vec<_> = stream::iter(sockets)
