@@ -343,14 +343,7 @@ verdict() { if awk "BEGIN {exit !($1)}"; then echo met; else echo "NOT met"; fi;
 row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
 
 {
-    echo "# Cluster-mode benchmark, $(date -u +%F)"
-    echo
-    echo '```'
-    cat "$OUT/machine.txt"
-    echo '```'
-    echo
-    echo "| measure | runs | median | target | |"
-    echo "| --- | --- | --- | --- | --- |"
+    summary_head "Cluster-mode benchmark"
     row "throughput via one cluster-mode node (msgs/s, $SOCKETS sockets, bursts of $BURST x $SIZE B)" "${CL_TP[*]}" "$cl_tp" "" ""
     row "throughput via a standalone node (msgs/s)" "${SA_TP[*]}" "$sa_tp" "" ""
     row "throughput via HAProxy -> line_echo (msgs/s)" "${HA_TP[*]}" "$ha_tp" "" ""

@@ -162,6 +162,19 @@ machine_info() {
 }
 
 # summary_tail: the end of a summary: the load average after, and every run's line.
+# summary_head TITLE: a summary's start: its title with the date, the machine ($OUT/machine.txt)
+# and the header of its table of measures.
+summary_head() {
+    echo "# $1, $(date -u +%F)"
+    echo
+    echo '```'
+    cat "$OUT/machine.txt"
+    echo '```'
+    echo
+    echo "| measure | runs | median | target | |"
+    echo "| --- | --- | --- | --- | --- |"
+}
+
 summary_tail() {
     echo
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

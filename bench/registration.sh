@@ -65,14 +65,7 @@ done
 
 rate=$(median "${RATE[@]}")
 {
-    echo "# Registration benchmark, $(date -u +%F)"
-    echo
-    echo '```'
-    cat "$OUT/machine.txt"
-    echo '```'
-    echo
-    echo "| measure | runs | median | target | |"
-    echo "| --- | --- | --- | --- | --- |"
+    summary_head "Registration benchmark"
     echo "| sockets registered per second ($REG_SOCKETS sockets) | ${RATE[*]} | $rate | >= 40000 (issue 14) | $(verdict "((rate >= 40000))") |"
     echo "| registered after the generator's last connect (ms) | ${LAG[*]} | $(median "${LAG[@]}") | | |"
     echo "| sockets unregistered per second after they close | ${UNREG[*]} | $(median "${UNREG[@]}") | | |"

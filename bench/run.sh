@@ -131,14 +131,7 @@ p99=$(median "${NODE_P99[@]}")
 per=$(median "${PER_SOCKET[@]}")
 
 {
-    echo "# Node-core benchmark, $(date -u +%F)"
-    echo
-    echo '```'
-    cat "$OUT/machine.txt"
-    echo '```'
-    echo
-    echo "| measure | runs | median | target | |"
-    echo "| --- | --- | --- | --- | --- |"
+    summary_head "Node-core benchmark"
     echo "| throughput via node (msgs/s, $SOCKETS sockets, bursts of $BURST x $SIZE B) | ${NODE_TP[*]} | $node_tp | | |"
     echo "| throughput via HAProxy -> line_echo (msgs/s) | ${HA_TP[*]} | $ha_tp | | |"
     echo "| node / HAProxy | | $ratio | >= 0.7 (issue 14) | $(verdict "awk -v r=$ratio 'BEGIN {exit !(r >= 0.7)}'") |"

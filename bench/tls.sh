@@ -102,14 +102,7 @@ tls_idle=$(median "${TLS_IDLE[@]}")
 tls_used=$(median "${TLS_USED[@]}")
 
 {
-    echo "# Downstream TLS benchmark, $(date -u +%F)"
-    echo
-    echo '```'
-    cat "$OUT/machine.txt"
-    echo '```'
-    echo
-    echo "| measure | runs | median | target | |"
-    echo "| --- | --- | --- | --- | --- |"
+    summary_head "Downstream TLS benchmark"
     echo "| TLS handshakes per second, one node ($CONCURRENCY in flight, ECDSA P-256) | ${HS[*]} | $(median "${HS[@]}") | | |"
     echo "| throughput without TLS (msgs/s, $SOCKETS sockets, bursts of $BURST x $SIZE B) | ${PLAIN_TP[*]} | $plain_tp | | |"
     echo "| throughput with TLS (msgs/s, same load) | ${TLS_TP[*]} | $tls_tp | | |"

@@ -23,6 +23,21 @@ const LABELS: u32 = 4;
 /// `NodeEventBatch.events`.
 const EVENTS: u32 = 1;
 
+/// `merge_field` for a message the node only writes, never reads: it skips the field.
+macro_rules! write_only {
+    () => {
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), DecodeError> {
+            encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+    };
+}
+
 impl Data {
     /// The encoded length of the `SocketData` message, without its key and length.
     fn body_len(&self) -> usize {
@@ -103,16 +118,7 @@ impl Message for Event {
         event + seq + if self.redelivered { encoding::bool::encoded_len(REDELIVERED, &true) } else { 0 }
     }
 
-    /// Never called: the node only writes events. Skips the field.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    write_only!();
 
     fn clear(&mut self) {
         *self = Self { kind: Kind::Data(Data::default()), event_seq: 0, redelivered: false };
@@ -137,16 +143,7 @@ impl Message for EventBatch {
         self.events.iter().map(|e| encoding::message::encoded_len(EVENTS, e)).sum()
     }
 
-    /// Never called: the node only writes batches. Skips the field.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    write_only!();
 
     fn clear(&mut self) {
         self.events.clear();
