@@ -33,8 +33,8 @@ pub struct Settings {
     max_connections: AtomicUsize,
     /// The log filter (`RUST_LOG` syntax).
     log: Arc<LogFilter>,
-    /// Cancelled (and replaced) when `idle_timeout` changes, so sockets waiting on the old
-    /// deadline wake up and take the new one.
+    /// Cancelled (and replaced) when `idle_timeout` changes, so the idle sweep
+    /// (`downstream::idle`), waiting on the old period, wakes up and takes the new one.
     idle_changed: Mutex<CancellationToken>,
 }
 
