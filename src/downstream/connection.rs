@@ -28,7 +28,6 @@ use crate::{
     cluster::Records,
     config::Framing,
     metrics as m,
-    settings::Settings,
     socket::{
         CloseReason, QueueBounds, SocketState, SocketTable,
         event::{self, Event},
@@ -54,8 +53,6 @@ pub struct Downstream {
     pub table: SocketTable,
     /// Where lifecycle records go (the only part of the backend the data path holds).
     pub records: Arc<dyn Records>,
-    /// Idle settings (`--idle-timeout` is the node's sweep: [`super::idle`]).
-    pub settings: Arc<Settings>,
     /// `--framing`.
     pub framing: Framing,
     /// `--max-frame`.

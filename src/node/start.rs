@@ -58,7 +58,7 @@ impl Node {
         let drain = Drain::default();
         let tracker = TaskTracker::new();
         let stream_ctx = stream_context(&config, run_id, &dispatcher, &balancer, &drain, &tracker)?;
-        let downstream = downstream(&config, balancer, &table, &backend, &settings, drain.accepting())?;
+        let downstream = downstream(&config, balancer, &table, &backend, drain.accepting())?;
         let limit = admission::Limit::new(settings.clone());
         let inner = Inner {
             node_id: config.node_id(),
@@ -91,7 +91,7 @@ impl Node {
             // New handshakes are over once accepting stops: so is reloading their certificate.
             tracker.spawn(tls.watch(stop.clone()));
         }
-        tracker.spawn(idle::sweep(downstream.table.clone(), downstream.settings.clone(), stop.clone()));
+        tracker.spawn(idle::sweep(downstream.table.clone(), self.inner.settings.clone(), stop.clone()));
         tracker.spawn(listener::run(listener, downstream, limit, tracker.clone(), stop));
     }
 
@@ -133,7 +133,6 @@ fn downstream(
     balancer: Balancer,
     table: &SocketTable,
     backend: &Arc<dyn Backend>,
-    settings: &Arc<Settings>,
     stop: CancellationToken,
 ) -> Result<Downstream, NodeError> {
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -146,7 +145,6 @@ fn downstream(
         balancer,
         table: table.clone(),
         records: backend.clone(),
-        settings: settings.clone(),
         framing: config.framing,
         max_frame: config.max_frame,
         write_queue: QueueBounds { messages: config.write_queue, bytes: config.write_queue_bytes },

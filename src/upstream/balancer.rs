@@ -103,15 +103,11 @@ impl Balancer {
     /// The upstreams worth waiting on: the socket's bound one if usable, else every usable one.
     fn candidates(&self, socket: Option<&SocketState>, exclude: Option<&str>) -> Vec<Arc<Upstream>> {
         let usable = |u: &Arc<Upstream>| u.is_usable() && Some(u.id.as_str()) != exclude;
-        if let Some(bound) = self.bound(socket).filter(|b| usable(b)) {
+        let list = self.pool.snapshot();
+        if let Some(bound) = self.bound_in(socket, &list).filter(|b| usable(b)) {
             return vec![bound];
         }
-        self.pool.snapshot().iter().filter(|u| usable(u)).cloned().collect()
-    }
-
-    /// The upstream a socket is bound to, in sticky mode.
-    fn bound(&self, socket: Option<&SocketState>) -> Option<Arc<Upstream>> {
-        self.bound_in(socket, &self.pool.snapshot())
+        list.iter().filter(|u| usable(u)).cloned().collect()
     }
 
     /// The upstream a socket is bound to, in sticky mode, among `list`.
