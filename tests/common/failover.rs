@@ -67,6 +67,16 @@ pub struct FailoverFigures {
 }
 
 impl FailoverFigures {
+    /// Prints [`FailoverFigures::line`] and asserts what every topology's failover must give:
+    /// no socket and no event lost, no broadcast answered OK that missed a socket, and the
+    /// admin API's cross-node send in the gap a 503.
+    pub fn assert_nothing_lost(&self, topology: &str) {
+        println!("{}", self.line(topology));
+        assert_eq!((self.sockets_lost, self.events_lost), (0, 0), "{self:?}");
+        assert_eq!(self.broadcasts_lost, 0, "a broadcast answered OK missed a socket: {self:?}");
+        assert_eq!(self.admin_status, 503, "a cross-node send in the gap is a 503: {self:?}");
+    }
+
     /// One line for the test log (and docs/benchmarks.md).
     pub fn line(&self, topology: &str) -> String {
         let after_promotion = self.recovered.saturating_sub(self.promoted).as_millis();
