@@ -25,13 +25,8 @@ fail() {
 }
 
 venv=${PPP_K8S_VENV:-$target/venv-kubernetes-validate}
-if [[ ! -x $venv/bin/python ]]; then
-  say "creating a venv in $venv"
-  "${PYTHON:-python3}" -m venv "$venv" || fail "cannot create a venv in $venv (on Debian: apt-get install python3-venv)"
-fi
+bash "$root/scripts/venv.sh" "$venv" "$here/requirements.txt" || fail "no venv with requirements.txt"
 python=$venv/bin/python
-"$python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" \
-  || fail "pip install -r requirements.txt failed"
 
 # The manifests kustomization.yaml lists, checked against the folder.
 mapfile -t manifests < <("$python" - "$here" <<'PY' || fail "kustomization.yaml does not match the folder"

@@ -20,10 +20,5 @@ fail() {
 }
 
 venv=${PPP_PY_VENV:-$root/target/interop/venv}
-if [[ ! -x $venv/bin/python ]]; then
-  echo "smoke_test: creating a venv in $venv"
-  "${PYTHON:-python3}" -m venv "$venv" || fail "cannot create a venv in $venv (on Debian: apt-get install python3-venv)"
-fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" \
-  || fail "pip install -r requirements.txt failed"
+bash "$root/scripts/venv.sh" "$venv" "$here/requirements.txt" || fail "no venv with requirements.txt"
 PYTHON=$venv/bin/python exec bash "$root/scripts/upstream_smoke.sh" "$venv/bin/python" "$here/upstream.py"

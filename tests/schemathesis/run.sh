@@ -35,13 +35,8 @@ source "$root/scripts/harness.sh"
 
 # --- The venv and the binaries ------------------------------------------------------------------
 venv=${PPP_SCHEMATHESIS_VENV:-$target/venv-schemathesis}
-if [[ ! -x $venv/bin/python ]]; then
-  say "creating a venv in $venv"
-  "${PYTHON:-python3}" -m venv "$venv" || fail "cannot create a venv in $venv (on Debian: apt-get install python3-venv)"
-fi
+bash "$root/scripts/venv.sh" "$venv" "$here/requirements.txt" || fail "no venv with requirements.txt"
 python=$venv/bin/python
-"$python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" \
-  || fail "pip install -r requirements.txt failed"
 (cd "$root" && cargo build --quiet --locked --bin ppp --example echo_upstream) || fail "cargo build"
 
 # --- Free ports, the upstream, the node ---------------------------------------------------------
