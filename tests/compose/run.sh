@@ -281,6 +281,17 @@ until_ok 30 "all three upstreams ready on node1" upstreams_ready
 rcli_on() { docker exec "$(container "$1")" redis-cli "${@:2}"; }
 in_sync() { rcli_on redis-replica INFO replication | grep -q master_link_status:up; }
 until_ok 30 "the replica in sync" in_sync
+# Sentinels learn of a replica only from the primary's INFO, every 10 s: until each one knows it
+# (and the other two), a kill leaves the leader with no replica to promote
+# (`-failover-abort-no-good-slave`). tests/common/redis_sentinel.rs waits the same way.
+sentinel_field() { rcli_on "$1" -p 26379 SENTINEL MASTER mymaster | grep -A1 -x "$2" | tail -1; }
+sentinels_know() {
+    local s
+    for s in sentinel1 sentinel2 sentinel3; do
+        [[ $(sentinel_field "$s" num-slaves) == 1 && $(sentinel_field "$s" num-other-sentinels) == 2 ]] || return 1
+    done
+}
+until_ok 30 "every Sentinel knows the replica and the other Sentinels" sentinels_know
 HOLD=$(docker run -d --network "${PROJECT}_edge" --entrypoint python3 ppp-test/python:local /app/client.py hold balancer:7999 30)
 until_ok 60 "30 sockets held" held
 until_ok 15 "all 30 in Redis" in_redis
