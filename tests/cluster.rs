@@ -37,6 +37,12 @@ async fn a_broadcast_that_misses_a_node_fails_with_the_count_and_that_node_is_no
 }
 
 #[tokio::test]
+async fn a_runtime_change_made_while_a_node_was_off_the_bus_reaches_it_when_it_is_back() {
+    let redis = RedisServer::start().await;
+    checks::a_runtime_change_made_while_a_node_was_off_the_bus_reaches_it_when_it_is_back(&redis).await;
+}
+
+#[tokio::test]
 async fn a_broadcast_fails_naming_a_dead_node_until_it_is_reaped() {
     let redis = RedisServer::start().await;
     checks::a_broadcast_fails_naming_a_dead_node_until_it_is_reaped(&redis).await;

@@ -40,6 +40,12 @@ async fn a_broadcast_that_misses_a_node_fails_with_the_count_and_that_node_is_no
 }
 
 #[tokio::test]
+async fn a_runtime_change_made_while_a_node_was_off_the_bus_reaches_it_when_it_is_back() {
+    let redis = RedisClusterSet::start().await;
+    checks::a_runtime_change_made_while_a_node_was_off_the_bus_reaches_it_when_it_is_back(&redis).await;
+}
+
+#[tokio::test]
 async fn a_broadcast_fails_naming_a_dead_node_until_it_is_reaped() {
     let redis = RedisClusterSet::start().await;
     checks::a_broadcast_fails_naming_a_dead_node_until_it_is_reaped(&redis).await;
@@ -146,4 +152,15 @@ async fn every_lua_script_runs_on_the_cluster_slot() {
     let published: (usize, Vec<String>) =
         broadcast.key(format!("{K}nodes")).arg(&["SPUBLISH", &channel, "x"]).invoke_async(&mut c).await.unwrap();
     assert_eq!(published, (0, vec!["n2".to_owned()]), "no subscriber, one member");
+    let runtime = Script::new(include_str!("../redis/runtime.lua"));
+    let control = format!("{K}ch:control");
+    let (version, epoch): (u64, String) = runtime
+        .key(format!("{K}runtime"))
+        .arg(&["SPUBLISH", &control, "x", "n1", "4000", "epoch-1", "balance", "sticky"])
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((version, epoch.as_str()), (1, "epoch-1"));
+    let stored: String = c.hget(format!("{K}runtime"), "balance:version").await.unwrap();
+    assert_eq!(stored, "1");
 }

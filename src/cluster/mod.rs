@@ -169,15 +169,17 @@ pub trait Backend: Records {
     async fn socket(&self, id: SocketId, idle_after: std::time::Duration)
     -> Result<Option<SocketRecord>, BackendError>;
 
-    /// Hands a runtime settings change to every other node (`K:ch:control`).
+    /// Hands a runtime settings change, applied on this node already, to every other node
+    /// (recorded in `K:runtime` and announced on `K:ch:control`).
     ///
     /// # Errors
-    /// [`BackendError::Unavailable`] when it could not be published.
+    /// [`BackendError::Unavailable`] when Redis did not take it (or did not answer in time).
     async fn publish_runtime(&self, _patch: &RuntimePatch) -> Result<(), BackendError> {
         Ok(())
     }
 
-    /// Runtime settings changes published by other nodes, for this node to apply.
+    /// Cluster-wide runtime settings changes this node has not applied yet (those made on other
+    /// nodes, and any it missed while it did not hear the bus), for it to apply.
     fn runtime_changes(&self) -> tokio::sync::broadcast::Receiver<RuntimePatch>;
 
     /// Lifecycle records waiting to be written to the shared state.

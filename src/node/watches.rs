@@ -1,6 +1,6 @@
 //! The node's watches: each takes one kind of news from the backend and acts on it, until the
 //! drain ends the upstream streams: registry changes (reconcile the pool), runtime settings
-//! published by other nodes, the cluster's lifecycle announcements (hand them to upstreams), and
+//! changed cluster-wide, the cluster's lifecycle announcements (hand them to upstreams), and
 //! commands and broadcasts from other nodes (carry them out).
 
 use std::future::Future;
@@ -29,7 +29,7 @@ impl Node {
             match patch {
                 Ok(patch) => {
                     if let Err(e) = node.apply_runtime(&patch, false).await {
-                        warn!(error = %e, "runtime settings from another node refused");
+                        warn!(error = %e, "cluster-wide runtime settings refused");
                     }
                 }
                 Err(BroadcastStreamRecvError::Lagged(n)) => {

@@ -62,11 +62,12 @@ pub enum BusMessage {
         /// What changed: `upstreams`.
         what: String,
     },
-    /// Runtime settings for every node but `origin` (which applied them already).
+    /// Runtime settings changed cluster-wide: every node reads `K:runtime`, which holds the
+    /// change (see `runtime.rs`).
     Runtime {
-        /// The node that published it.
+        /// The node that made the change.
         origin: String,
-        /// The change.
+        /// The change, for whoever watches the channel (the nodes read `K:runtime`).
         patch: RuntimePatch,
     },
 }

@@ -23,6 +23,9 @@ pub struct Keys {
     pub rr: String,
     /// `K:events` — stream: lifecycle history.
     pub events: String,
+    /// `K:runtime` — hash: the cluster-wide runtime settings, each with the version that last
+    /// set it (see `runtime.rs`).
+    pub runtime: String,
     /// `K:ch:broadcast` — channel: broadcasts.
     pub broadcast_channel: String,
     /// `K:ch:control` — channel: registry and runtime settings changes.
@@ -40,6 +43,7 @@ impl Keys {
             upstreams: format!("{base}upstreams"),
             rr: format!("{base}rr"),
             events: format!("{base}events"),
+            runtime: format!("{base}runtime"),
             broadcast_channel: format!("{base}ch:broadcast"),
             control_channel: format!("{base}ch:control"),
             base,
@@ -103,6 +107,7 @@ mod tests {
         assert_eq!(k.upstreams, "ppp:{default}:upstreams");
         assert_eq!(k.rr, "ppp:{default}:rr");
         assert_eq!(k.events, "ppp:{default}:events");
+        assert_eq!(k.runtime, "ppp:{default}:runtime");
         assert_eq!(k.node_channel("n1"), "ppp:{default}:ch:node:n1");
         assert_eq!(k.broadcast_channel, "ppp:{default}:ch:broadcast");
         assert_eq!(k.control_channel, "ppp:{default}:ch:control");
@@ -113,7 +118,9 @@ mod tests {
         let k = Keys::new("ppp", "default");
         let slot = redis::cluster_routing::Slot::for_key(k.nodes.as_bytes());
         let (job, owner, sent) = k.reap_job("n1/run/1");
-        for key in [k.socket("abc"), k.node_reaped("n1"), k.node_channel("n2"), k.control_channel, job, owner, sent] {
+        for key in
+            [k.socket("abc"), k.node_reaped("n1"), k.node_channel("n2"), k.control_channel, k.runtime, job, owner, sent]
+        {
             assert_eq!(redis::cluster_routing::Slot::for_key(key.as_bytes()), slot, "{key}");
         }
         let other = Keys::new("ppp", "other");

@@ -20,6 +20,7 @@
 //! - [`broadcasting`]: broadcasts, OK only once every live node received them.
 //! - [`handoff`]: the channels whose receiving end the node takes once.
 //! - [`registry`]: the shared upstream registry.
+//! - [`runtime`]: cluster-wide runtime settings, kept in `K:runtime` for a node that missed one.
 //! - this file: the backend itself (its state, its tasks) and the [`Backend`] it implements.
 
 pub mod broadcasting;
@@ -35,6 +36,7 @@ pub mod reaper;
 pub mod records;
 pub mod registry;
 pub mod resync;
+pub mod runtime;
 pub mod shared;
 pub mod subscriber;
 pub mod subscription;
@@ -57,8 +59,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info_span};
 
 use self::{
-    bus::BusMessage,
-    connection::{unavailable, within},
     counter::{LeasedCounter, SharedCounter},
     handoff::Handoff,
     keys::Keys,
@@ -82,8 +82,6 @@ use crate::{
 const INBOUND_QUEUE: usize = 1024;
 /// How long a node waits for the owner's receipt of a command it forwarded.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Runtime settings changes held for the node to apply; more at once is an operator's loop.
-const RUNTIME_BACKLOG: usize = 64;
 /// Pause before reconnecting the bus subscriber (a failover takes a second or more; a shorter
 /// pause only asks the Sentinels or the cluster more often meanwhile).
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
@@ -164,8 +162,8 @@ pub struct RedisBackend {
     reachable: AtomicBool,
     /// Wakes the resync early (the node found it was reaped, or Redis came back empty).
     resync_now: Notify,
-    /// Runtime settings changes from other nodes.
-    runtime: broadcast::Sender<RuntimePatch>,
+    /// Cluster-wide runtime settings: the changes for the node to apply, and what it has read.
+    runtime: runtime::RuntimeSync,
 }
 
 impl RedisBackend {
@@ -219,7 +217,7 @@ impl RedisBackend {
             resync_now: Notify::new(),
             reachable: AtomicBool::new(false),
             known_upstreams: Mutex::default(),
-            runtime: broadcast::Sender::new(RUNTIME_BACKLOG),
+            runtime: runtime::RuntimeSync::default(),
         });
         backend.spawn_tasks(writer);
         Ok(backend)
@@ -284,15 +282,11 @@ impl Backend for RedisBackend {
     }
 
     async fn publish_runtime(&self, patch: &RuntimePatch) -> Result<(), BackendError> {
-        let message = BusMessage::Runtime { origin: self.node.clone(), patch: patch.clone() };
-        within(async {
-            self.publish(&self.keys.control_channel.clone(), message).await.map(|_| ()).map_err(unavailable)
-        })
-        .await
+        self.publish_runtime_change(patch).await
     }
 
     fn runtime_changes(&self) -> broadcast::Receiver<RuntimePatch> {
-        self.runtime.subscribe()
+        self.runtime.changes.subscribe()
     }
 
     fn queue_depth(&self) -> usize {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{
     RESUBSCRIBE_PAUSE, RedisBackend,
@@ -25,14 +25,19 @@ impl RedisBackend {
             match timed(self.shared.topology().subscribe(&channels)).await {
                 Ok(mut subscription) => {
                     debug!("bus subscribed");
-                    self.subscribed.send_replace(true);
-                    // Anything may have changed while we were away: the registry is read again.
-                    // (Runtime settings are not kept in Redis: a change published meanwhile is
-                    // lost for this node, as for a node started later; a command whose receipt
-                    // was lost fails after COMMAND_TIMEOUT; a broadcast published meanwhile
-                    // failed at its sender, which counted this node's subscription missing.)
+                    // Anything may have changed while we were away: the registry and the
+                    // runtime settings are read again, and the node is ready (it hears the bus)
+                    // once it has caught up. (A command whose receipt was lost fails after
+                    // COMMAND_TIMEOUT; a broadcast published meanwhile failed at its sender,
+                    // which counted this node's subscription missing.)
                     self.registry.send_modify(|v| *v += 1);
-                    self.listen(&mut subscription, &control).await;
+                    match self.catch_up_runtime().await {
+                        Ok(()) => {
+                            self.subscribed.send_replace(true);
+                            self.listen(&mut subscription, &control).await;
+                        }
+                        Err(e) => warn!(error = %e, "could not read the runtime settings"),
+                    }
                     self.subscribed.send_replace(false);
                     if self.bus_stop.is_cancelled() {
                         return;
@@ -58,26 +63,33 @@ impl RedisBackend {
             };
             let Some(message) = message else { return };
             if message.get_channel_name() == control {
-                self.on_control(message.get_payload_bytes());
+                if let Err(e) = self.on_control(message.get_payload_bytes()).await {
+                    // Read again once subscribed again: nothing published meanwhile is missed.
+                    warn!(error = %e, "could not read the runtime settings");
+                    return;
+                }
                 continue;
             }
             self.on_bus(message.get_payload_bytes()).await;
         }
     }
 
-    /// Handles a message on the control channel: runtime settings from another node are
-    /// applied; anything else, even a message typed by hand in `redis-cli`, means "re-read the
-    /// registry".
-    fn on_control(&self, payload: &[u8]) {
+    /// Handles a message on the control channel: a runtime settings notice means "read
+    /// `K:runtime`" (from any node, this one too: what it holds is the truth, the notice's patch
+    /// only says what changed); anything else, even a message typed by hand in `redis-cli`,
+    /// means "re-read the registry".
+    ///
+    /// # Errors
+    /// The Redis error of reading `K:runtime`.
+    async fn on_control(&self, payload: &[u8]) -> Result<(), redis::RedisError> {
         match BusMessage::decode(payload) {
-            Ok(BusMessage::Runtime { origin, patch }) => {
-                if origin != self.node {
-                    info!(from = %origin, "runtime settings changed by another node");
-                    let _ = self.runtime.send(patch);
-                }
+            Ok(BusMessage::Runtime { origin, .. }) => {
+                debug!(from = %origin, "runtime settings changed cluster-wide");
+                self.catch_up_runtime().await?;
             }
             _ => self.registry.send_modify(|v| *v += 1),
         }
+        Ok(())
     }
 
     /// Handles one bus message. Commands and broadcasts wait for room in the channel to the

@@ -6,7 +6,8 @@
 //! A node's subscription is taken away the way a failover takes it, but for that node only and
 //! for as long as the test wants: its Redis user loses the broadcast channel (`ACL SETUSER …
 //! resetchannels`), so Redis disconnects its subscription and refuses a new one until the
-//! channel is given back.
+//! channel is given back. A runtime settings change published meanwhile (on the control
+//! channel, taken away the same way) reaches the node once it is back.
 
 use std::time::Duration;
 
@@ -185,4 +186,78 @@ pub async fn a_broadcast_fails_naming_a_dead_node_until_it_is_reaped<R: TestRedi
     .await;
     admin_broadcast(&n1, "two nodes again").await.expect(202);
     admin_broadcast(&n2, "from n2 too").await.expect(202);
+}
+
+/// `PATCH /v1/runtime` on `node`, cluster-wide or on that node alone.
+async fn patch_runtime(node: &AdminNode, cluster: bool, patch: serde_json::Value) {
+    let path = if cluster { "/v1/runtime?cluster=true" } else { "/v1/runtime" };
+    node.json(Method::PATCH, path, patch).await.expect(200);
+}
+
+/// A cluster-wide runtime settings change made while n2's subscription is down (its Redis user
+/// loses the control channel) is not heard by n2 then, and reaches it once it subscribes again,
+/// from `K:runtime`; a setting n2 changed for itself alone stays; a node started after the
+/// changes starts from its own flags, and follows the next one, as every node follows one made
+/// after Redis lost its data.
+pub async fn a_runtime_change_made_while_a_node_was_off_the_bus_reaches_it_when_it_is_back<R: FaultRedis>(redis: &R) {
+    redis.acl(&["SETUSER", "n2", "on", ">n2-secret", "~*", "&*", "+@all"]).await;
+    let up = TestUpstream::start(false).await;
+    let n1 = AdminNode::start(cluster_config(redis, "n1", &[&up])).await;
+    let as_n2 = Config { redis: urls_as(redis.urls(), "n2", "n2-secret"), ..cluster_config(redis, "n2", &[&up]) };
+    let n2 = AdminNode::start(as_n2).await;
+    all_ready(redis, &[&n1, &n2], 2).await;
+    let flags = n2.get("/v1/runtime").await.json;
+    patch_runtime(&n1, true, json!({"balance": "sticky"})).await;
+    eventually_async("n2 hears the change", || async { n2.get("/v1/runtime").await.json["balance"] == "sticky" }).await;
+    patch_runtime(&n2, false, json!({"idle_timeout": "1m"})).await;
+
+    let channels = [&format!("&{K}ch:node:*"), &format!("&{K}ch:broadcast")];
+    redis.acl(&["SETUSER", "n2", "resetchannels", channels[0], channels[1]]).await;
+    eventually_async("n2 off the bus", || async { n2.get("/readyz").await.status == 503 }).await;
+    patch_runtime(&n1, true, json!({"idle_after": "5s", "max_connections": 777})).await;
+    assert_eq!(n1.get("/v1/runtime").await.json["idle_after"], "5s");
+    let unheard = n2.get("/v1/runtime").await.json;
+    assert_eq!(
+        (&unheard["idle_after"], &unheard["max_connections"]),
+        (&flags["idle_after"], &flags["max_connections"])
+    );
+
+    redis.acl(&["SETUSER", "n2", "allchannels"]).await;
+    eventually_async("n2 back on the bus", || async { n2.get("/readyz").await.status == 200 }).await;
+    eventually_async("n2 caught up", || async {
+        let r = n2.get("/v1/runtime").await.json;
+        r["idle_after"] == "5s" && r["max_connections"] == 777
+    })
+    .await;
+    let caught_up = n2.get("/v1/runtime").await.json;
+    assert_eq!((&caught_up["balance"], &caught_up["idle_timeout"]), (&json!("sticky"), &json!("1m")), "{caught_up}");
+    let stored: std::collections::HashMap<String, String> =
+        redis.conn().await.hgetall(format!("{K}runtime")).await.unwrap();
+    assert_eq!((stored["version"].as_str(), stored["idle_after"].as_str()), ("2", "5s"), "{stored:?}");
+    assert_eq!((stored["idle_after:version"].as_str(), stored["changed_by"].as_str()), ("2", "n1"));
+
+    let n3 = AdminNode::start(cluster_config(redis, "n3", &[&up])).await;
+    all_ready(redis, &[&n1, &n2, &n3], 3).await;
+    assert_eq!(n3.get("/v1/runtime").await.json, flags, "a node starts from its own flags");
+    patch_runtime(&n2, true, json!({"log_filter": "info,ppp=debug"})).await;
+    for node in [&n1, &n3] {
+        eventually_async("the next change reaches every node", || async {
+            node.get("/v1/runtime").await.json["log_filter"] == "info,ppp=debug"
+        })
+        .await;
+    }
+    assert_eq!(n3.get("/v1/runtime").await.json["idle_after"], flags["idle_after"], "only what changed");
+
+    // Redis loses its data: the next change starts K:runtime anew (version 1, a new epoch), and
+    // still reaches every node, though each saw version 3 of the old one.
+    redis.flush_all().await;
+    patch_runtime(&n1, true, json!({"idle_after": "3s"})).await;
+    for node in [&n2, &n3] {
+        eventually_async("a change after Redis lost its data reaches every node", || async {
+            node.get("/v1/runtime").await.json["idle_after"] == "3s"
+        })
+        .await;
+    }
+    let version: String = redis.conn().await.hget(format!("{K}runtime"), "version").await.unwrap();
+    assert_eq!(version, "1");
 }
