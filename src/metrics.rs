@@ -41,7 +41,7 @@ pub const BYTES_IN: &str = "ppp_bytes_in_total";
 pub const BYTES_OUT: &str = "ppp_bytes_out_total";
 /// Counter: messages or events not delivered. Label `reason`: `slow_consumer`, `socket_closing`,
 /// `receipt_queue_full`, `upstream_gone`, `no_upstream`, `truncated_frame`, `record_queue_full`,
-/// `bad_bus_message`.
+/// `bad_bus_message`, `bad_runtime_settings` (a cluster-wide runtime change this node refused).
 pub const MESSAGES_REFUSED: &str = "ppp_messages_refused_total";
 /// Counter: commands carried out. Labels `command`, `status` (`ok`, `unknown_socket`, `failed`).
 pub const COMMANDS: &str = "ppp_commands_total";
@@ -165,7 +165,7 @@ pub const FAMILIES: [Family; 29] = {
 };
 
 /// The `reason` label values of [`MESSAGES_REFUSED`].
-pub const REFUSAL_REASONS: [&str; 8] = [
+pub const REFUSAL_REASONS: [&str; 9] = [
     "slow_consumer",
     "socket_closing",
     "receipt_queue_full",
@@ -174,6 +174,7 @@ pub const REFUSAL_REASONS: [&str; 8] = [
     "truncated_frame",
     "record_queue_full",
     "bad_bus_message",
+    "bad_runtime_settings",
 ];
 
 /// The `outcome` label values of [`TLS_HANDSHAKES`].

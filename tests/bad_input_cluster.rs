@@ -1,5 +1,5 @@
 //! Bad input from the cluster side, against real nodes: garbage published on the Redis bus
-//! channels, and a runtime patch with a huge duration. The node counts or ignores what it cannot
+//! channels, and a runtime settings change with a huge duration typed into `K:runtime`. The node counts or ignores what it cannot
 //! use and the cluster goes on. (Clients' bad bytes: `bad_input_downstream.rs`; upstreams'
 //! commands: `bad_input_upstream.rs`.)
 
@@ -20,13 +20,19 @@ use redis::AsyncCommands;
 // ---------------------------------------------------------------------------------------------
 // The Redis bus.
 
-/// `ppp_messages_refused_total{reason="bad_bus_message"}` in this process's recorder (every node
-/// of this test binary counts into it).
-fn bad_bus_messages() -> u64 {
+/// `ppp_messages_refused_total{reason}` in this process's recorder (every node of this test
+/// binary counts into it).
+fn refused(reason: &str) -> u64 {
     let text = ppp::metrics::install().expect("the nodes' recorder").render();
+    let label = format!("reason=\"{reason}\"");
     text.lines()
-        .find(|l| l.starts_with("ppp_messages_refused_total{") && l.contains("reason=\"bad_bus_message\""))
+        .find(|l| l.starts_with("ppp_messages_refused_total{") && l.contains(&label))
         .map_or(0, |l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+}
+
+/// `ppp_messages_refused_total{reason="bad_bus_message"}`.
+fn bad_bus_messages() -> u64 {
+    refused("bad_bus_message")
 }
 
 /// Publishes `payload` on `channel` as `redis-cli PUBLISH` does; returns how many received it.
@@ -176,21 +182,31 @@ async fn garbage_on_the_bus_is_counted_or_ignored_and_the_cluster_goes_on() {
     assert!(up.closed().is_empty(), "no socket closed: {:?}", up.closed());
 }
 
-/// A runtime patch from the bus is validated again by every node; a duration too large for the
-/// settings must be refused or kept as very long, never wrapped into a short one.
+/// A runtime settings change read from `K:runtime` is validated again by every node: one typed
+/// into the hash by hand with a duration too large for the settings is refused and counted,
+/// never wrapped into a short one, and the next change applies.
 #[tokio::test]
-async fn a_runtime_patch_with_a_huge_duration_on_the_bus_never_becomes_a_short_one() {
+async fn a_runtime_change_with_a_huge_duration_in_redis_is_refused_never_a_short_one() {
     let redis = RedisServer::start().await;
     let up = TestUpstream::start(false).await;
     let n1 = start_node(cluster_config(&redis, "n1", &[&up])).await;
-    wait_subscribers(&redis, "ppp:{default}:ch:control", 1).await;
-    let runtime = |patch: RuntimePatch| BusMessage::Runtime { origin: "other".into(), patch }.encode();
-    let huge = RuntimePatch { idle_timeout: Some("18446744073709552s 616ms".into()), ..RuntimePatch::default() };
-    publish(&redis, "ppp:{default}:ch:control", &runtime(huge)).await;
-    // A second, plain patch: once it is applied, so was (or was refused) the first.
-    let marker = RuntimePatch { max_connections: Some(777), ..RuntimePatch::default() };
-    publish(&redis, "ppp:{default}:ch:control", &runtime(marker)).await;
-    eventually("the marker applied", || n1.settings().max_connections() == 777).await;
+    // Ready once subscribed and its first read of K:runtime is done (that read applies nothing).
+    eventually("n1 ready", || n1.is_ready()).await;
+    let settings = n1.settings().view();
+    let (key, control) = ("ppp:{default}:runtime", "ppp:{default}:ch:control");
+    let notice = BusMessage::Runtime { origin: "redis-cli".into(), patch: RuntimePatch::default() }.encode();
+    let refused_before = refused("bad_runtime_settings");
+    let huge = [("epoch", "typed"), ("version", "1"), ("idle_timeout", "18446744073709552s 616ms")];
+    let _: () = redis.conn().await.hset_multiple(key, &huge).await.unwrap();
+    let _: () = redis.conn().await.hset(key, "idle_timeout:version", 1).await.unwrap();
+    publish(&redis, control, &notice).await;
+    eventually("the change refused and counted", || refused("bad_runtime_settings") > refused_before).await;
+    assert_eq!(n1.settings().view(), settings, "a refused change changes nothing");
+
+    let marker = [("version", "2"), ("max_connections", "777"), ("max_connections:version", "2")];
+    let _: () = redis.conn().await.hset_multiple(key, &marker).await.unwrap();
+    publish(&redis, control, &notice).await;
+    eventually("the next change applied", || n1.settings().max_connections() == 777).await;
     let t = n1.settings().idle_timeout();
     assert!(t.is_none_or(|t| t > Duration::from_secs(365 * 86_400)), "idle_timeout became {t:?}");
 }

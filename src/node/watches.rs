@@ -13,6 +13,7 @@ use super::Node;
 use crate::{
     cluster::{Announcement, Inbound},
     command::Receipt,
+    metrics as m,
 };
 
 impl Node {
@@ -30,6 +31,7 @@ impl Node {
                 Ok(patch) => {
                     if let Err(e) = node.apply_runtime(&patch, false).await {
                         warn!(error = %e, "cluster-wide runtime settings refused");
+                        metrics::counter!(m::MESSAGES_REFUSED, "reason" => "bad_runtime_settings").increment(1);
                     }
                 }
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
