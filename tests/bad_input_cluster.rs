@@ -35,19 +35,10 @@ fn bad_bus_messages() -> u64 {
     refused("bad_bus_message")
 }
 
-/// Publishes `payload` on `channel` as `redis-cli PUBLISH` does; returns how many received it.
-async fn publish(redis: &RedisServer, channel: &str, payload: &[u8]) -> usize {
-    redis.conn().await.publish(channel, payload).await.unwrap()
-}
-
 /// Waits until `channel` has `n` subscribers (`PUBSUB NUMSUB`).
 async fn wait_subscribers(redis: &RedisServer, channel: &str, n: usize) {
-    eventually_async(&format!("{n} subscribers on {channel}"), || async {
-        let counts: Vec<(String, usize)> =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut redis.conn().await).await.unwrap();
-        counts[0].1 == n
-    })
-    .await;
+    eventually_async(&format!("{n} subscribers on {channel}"), || async { redis.subscribers(channel).await == n })
+        .await;
 }
 
 /// Payloads that are no bus message at all.
@@ -141,14 +132,14 @@ async fn garbage_on_the_bus_is_counted_or_ignored_and_the_cluster_goes_on() {
 
     let garbage = undecodable();
     for payload in &garbage {
-        assert_eq!(publish(&redis, node, payload).await, 1);
-        assert_eq!(publish(&redis, broadcast, payload).await, 2);
-        assert_eq!(publish(&redis, control, payload).await, 2);
+        assert_eq!(redis.publish(node, payload).await, 1);
+        assert_eq!(redis.publish(broadcast, payload).await, 2);
+        assert_eq!(redis.publish(control, payload).await, 2);
     }
     for (channel, payload) in decodable_but_wrong() {
         let channel = format!("ppp:{{default}}:ch:{channel}");
         let channel = if channel.ends_with(":node") { node.to_owned() } else { channel };
-        assert!(publish(&redis, &channel, &payload).await >= 1);
+        assert!(redis.publish(&channel, &payload).await >= 1);
     }
     // Once per message on n1's channel, twice (n1 and n2) per message on the broadcast channel.
     let expected = before + 3 * garbage.len() as u64;
@@ -199,13 +190,13 @@ async fn a_runtime_change_with_a_huge_duration_in_redis_is_refused_never_a_short
     let huge = [("epoch", "typed"), ("version", "1"), ("idle_timeout", "18446744073709552s 616ms")];
     let _: () = redis.conn().await.hset_multiple(key, &huge).await.unwrap();
     let _: () = redis.conn().await.hset(key, "idle_timeout:version", 1).await.unwrap();
-    publish(&redis, control, &notice).await;
+    redis.publish(control, &notice).await;
     eventually("the change refused and counted", || refused("bad_runtime_settings") > refused_before).await;
     assert_eq!(n1.settings().view(), settings, "a refused change changes nothing");
 
     let marker = [("version", "2"), ("max_connections", "777"), ("max_connections:version", "2")];
     let _: () = redis.conn().await.hset_multiple(key, &marker).await.unwrap();
-    publish(&redis, control, &notice).await;
+    redis.publish(control, &notice).await;
     eventually("the next change applied", || n1.settings().max_connections() == 777).await;
     let t = n1.settings().idle_timeout();
     assert!(t.is_none_or(|t| t > Duration::from_secs(365 * 86_400)), "idle_timeout became {t:?}");

@@ -26,26 +26,23 @@ pub async fn sweep(table: SocketTable, settings: Arc<Settings>, stop: Cancellati
     loop {
         // Subscribed before the look, so a change between the two is not missed.
         let changed = settings.idle_changed();
-        let wait = match settings.idle_timeout() {
-            Some(timeout) => {
-                close_idle(&table, timeout);
-                period(timeout)
-            }
-            None => Duration::MAX,
-        };
+        let next = settings.idle_timeout().map(|timeout| {
+            close_idle(&table, timeout);
+            period(timeout)
+        });
         tokio::select! {
             () = stop.cancelled() => return,
             () = changed => {}
-            () = sleep(wait) => {}
+            () = sleep(next) => {}
         }
     }
 }
 
-/// Sleeps `wait`; forever for `Duration::MAX`.
-async fn sleep(wait: Duration) {
-    match tokio::time::Instant::now().checked_add(wait) {
-        Some(deadline) if wait != Duration::MAX => tokio::time::sleep_until(deadline).await,
-        _ => std::future::pending().await,
+/// Sleeps `period` (at most a second, [`period`]); forever without one.
+async fn sleep(period: Option<Duration>) {
+    match period {
+        Some(period) => tokio::time::sleep(period).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -77,9 +77,7 @@ impl Commands {
             },
         }
     }
-}
 
-impl Commands {
     /// The next command of the batch being read, when one is left: there without waiting.
     pub fn next_ready(&mut self) -> Option<UpstreamCommand> {
         match self {
@@ -97,23 +95,13 @@ pub type Call = Pin<Box<dyn Future<Output = Result<Commands, Status>> + Send>>;
 /// The call is made as the generated `UpstreamClient` makes it, with the events written by
 /// [`crate::socket::wire`] instead of as `NodeEvent`s (which would copy every message first).
 pub fn call(rpc: &Rpc, channel: Channel, batches: impl Stream<Item = EventBatch> + Send + 'static) -> Call {
-    let mut grpc = Grpc::new(channel).max_decoding_message_size(MAX_COMMAND_BYTES);
     if rpc.batches() {
         Box::pin(async move {
-            ready(&mut grpc).await?;
-            let codec = ProstCodec::<EventBatch, UpstreamCommandBatch>::default();
-            let request = request(batches, "ConnectBatch");
-            let response = grpc.streaming(request, PathAndQuery::from_static(CONNECT_BATCH), codec).await?;
-            Ok(Commands::Batch(response.into_inner(), VecDeque::new()))
+            let inbound = streaming(channel, batches, "ConnectBatch", CONNECT_BATCH).await?;
+            Ok(Commands::Batch(inbound, VecDeque::new()))
         })
     } else {
-        Box::pin(async move {
-            ready(&mut grpc).await?;
-            let codec = ProstCodec::<Event, UpstreamCommand>::default();
-            let request = request(unbatched(batches), "Connect");
-            let response = grpc.streaming(request, PathAndQuery::from_static(CONNECT), codec).await?;
-            Ok(Commands::Single(response.into_inner()))
-        })
+        Box::pin(async move { Ok(Commands::Single(streaming(channel, unbatched(batches), "Connect", CONNECT).await?)) })
     }
 }
 
@@ -121,16 +109,24 @@ pub fn call(rpc: &Rpc, channel: Channel, batches: impl Stream<Item = EventBatch>
 const CONNECT: &str = "/ppp.v1.Upstream/Connect";
 const CONNECT_BATCH: &str = "/ppp.v1.Upstream/ConnectBatch";
 
-/// Waits until the channel can take a call.
-async fn ready(grpc: &mut Grpc<Channel>) -> Result<(), Status> {
-    grpc.ready().await.map_err(|e| Status::unknown(format!("Service was not ready: {e}")))
-}
-
-/// The streaming request for `method` of `ppp.v1.Upstream`.
-fn request<S>(events: S, method: &'static str) -> tonic::Request<S> {
+/// Calls `method` of `ppp.v1.Upstream` (at `path`) with `events`, as the generated client does:
+/// waits until the channel can take the call, then opens the stream; returns the upstream's side.
+async fn streaming<E, C>(
+    channel: Channel,
+    events: impl Stream<Item = E> + Send + 'static,
+    method: &'static str,
+    path: &'static str,
+) -> Result<Streaming<C>, Status>
+where
+    E: prost::Message + Send + 'static,
+    C: prost::Message + Default + Send + 'static,
+{
+    let mut grpc = Grpc::new(channel).max_decoding_message_size(MAX_COMMAND_BYTES);
+    grpc.ready().await.map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
     let mut request = tonic::Request::new(events);
     request.extensions_mut().insert(GrpcMethod::new("ppp.v1.Upstream", method));
-    request
+    let response = grpc.streaming(request, PathAndQuery::from_static(path), ProstCodec::<E, C>::default()).await?;
+    Ok(response.into_inner())
 }
 
 /// The events of `batches` one by one, for `Connect`.

@@ -23,9 +23,9 @@ use tokio::sync::Notify;
 
 use crate::socket::event::Event;
 
-/// Most events kept unconfirmed per upstream (about 200 bytes each plus payloads). Beyond it an
-/// acknowledging stream waits for acks; a stream without acks lets the oldest go unconfirmed,
-/// counted in `ppp_replay_window_overflow_total`.
+/// Most events kept unconfirmed per upstream (about 90 bytes each, an [`Event`] and its number,
+/// plus payloads). Beyond it an acknowledging stream waits for acks; a stream without acks lets
+/// the oldest go unconfirmed, counted in `ppp_replay_window_overflow_total`.
 pub const REPLAY_WINDOW: usize = 65_536;
 
 /// How far an upstream has confirmed what its streams wrote. Shared by the stream task (which

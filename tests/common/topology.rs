@@ -65,11 +65,12 @@ pub trait TestRedis {
     }
 
     /// Publishes `payload` on `channel` as the nodes do: `SPUBLISH` on a Redis Cluster (the
-    /// nodes' subscriptions there are sharded), `PUBLISH` elsewhere.
-    async fn publish(&self, channel: &str, payload: &[u8]) {
+    /// nodes' subscriptions there are sharded), `PUBLISH` elsewhere; returns how many
+    /// subscriptions received it.
+    async fn publish(&self, channel: &str, payload: &[u8]) -> usize {
         let name = if Self::MODE == RedisMode::Cluster { "SPUBLISH" } else { "PUBLISH" };
         let mut c = self.conn().await;
-        let _: usize = redis::cmd(name).arg(channel).arg(payload).query_async(&mut c).await.unwrap();
+        redis::cmd(name).arg(channel).arg(payload).query_async(&mut c).await.unwrap()
     }
 }
 
