@@ -167,14 +167,12 @@ loadgen_start() {
 # with the CPU share of each sampled process over the run, goes to results.txt and into LG_LINE.
 LG_LINE=
 loadgen_wait() {
-    local hz t1 c1 line cpu="" i
+    local t1 c1 line cpu="" i
     wait "$LG_PID" || die "loadgen against $LG_LABEL failed (see $OUT/loadgen.log)"
-    hz=$(getconf CLK_TCK)
     mapfile -t c1 < <(cpu_ticks "${SAMPLE[@]}")
     t1=$(now)
     for i in "${!SAMPLE[@]}"; do
-        cpu+=" $(awk -v a="${LG_C0[i]}" -v b="${c1[i]}" -v t0="$LG_T0" -v t1="$t1" -v hz="$hz" \
-            'BEGIN {printf "%.0f", (b - a) / hz / (t1 - t0) * 100}')"
+        cpu+=" $(cpu_pct "$LG_T0" "$t1" "${LG_C0[i]}" "${c1[i]}")"
     done
     LG_LINE="$LG_LABEL $(cat "$OUT/loadgen.out") cpu_pct[$SAMPLE_NAMES]=${cpu# }"
     echo "$LG_LINE" >>"$RESULTS"

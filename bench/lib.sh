@@ -127,6 +127,13 @@ cpu_ticks() {
     done
 }
 
+# cpu_pct T0 T1 TICKS0 TICKS1: a process's CPU share (%) from T0 to T1 (seconds, `date +%s.%N`),
+# given its cpu_ticks at each.
+cpu_pct() {
+    awk -v t0="$1" -v t1="$2" -v a="$3" -v b="$4" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN {printf "%.0f", (b - a) / hz / (t1 - t0) * 100}'
+}
+
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 
@@ -236,8 +243,7 @@ SAMPLE_NAMES=
 loadgen() {
     local label=$1 port=$2 mode=$3
     shift 3
-    local hz t0 t1 c0 c1 line cpu="" i
-    hz=$(getconf CLK_TCK)
+    local t0 t1 c0 c1 line cpu="" i
     t0=$(date +%s.%N)
     mapfile -t c0 < <(cpu_ticks "${SAMPLE[@]}")
     line=$("$BIN/examples/loadgen" "$mode" --target "127.0.0.1:$port" "$@" 2>>"$OUT/loadgen.log") ||
@@ -245,8 +251,7 @@ loadgen() {
     mapfile -t c1 < <(cpu_ticks "${SAMPLE[@]}")
     t1=$(date +%s.%N)
     for i in "${!SAMPLE[@]}"; do
-        cpu+=" $(awk -v a="${c0[i]}" -v b="${c1[i]}" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
-            'BEGIN {printf "%.0f", (b - a) / hz / (t1 - t0) * 100}')"
+        cpu+=" $(cpu_pct "$t0" "$t1" "${c0[i]}" "${c1[i]}")"
     done
     line="$label $line cpu_pct[$SAMPLE_NAMES]=${cpu# }"
     echo "$line" >>"$RESULTS"

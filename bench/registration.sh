@@ -48,15 +48,13 @@ RATE=() LAG=() UNREG=()
 for run in $(seq "$RUNS"); do
     log "registration run $run/$RUNS"
     wait_for "no sockets registered" 30 eval '(($(zcard) == 0))'
-    hz=$(getconf CLK_TCK)
     t0=$(date +%s.%N)
     mapfile -t c0 < <(cpu_ticks "$NODE_PID" "$REDIS_PID")
     line=$(register_run "$run" "$NODE_PORT") || die "registration run $run failed (see $OUT/register-$run.log)"
     mapfile -t c1 < <(cpu_ticks "$NODE_PID" "$REDIS_PID")
     t1=$(date +%s.%N)
-    cpu=$(awk -v a="${c0[0]}" -v b="${c1[0]}" -v c="${c0[1]}" -v d="${c1[1]}" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
-        'BEGIN {printf "%.0f %.0f", (b - a) / hz / (t1 - t0) * 100, (d - c) / hz / (t1 - t0) * 100}')
-    line="$line run=$run cpu_pct[node,redis]=${cpu// / }"
+    cpu="$(cpu_pct "$t0" "$t1" "${c0[0]}" "${c1[0]}") $(cpu_pct "$t0" "$t1" "${c0[1]}" "${c1[1]}")"
+    line="$line run=$run cpu_pct[node,redis]=$cpu"
     echo "$line" | tee -a "$RESULTS" >&2
     RATE+=("$(field sockets_per_sec "$line")")
     LAG+=("$(field lag_after_connect_ms "$line")")
